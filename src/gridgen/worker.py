@@ -1,0 +1,130 @@
+"""``DistributedWorker``: the class users subclass to run code on every rank."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .errors import Cancelled
+
+if TYPE_CHECKING:
+    import torch
+    import torch.distributed
+
+__all__ = ["DistributedWorker"]
+
+StreamSink = Callable[[Any], None]
+
+
+class DistributedWorker:
+    """One instance lives in each worker process, one process per rank.
+
+    Subclass it and override ``setup`` (once per process, load models onto
+    ``self.device``), ``__call__`` (once per request, on every rank) and
+    optionally ``teardown``. The runner calls all three on the process's main
+    thread, after ``torch.cuda.set_device(self.device)`` on that thread, with
+    ``torch.distributed`` already initialised (gloo on CPU, NCCL on CUDA), so
+    ``dist.gather``, ``dist.all_reduce`` and ``dist.barrier`` work between ranks.
+
+    ``invoke`` returns rank 0's return value; the other ranks' return values
+    are ignored (they are not even encoded).
+
+    A worker can also be built directly, without a runner, for unit tests:
+    ``w = MyWorker(); w.setup(); w(prompt="x")``; streamed items are then kept
+    in ``w.streamed``.
+    """
+
+    rank: int
+    world_size: int
+
+    def __init__(self, rank: int = 0, world_size: int = 1, device: Any = "cpu") -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self._device_spec = device
+        self._device: torch.device | None = None
+        self._cancel = threading.Event()
+        self._sink: StreamSink | None = None
+        self._control_group: Any = None
+        self._distributed = False
+        self._request_id: int | None = None
+        self.streamed: list[Any] = []
+
+    # -- what users override -------------------------------------------------
+
+    def setup(self, **kwargs: Any) -> None:
+        """Called once per rank by ``runner.start(**kwargs)``, before any request."""
+
+    def __call__(self, streaming: bool = False, **payload: Any) -> Any:
+        """Called once per request on every rank with the request's payload as keywords."""
+        raise NotImplementedError(f"{type(self).__name__} must implement __call__(streaming=False, **payload)")
+
+    def teardown(self) -> None:
+        """Called once per rank when the runner stops cleanly."""
+
+    # -- what user code calls -------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        """This rank's ``torch.device``: ``cuda:N`` or ``cpu``."""
+        if self._device is None:
+            import torch
+
+            self._device = torch.device(self._device_spec)
+        return self._device
+
+    def add_streaming_result(self, result: Any, as_text_event: bool = False) -> None:
+        """Send ``result`` to the caller of ``runner.stream()`` now, tagged to this request.
+
+        Any rank may call it; items arrive in the order each rank sent them.
+        ``result`` is encoded immediately, so later changes to it are not seen.
+        ``as_text_event`` is accepted for compatibility: the *caller* chooses the
+        format with ``runner.stream(..., as_text_events=True)``.
+        When the caller used ``invoke`` (not streaming), items are dropped.
+        """
+        del as_text_event
+        if self._sink is None:
+            self.streamed.append(result)
+        else:
+            self._sink(result)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the host cancelled the running request (this rank's local view)."""
+        return self._cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`~gridgen.Cancelled` if the running request was cancelled.
+
+        This is a local check: ranks may see the cancel at different moments. Call it
+        only where no other rank waits for this one in a collective; otherwise use
+        :meth:`should_stop`.
+        """
+        if self._cancel.is_set():
+            raise Cancelled(f"request cancelled (rank {self.rank})")
+
+    def should_stop(self) -> bool:
+        """Collective cancellation check: every rank must call it at the same points.
+
+        Returns True on *every* rank when *any* rank saw the cancel, so all ranks
+        leave their loop at the same step and no collective is left waiting.
+        It all-reduces one integer over a CPU (gloo) group, so it never
+        synchronises the GPU.
+        """
+        local = self._cancel.is_set()
+        if self.world_size == 1 or not self._distributed:
+            return local
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1 if local else 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._control_group)
+        stop = bool(flag.item())
+        if stop:
+            self._cancel.set()
+        return stop
+
+    @property
+    def request_id(self) -> int | None:
+        """The id of the request being run, or None between requests."""
+        return self._request_id
