@@ -13,6 +13,8 @@ from .errors import (
     WorkerDiedError,
     WorkerError,
 )
+from ._sync import SyncRunner
+from .runner import DistributedRunner, RequestHandle
 from .worker import DistributedWorker
 
 __version__ = "0.1.0"
@@ -20,15 +22,18 @@ __version__ = "0.1.0"
 __all__ = [
     "Cancelled",
     "CodecError",
+    "DistributedRunner",
     "DistributedWorker",
     "GridgenError",
     "PayloadTooLarge",
     "QueueFull",
     "RequestCancelled",
+    "RequestHandle",
     "RequestTimeout",
     "RunnerClosed",
     "StartupError",
     "StartupTimeout",
+    "SyncRunner",
     "WorkerDiedError",
     "WorkerError",
     "__version__",

@@ -1,0 +1,341 @@
+"""What runs inside each worker process: the entry point the host spawns.
+
+Two threads:
+
+* the **main thread** runs user code (``setup``, ``__call__``, ``teardown``)
+  after ``torch.cuda.set_device`` on that same thread;
+* the **I/O thread** owns the DEALER socket (ZeroMQ sockets are not
+  thread-safe): it receives commands, forwards outgoing frames that the main
+  thread hands it over an ``inproc`` PAIR socket, sets the cancel flag, and
+  watches the host's death through ``multiprocessing.parent_process().sentinel``
+  (readable once the host is gone, however it died).
+
+Nothing here sleeps to poll: both threads block on ``zmq.Poller`` or a queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import shutil
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import zmq
+
+from . import _channel as ch
+from ._codec import decode, encode
+from .errors import Cancelled
+from .worker import DistributedWorker
+
+logger = logging.getLogger("gridgen.worker")
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker process needs; sent over the private spawn pipe (pickle is fine there)."""
+
+    worker_cls: type[DistributedWorker]
+    rank: int
+    world_size: int
+    device: str
+    backend: str
+    address: str
+    session_key: bytes
+    generation: int
+    store_path: str
+    runner_dir: str
+    setup_kwargs: dict[str, Any] = field(default_factory=dict)
+    collective_timeout: float = 600.0
+    max_message_bytes: int | None = None
+    log_level: int = logging.WARNING
+    prefix_output: bool = True
+
+
+_HOST_DEAD_EXIT = 70  # exit code when the host vanished; the host never reads it, it is for ps/logs
+
+
+class _WorkerIO:
+    """The I/O thread and its sockets. ``send`` may be called from any thread."""
+
+    def __init__(self, spec: WorkerSpec, on_cancel: Any) -> None:
+        self._spec = spec
+        self._on_cancel = on_cancel
+        self.commands: queue.Queue[tuple[str, int, Any]] = queue.Queue()
+        self._ctx = zmq.Context()
+        self._dealer = self._ctx.socket(zmq.DEALER)
+        self._dealer.setsockopt(zmq.ROUTING_ID, ch.routing_id(spec.generation, spec.rank))
+        self._dealer.setsockopt(zmq.LINGER, 5000)
+        if spec.max_message_bytes is not None:
+            self._dealer.setsockopt(zmq.MAXMSGSIZE, spec.max_message_bytes + 1024)
+        self._dealer.connect(spec.address)
+        endpoint = f"inproc://gridgen-out-{id(self)}"
+        self._out_recv = self._ctx.socket(zmq.PAIR)
+        self._out_recv.bind(endpoint)
+        self._out_send = self._ctx.socket(zmq.PAIR)
+        self._out_send.connect(endpoint)
+        self._send_lock = threading.Lock()
+        parent = multiprocessing.parent_process()
+        self._parent_sentinel: int | None = parent.sentinel if parent is not None else None
+        self._thread = threading.Thread(target=self._run, name="gridgen-io", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def send(self, kind: str, request_id: int, data: Any = None) -> None:
+        frame = encode([kind, request_id, data], max_bytes=self._spec.max_message_bytes)
+        self.send_frame(frame)
+
+    def send_frame(self, frame: bytes) -> None:
+        with self._send_lock:
+            self._out_send.send(frame)
+
+    def close(self) -> None:
+        """Flush what was sent, stop the I/O thread, close the sockets."""
+        with self._send_lock:
+            self._out_send.send(b"")  # the empty frame tells the I/O thread to finish
+        self._thread.join(timeout=10)
+        self._out_send.close(linger=0)
+        self._ctx.term()
+
+    def _host_died(self) -> None:
+        # The host is gone (even SIGKILL closes its end of the parent pipe). Nobody
+        # will remove the runner's private directory, so the workers do it.
+        shutil.rmtree(self._spec.runner_dir, ignore_errors=True)
+        os._exit(_HOST_DEAD_EXIT)
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._dealer, zmq.POLLIN)
+        poller.register(self._out_recv, zmq.POLLIN)
+        if self._parent_sentinel is not None:
+            poller.register(self._parent_sentinel, zmq.POLLIN)
+        key = self._spec.session_key
+        while True:
+            events = dict(poller.poll())
+            if self._parent_sentinel is not None and self._parent_sentinel in events:
+                self._host_died()
+            if self._out_recv in events:
+                while True:
+                    try:
+                        frame = self._out_recv.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if not frame:
+                        self._out_recv.close(linger=0)
+                        self._dealer.close()  # LINGER lets queued frames reach the host
+                        return
+                    self._dealer.send_multipart([key, frame])
+            if self._dealer in events:
+                while True:
+                    try:
+                        raw = self._dealer.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._handle(raw)
+
+    def _handle(self, raw: bytes) -> None:
+        try:
+            kind, request_id, data = ch.parse_body(decode(raw), ch.HOST_KINDS)
+        except ValueError as exc:  # CodecError is a ValueError
+            logger.warning("dropped a malformed control message: %s", exc)
+            return
+        if kind == ch.CANCEL:
+            self._on_cancel(request_id)
+        else:
+            self.commands.put((kind, request_id, data))
+
+
+class _WorkerRuntime:
+    """The main thread's side: owns the user's worker object."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.io = _WorkerIO(spec, self._on_cancel)
+        self.worker: DistributedWorker | None = None
+        self._lock = threading.Lock()
+        self._cancelled_ids: set[int] = set()
+        self._current: int | None = None
+        self._streaming = False
+
+    # Called on the I/O thread.
+    def _on_cancel(self, request_id: int) -> None:
+        with self._lock:
+            self._cancelled_ids.add(request_id)
+            if self._current == request_id and self.worker is not None:
+                self.worker._cancel.set()
+
+    def _sink(self, item: Any) -> None:
+        request_id = self._current
+        if request_id is None or not self._streaming:
+            return
+        self.io.send(ch.ITEM, request_id, item)
+
+    def _init_distributed(self) -> Any:
+        import torch
+        import torch.distributed as dist
+
+        spec = self.spec
+        if spec.device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(spec.device))
+        store = dist.FileStore(spec.store_path, spec.world_size)  # type: ignore[attr-defined]
+        dist.init_process_group(
+            backend=spec.backend,
+            store=store,
+            rank=spec.rank,
+            world_size=spec.world_size,
+            timeout=timedelta(seconds=spec.collective_timeout),
+        )
+        if spec.backend == "gloo":
+            return None  # the default group is already a CPU group
+        # Cancellation checks all-reduce a flag over a CPU group so they never sync the GPU.
+        return dist.new_group(backend="gloo", timeout=timedelta(seconds=spec.collective_timeout))
+
+    def run(self) -> int:
+        spec = self.spec
+        self.io.start()
+        self.io.send(ch.HELLO, 0, {"pid": os.getpid()})
+        try:
+            control_group = self._init_distributed()
+            worker = spec.worker_cls(rank=spec.rank, world_size=spec.world_size, device=spec.device)
+            worker._sink = self._sink
+            worker._control_group = control_group
+            worker._distributed = True
+            self.worker = worker
+            worker.setup(**spec.setup_kwargs)
+        except Exception as exc:
+            logger.error("setup failed on rank %d", spec.rank, exc_info=True)
+            self.io.send(ch.SETUP_ERROR, 0, ch.error_info(exc))
+            self.io.close()
+            return 1
+        self.io.send(ch.READY, 0)
+        while True:
+            kind, request_id, data = self.io.commands.get()
+            if kind == ch.SHUTDOWN:
+                break
+            self._call(worker, request_id, data)
+        try:
+            worker.teardown()
+        except Exception:
+            logger.exception("teardown failed on rank %d", spec.rank)
+        self.io.close()
+        return 0
+
+    def _call(self, worker: DistributedWorker, request_id: int, data: Any) -> None:
+        streaming, payload = bool(data[0]), dict(data[1])
+        with self._lock:
+            self._current = request_id
+            self._streaming = streaming
+            worker._request_id = request_id
+            worker._cancel.clear()
+            if request_id in self._cancelled_ids:
+                worker._cancel.set()
+        try:
+            result = worker(streaming=streaming, **payload)
+        except Cancelled:
+            self.io.send(ch.CANCELLED, request_id)
+        except Exception as exc:
+            self.io.send(ch.ERROR, request_id, ch.error_info(exc))
+        else:
+            try:
+                # Only rank 0's value is returned to the caller; the others are not even encoded.
+                self.io.send(ch.DONE, request_id, result if self.spec.rank == 0 else None)
+            except Exception as exc:  # an unsupported type or a too-large result
+                self.io.send(ch.ERROR, request_id, ch.error_info(exc))
+        finally:
+            with self._lock:
+                self._current = None
+                worker._request_id = None
+                self._cancelled_ids.discard(request_id)
+                # Cancels for requests older than this one can never matter again.
+                self._cancelled_ids = {i for i in self._cancelled_ids if i > request_id}
+
+
+class _RankRecordFactory:
+    """Adds ``record.rank`` to every log record made in this process."""
+
+    def __init__(self, rank: int) -> None:
+        self._rank = rank
+        self._base = logging.getLogRecordFactory()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self._base(*args, **kwargs)
+        record.rank = self._rank
+        return record
+
+
+def _configure_logging(rank: int, level: int) -> None:
+    logging.setLogRecordFactory(_RankRecordFactory(rank))
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s [rank %(rank)s]: %(message)s"))
+        root.addHandler(handler)
+    logging.getLogger("gridgen").setLevel(level)
+
+
+def _prefix_output(rank: int) -> list[threading.Thread]:
+    """Route this process's fd 1 and 2 through threads that prefix each line with the rank.
+
+    Done at the file-descriptor level so output from C extensions (NCCL, CUDA) is prefixed too.
+    """
+    prefix = b"[rank %d] " % rank
+    pumps = []
+    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+        stream.flush()
+        target = os.dup(fd)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, fd)
+        os.close(write_end)
+
+        def pump(read_end: int = read_end, target: int = target) -> None:
+            with os.fdopen(read_end, "rb", buffering=0) as source:
+                pending = b""
+                while chunk := source.read(65536):
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    if lines:
+                        os.write(target, b"".join(prefix + line + b"\n" for line in lines))
+                if pending:
+                    os.write(target, prefix + pending + b"\n")
+
+        thread = threading.Thread(target=pump, name=f"gridgen-fd{fd}", daemon=True)
+        thread.start()
+        pumps.append(thread)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    return pumps
+
+
+def _drain_output(pumps: list[threading.Thread]) -> None:
+    """Close fds 1 and 2 so the pump threads see EOF, and let them write their last lines."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    for thread in pumps:
+        thread.join(timeout=2)
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """The target of each spawned worker process."""
+    # Ctrl-C in a terminal reaches the whole process group; the host decides how workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pumps = _prefix_output(spec.rank) if spec.prefix_output else []
+    _configure_logging(spec.rank, spec.log_level)
+    if spec.backend == "gloo":
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    else:
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    code = _WorkerRuntime(spec).run()
+    _drain_output(pumps)
+    # Skip interpreter teardown: torch.distributed and CUDA destructors can hang at exit.
+    os._exit(code)

@@ -1,0 +1,167 @@
+"""Workers that misbehave on request, for testing code built on gridgen.
+
+``ProbeWorker`` does what each request's payload says, on the ranks it names,
+so a test can make one rank raise, hang, exit, be killed or allocate memory at
+a chosen point, while the other ranks wait in a collective:
+
+```python
+from gridgen import DistributedRunner
+from gridgen.testing import ProbeWorker
+
+async with DistributedRunner(ProbeWorker, world_size=2, device="cpu") as runner:
+    await runner.invoke({"op": "echo", "message": "hi"})
+    await runner.invoke({"op": "raise", "on_rank": 1})     # WorkerError(rank=1)
+    await runner.invoke({"op": "kill", "on_rank": 1})      # WorkerDiedError(rank=1)
+```
+
+Ops (``on_rank``: the rank that misbehaves, None for every rank):
+
+* ``echo``: returns ``{"echo": message, "rank", "world_size", "device", "pid", "thread", "cuda_device"}``;
+  when streaming, first streams ``items`` items ``{"i": i, "rank": rank}`` (every rank or ``on_rank``).
+* ``value``: returns ``payload["value"]`` unchanged (codec round trips).
+* ``calls``: returns how many requests this rank has served (keepalives included).
+* ``unencodable``: returns a value the codec cannot carry (a ``set``).
+* ``allreduce``: all-reduces ``rank + 1`` and returns the sum.
+* ``steps``: ``steps`` iterations of ``delay`` seconds, each ending with the collective
+  ``should_stop()``; streams ``{"step": i}`` from rank 0; returns ``{"completed": n}``.
+* ``raise``: ``on_rank`` raises ``ValueError(message)``; the others enter an all-reduce
+  (so they hang in a collective, as real worker code would).
+* ``hang``: ``on_rank`` sleeps ``seconds`` (default: forever); the others enter an all-reduce.
+* ``exit``: ``on_rank`` calls ``os._exit(code)``; the others enter an all-reduce.
+* ``kill``: ``on_rank`` sends itself ``signal`` (default SIGKILL); the others enter an all-reduce.
+* ``alloc``: ``on_rank`` allocates ``bytes`` and holds them for the request.
+* ``print``: writes ``message`` to stdout and stderr and logs it at WARNING.
+
+``setup`` accepts ``fail_on_rank`` (raise there), ``hang_on_rank`` (sleep forever there),
+``ignore_sigterm`` (the process ignores SIGTERM, to test the kill fallback) and
+``teardown_marker`` (a file path each rank appends to in ``teardown``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from .worker import DistributedWorker
+
+__all__ = ["ProbeWorker"]
+
+logger = logging.getLogger("gridgen.testing")
+
+
+class ProbeWorker(DistributedWorker):
+    """A worker driven by its payload; see the module docstring for the ops."""
+
+    def setup(
+        self,
+        fail_on_rank: int | None = None,
+        hang_on_rank: int | None = None,
+        ignore_sigterm: bool = False,
+        teardown_marker: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.setup_kwargs = kwargs
+        self.teardown_marker = teardown_marker
+        self.calls = 0
+        if ignore_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if fail_on_rank is not None and self.rank == fail_on_rank:
+            raise RuntimeError(f"setup failed on purpose on rank {self.rank}")
+        if hang_on_rank is not None and self.rank == hang_on_rank:
+            time.sleep(10**6)
+
+    def teardown(self) -> None:
+        if self.teardown_marker:
+            with open(self.teardown_marker, "a") as f:
+                f.write(f"{self.rank}\n")
+
+    def _targeted(self, on_rank: int | None) -> bool:
+        return on_rank is None or on_rank == self.rank
+
+    def _wait_in_collective(self) -> None:
+        import torch
+        import torch.distributed as dist
+
+        if dist.is_initialized() and self.world_size > 1:
+            dist.all_reduce(torch.ones(1))
+
+    def __call__(self, streaming: bool = False, op: str = "echo", on_rank: int | None = None, **payload: Any) -> Any:
+        self.calls += 1
+        if op == "echo":
+            if streaming:
+                for i in range(int(payload.get("items", 0))):
+                    if self._targeted(on_rank):
+                        self.add_streaming_result({"i": i, "rank": self.rank})
+            return self._echo(payload.get("message", ""))
+        if op == "value":
+            return payload.get("value")
+        if op == "calls":
+            return self.calls
+        if op == "unencodable":
+            return {"bad": {1, 2}}
+        if op == "allreduce":
+            import torch
+            import torch.distributed as dist
+
+            value = torch.tensor([self.rank + 1])
+            dist.all_reduce(value)
+            return {"sum": int(value.item())}
+        if op == "steps":
+            steps, delay = int(payload.get("steps", 10)), float(payload.get("delay", 0.05))
+            completed = 0
+            for i in range(steps):
+                time.sleep(delay)
+                completed = i + 1
+                if streaming and self.rank == 0:
+                    self.add_streaming_result({"step": completed})
+                if self.should_stop():
+                    break
+            return {"completed": completed, "cancelled": self.cancelled}
+        if op in ("raise", "hang", "exit", "kill", "alloc"):
+            return self._misbehave(op, on_rank, payload)
+        if op == "print":
+            message = payload.get("message", "")
+            print(message, flush=True)
+            print(message, file=sys.stderr, flush=True)
+            logger.warning("%s", message)
+            return None
+        raise ValueError(f"ProbeWorker: unknown op {op!r}")
+
+    def _misbehave(self, op: str, on_rank: int | None, payload: dict[str, Any]) -> Any:
+        if not self._targeted(on_rank):
+            self._wait_in_collective()
+            return {"rank": self.rank}
+        if op == "raise":
+            raise ValueError(payload.get("message", f"raised on purpose on rank {self.rank}"))
+        if op == "hang":
+            time.sleep(float(payload.get("seconds", 10**6)))
+            return {"rank": self.rank}
+        if op == "exit":
+            os._exit(int(payload.get("code", 3)))
+        if op == "kill":
+            os.kill(os.getpid(), int(payload.get("signal", signal.SIGKILL)))
+            time.sleep(10)
+        block = bytearray(int(payload.get("bytes", 0)))
+        return {"allocated": len(block)}
+
+    def _echo(self, message: Any) -> dict[str, Any]:
+        cuda_device = None
+        if self.device.type == "cuda":
+            import torch
+
+            cuda_device = torch.cuda.current_device()
+        return {
+            "echo": message,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "device": str(self.device),
+            "pid": os.getpid(),
+            "thread": threading.current_thread().name,
+            "main_thread": threading.current_thread() is threading.main_thread(),
+            "cuda_device": cuda_device,
+        }

@@ -1,0 +1,21 @@
+"""Worker output and logs carry the rank."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import live
+
+
+def test_worker_output_is_prefixed_with_the_rank(capfd: pytest.CaptureFixture[str]) -> None:
+    # The runner starts inside the test so its workers inherit capfd's file descriptors.
+    with live() as rt:
+        rt.sync.invoke({"op": "print", "message": "hello-from-worker"})
+        time.sleep(0.3)  # the prefix pump threads write asynchronously
+    out, err = capfd.readouterr()
+    assert "[rank 0] hello-from-worker" in out
+    assert "[rank 1] hello-from-worker" in out
+    assert "[rank 0] hello-from-worker" in err
+    assert "[rank 1] WARNING gridgen.testing [rank 1]: hello-from-worker" in err
