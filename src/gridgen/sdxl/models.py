@@ -1,0 +1,533 @@
+"""Getting an SDXL pipeline: from the hub or a folder, the built-in ``tiny`` model, or full size with random weights.
+
+Three kinds of ``model`` name, all through :func:`load_pipeline`:
+
+``"tiny"``
+    A 5 MB SDXL made of the real classes (``UNet2DConditionModel``,
+    ``AutoencoderKL``, ``CLIPTextModel``, ``CLIPTextModelWithProjection``,
+    ``CLIPTokenizer``, ``EulerDiscreteScheduler``) with random weights drawn from a
+    fixed seed. It is written once with ``save_pretrained`` to
+    ``$GRIDGEN_CACHE/tiny-sdxl-v1`` (default ``~/.cache/gridgen/tiny-sdxl-v1``) and
+    loaded back with ``from_pretrained``, the same path a real model takes. Needs no
+    download; its images are noise. Tests and the quick start use it.
+
+``"sdxl-random"``
+    The full-size SDXL base 1.0 architecture (the shipped ``configs/sdxl-base-1.0.json``)
+    with random weights, built directly on the target device in the target dtype and
+    never saved. Compute per step equals the real model's: for GPU benchmarks.
+
+anything else
+    A hub id (``"stabilityai/stable-diffusion-xl-base-1.0"``) or a local folder, loaded
+    with ``StableDiffusionXLPipeline.from_pretrained``. The local cache is tried first
+    with ``local_files_only=True``; the hub is only contacted when it answers a quick
+    connection probe, so an offline machine fails at once with :class:`ModelNotFoundError`
+    instead of hanging on retries.
+
+The tokenizers of ``tiny`` and ``sdxl-random`` are byte-level ``CLIPTokenizer`` files
+(``vocab.json`` with the 256 byte symbols, their ``</w>`` forms and the two special
+tokens; an empty ``merges.txt``) written locally: the real vocabulary is not needed to
+exercise or time the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import AutoencoderTiny, StableDiffusionXLPipeline
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_PREVIEW_MODEL",
+    "RANDOM_MODEL",
+    "TINY_MODEL",
+    "ModelNotFoundError",
+    "build_random_sdxl",
+    "build_tiny_sdxl",
+    "build_tiny_taesd",
+    "cache_dir",
+    "ensure_tiny_sdxl",
+    "load_pipeline",
+    "load_preview_decoder",
+    "resolve_dtype",
+    "sdxl_base_config",
+    "write_tokenizer_files",
+]
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+DEFAULT_PREVIEW_MODEL = "madebyollin/taesdxl"
+TINY_MODEL = "tiny"
+RANDOM_MODEL = "sdxl-random"
+
+_TINY_DIRNAME = "tiny-sdxl-v1"
+_TINY_SEED = 1234
+_BOS = "<|startoftext|>"
+_EOS = "<|endoftext|>"
+_HUB_PROBE_TIMEOUT_S = 2.0
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model (or preview model) could not be found locally and the hub cannot be reached.
+
+    The message names the model and says how to fix it.
+    """
+
+
+# -- small helpers -----------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Where gridgen keeps what it builds: ``$GRIDGEN_CACHE``, else ``$XDG_CACHE_HOME/gridgen``,
+    else ``~/.cache/gridgen``."""
+    if env := os.environ.get("GRIDGEN_CACHE"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "gridgen"
+
+
+_DTYPE_NAMES = {
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device | str) -> torch.dtype:
+    """``None`` means float16 on CUDA and float32 elsewhere; strings like ``"fp16"`` are accepted."""
+    import torch
+
+    if dtype is None:
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = _DTYPE_NAMES.get(str(dtype).lower().removeprefix("torch."))
+    if name is None:
+        raise ValueError(
+            f"dtype must be float16, bfloat16 or float32 (or None for auto), got {dtype!r}"
+        )
+    resolved: torch.dtype = getattr(torch, name)
+    return resolved
+
+
+def sdxl_base_config() -> dict[str, Any]:
+    """The shipped component configs of SDXL base 1.0 (``configs/sdxl-base-1.0.json``)."""
+    text = resources.files("gridgen.sdxl").joinpath("configs/sdxl-base-1.0.json").read_text("utf-8")
+    config: dict[str, Any] = json.loads(text)
+    return config
+
+
+def _kwargs(section: dict[str, Any]) -> dict[str, Any]:
+    """Constructor keywords of one component config: drop ``_class_name``, notes and the like."""
+    return {k: v for k, v in section.items() if not k.startswith("_") and k != "note"}
+
+
+def _bytes_to_unicode() -> list[str]:
+    """The 256 printable stand-ins GPT-2/CLIP byte-level BPE uses for bytes, in byte order."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\xa1"), ord("\xac") + 1),
+        *range(ord("\xae"), ord("\xff") + 1),
+    ]
+    table: dict[int, int] = {b: b for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = 256 + extra
+            extra += 1
+    return [chr(table[b]) for b in range(256)]
+
+
+def write_tokenizer_files(directory: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write a byte-level CLIP ``vocab.json`` (514 tokens) and an empty ``merges.txt``.
+
+    Ids: 0..255 the bytes, 256..511 the bytes ending a word (``</w>``), 512 ``<|startoftext|>``,
+    513 ``<|endoftext|>``. Returns ``(vocab_path, merges_path)``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    symbols = _bytes_to_unicode()
+    tokens = [*symbols, *(s + "</w>" for s in symbols), _BOS, _EOS]
+    vocab_path = directory / "vocab.json"
+    merges_path = directory / "merges.txt"
+    vocab_path.write_text(json.dumps({t: i for i, t in enumerate(tokens)}), "utf-8")
+    merges_path.write_text("#version: 0.2\n", "utf-8")
+    return vocab_path, merges_path
+
+
+def _diffusers() -> Any:
+    """diffusers, typed loosely: its classes are partly annotated and register modules at run time."""
+    import diffusers
+
+    return diffusers
+
+
+def _transformers() -> Any:
+    import transformers
+
+    return transformers
+
+
+def _local_tokenizer(directory: Path) -> Any:
+    vocab, merges = write_tokenizer_files(directory)
+    return _transformers().CLIPTokenizer(
+        str(vocab), str(merges), pad_token=_EOS, model_max_length=77
+    )
+
+
+def _token_ids(tokenizer: Any) -> dict[str, int]:
+    return {
+        "bos_token_id": int(tokenizer.bos_token_id),
+        "eos_token_id": int(tokenizer.eos_token_id),
+        "pad_token_id": int(tokenizer.pad_token_id),
+    }
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch's CPU generator for a block without disturbing the caller's random state."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+# -- the tiny model ---------------------------------------------------------------
+
+
+def build_tiny_sdxl() -> StableDiffusionXLPipeline:
+    """Build the tiny random-weight SDXL in memory (CPU, float32), deterministically.
+
+    The UNet (2 blocks of 32/64 channels, 1 transformer layer each), the VAE (4 blocks of
+    8 channels, so latents are 1/8 of the image like SDXL's) and the two 2-layer text
+    encoders (hidden size 32) are the real diffusers/transformers classes; the weights are
+    drawn from a fixed seed, so every build is identical.
+    """
+    d, t = _diffusers(), _transformers()
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = _local_tokenizer(Path(tmp))
+    ids = _token_ids(tokenizer)
+    text_config: dict[str, Any] = {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "max_position_embeddings": 77,
+        "vocab_size": len(tokenizer),
+        "projection_dim": 32,
+        "layer_norm_eps": 1e-5,
+        **ids,
+    }
+    scheduler_config = _kwargs(sdxl_base_config()["scheduler"])
+    with _seeded(_TINY_SEED):
+        unet = d.UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            transformer_layers_per_block=(1, 1),
+            use_linear_projection=True,
+            cross_attention_dim=64,  # the two encoders' hidden states, 32 + 32, concatenated
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=80,  # pooled 32 + 6 time ids x 8
+            norm_num_groups=8,
+        )
+        vae = d.AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(8, 8, 8, 8),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=4,
+            sample_size=64,
+            scaling_factor=0.13025,
+            force_upcast=True,
+        )
+        text_encoder = t.CLIPTextModel(t.CLIPTextConfig(hidden_act="quick_gelu", **text_config))
+        text_encoder_2 = t.CLIPTextModelWithProjection(
+            t.CLIPTextConfig(hidden_act="gelu", **text_config)
+        )
+    pipeline: StableDiffusionXLPipeline = d.StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=d.EulerDiscreteScheduler(**scheduler_config),
+        add_watermarker=False,
+    )
+    return pipeline
+
+
+def build_tiny_taesd() -> AutoencoderTiny:
+    """A tiny random-weight ``AutoencoderTiny`` (TAESD-shaped preview decoder), built deterministically."""
+    with _seeded(_TINY_SEED + 1):
+        decoder: AutoencoderTiny = _diffusers().AutoencoderTiny(
+            encoder_block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8),
+            num_encoder_blocks=(1, 1, 1, 1),
+            num_decoder_blocks=(1, 1, 1, 1),
+            latent_channels=4,
+        )
+    return decoder
+
+
+def ensure_tiny_sdxl(root: str | os.PathLike[str] | None = None) -> Path:
+    """Return the folder of the tiny model, building and saving it first if it is missing.
+
+    The folder (``<root>/tiny-sdxl-v1``, root defaulting to :func:`cache_dir`) holds a
+    ``save_pretrained`` pipeline plus ``taesd/`` (a tiny ``AutoencoderTiny``) and the
+    tokenizer's ``vocab.json``/``merges.txt``. It is built in a temporary folder beside
+    the target and renamed into place, so processes racing to build it are safe: one
+    rename wins and the others discard their copy.
+    """
+    base = Path(root) if root is not None else cache_dir()
+    target = base / _TINY_DIRNAME
+    if (target / "model_index.json").is_file():
+        return target
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{_TINY_DIRNAME}-", dir=base))
+    try:
+        pipeline: Any = build_tiny_sdxl()
+        pipeline.save_pretrained(tmp, safe_serialization=True)
+        for sub in ("tokenizer", "tokenizer_2"):
+            write_tokenizer_files(tmp / sub)  # also readable by transformers 4.x slow tokenizers
+        decoder: Any = build_tiny_taesd()
+        decoder.save_pretrained(tmp / "taesd", safe_serialization=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "model_index.json").is_file():
+                raise  # not a lost race: a real failure
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# -- the full-size random model ---------------------------------------------------
+
+
+def build_random_sdxl(
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | str | None = None,
+    config: dict[str, Any] | None = None,
+) -> StableDiffusionXLPipeline:
+    """Build SDXL base 1.0's architecture with random weights directly on ``device``.
+
+    Modules are constructed under ``torch.device(device)`` (so the weights are initialised
+    on the GPU, where it is fast, and never cross PCIe) and then cast to ``dtype``.
+    Nothing is saved. ``config`` replaces the shipped :func:`sdxl_base_config` (tests pass a
+    shrunken copy). The tokenizer is the locally written byte-level one.
+    """
+    import torch
+
+    d, t = _diffusers(), _transformers()
+    cfg = config if config is not None else sdxl_base_config()
+    target = torch.device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = _local_tokenizer(Path(tmp))
+    ids = _token_ids(tokenizer)
+    with torch.device(target):
+        unet = d.UNet2DConditionModel(**_kwargs(cfg["unet"])).to(torch_dtype)
+        vae = d.AutoencoderKL(**_kwargs(cfg["vae"])).to(torch_dtype)
+        te_kwargs = {k: v for k, v in _kwargs(cfg["text_encoder"]).items() if k != "model_type"}
+        te2_kwargs = {k: v for k, v in _kwargs(cfg["text_encoder_2"]).items() if k != "model_type"}
+        text_encoder = t.CLIPTextModel(t.CLIPTextConfig(**te_kwargs, **ids)).to(torch_dtype)
+        text_encoder_2 = t.CLIPTextModelWithProjection(t.CLIPTextConfig(**te2_kwargs, **ids)).to(
+            torch_dtype
+        )
+    pipeline: StableDiffusionXLPipeline = d.StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=d.EulerDiscreteScheduler(**_kwargs(cfg["scheduler"])),
+        add_watermarker=False,
+    )
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        module.eval()
+    return pipeline
+
+
+# -- loading ------------------------------------------------------------------------
+
+
+def _hub_reachable(timeout: float = _HUB_PROBE_TIMEOUT_S) -> bool:
+    """False when offline mode is set or the hub's host does not accept a TCP connection quickly.
+
+    The probe (DNS included) runs in a daemon thread so a resolver that hangs cannot
+    block the caller longer than ``timeout``.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, name="gridgen-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _looks_like_path(model: str) -> bool:
+    return (
+        model.startswith(("/", "./", "../", "~", "\\"))
+        or model.count("/") > 1
+        or (os.sep != "/" and os.sep in model)
+    )
+
+
+def _not_found(what: str, model: str, reason: str, example: str) -> ModelNotFoundError:
+    if what == "model":
+        fallback = 'or run with model="tiny" (a built-in tiny SDXL with random weights that needs no download)'
+    else:
+        fallback = 'or use preview="linear" (a latent-to-RGB approximation that needs no weights)'
+    return ModelNotFoundError(
+        f"cannot load {what} {model!r}: {reason}. To fix it: pass the path of a local folder "
+        f"that holds it (a diffusers save_pretrained layout), or download it on a machine with "
+        f"network (`huggingface-cli download {example}`) and copy the Hugging Face cache here, "
+        f"{fallback}."
+    )
+
+
+def _dtype_kwargs(dtype: torch.dtype, given: dict[str, Any]) -> dict[str, Any]:
+    """The dtype keyword of ``from_pretrained``: ``dtype`` on diffusers that renamed it, else
+    ``torch_dtype``; nothing when the caller passed either."""
+    if "dtype" in given or "torch_dtype" in given:
+        return {}
+    try:
+        from diffusers.utils import deprecation_utils
+
+        renamed = hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE")
+    except ImportError:  # pragma: no cover - older diffusers
+        renamed = False
+    return {"dtype" if renamed else "torch_dtype": dtype}
+
+
+def _from_pretrained(cls: Any, what: str, model: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` for a folder or hub id, failing fast and clearly when offline."""
+    expanded = os.path.expanduser(model)
+    if os.path.isdir(expanded):
+        return cls.from_pretrained(expanded, **kwargs)
+    if _looks_like_path(model):
+        example = DEFAULT_MODEL if what == "model" else DEFAULT_PREVIEW_MODEL
+        raise _not_found(what, model, "no such folder", example)
+    if kwargs.get("local_files_only"):
+        try:
+            return cls.from_pretrained(model, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise _not_found(what, model, f"it is not in the local cache ({exc})", model) from exc
+    try:
+        return cls.from_pretrained(model, **{**kwargs, "local_files_only": True})
+    except (OSError, ValueError) as exc:
+        cached_error = exc
+    if not _hub_reachable():
+        raise _not_found(
+            what,
+            model,
+            "it is neither a local folder nor in the Hugging Face cache, and the hub cannot be "
+            "reached (offline, or HF_HUB_OFFLINE=1)",
+            model,
+        ) from cached_error
+    return cls.from_pretrained(model, **kwargs)
+
+
+def load_pipeline(
+    model: str = DEFAULT_MODEL,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | str | None = None,
+    **from_pretrained_kwargs: Any,
+) -> StableDiffusionXLPipeline:
+    """Load an SDXL pipeline onto ``device``.
+
+    Args:
+        model: ``"tiny"``, ``"sdxl-random"``, a hub id or a local folder (see the module docs).
+        device: where the pipeline runs.
+        dtype: weights' dtype; ``None`` is float16 on CUDA, float32 elsewhere.
+        **from_pretrained_kwargs: passed to ``StableDiffusionXLPipeline.from_pretrained``
+            (ignored by ``"sdxl-random"``).
+
+    Raises:
+        ModelNotFoundError: the model is not a folder, not cached, and the hub is unreachable.
+    """
+    import torch
+
+    pipeline_cls = _diffusers().StableDiffusionXLPipeline
+    target = torch.device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    if model == RANDOM_MODEL:
+        return build_random_sdxl(target, torch_dtype)
+    kwargs = {**_dtype_kwargs(torch_dtype, from_pretrained_kwargs), **from_pretrained_kwargs}
+    if model == TINY_MODEL:
+        kwargs.setdefault("local_files_only", True)
+        pipeline = pipeline_cls.from_pretrained(str(ensure_tiny_sdxl()), **kwargs)
+    else:
+        pipeline = _from_pretrained(pipeline_cls, "model", model, **kwargs)
+    loaded: StableDiffusionXLPipeline = pipeline.to(target)
+    return loaded
+
+
+def load_preview_decoder(
+    preview_model: str | None,
+    *,
+    model: str = DEFAULT_MODEL,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | str | None = None,
+) -> AutoencoderTiny:
+    """Load the ``AutoencoderTiny`` used for previews.
+
+    ``preview_model`` is a hub id or folder; ``None`` means the tiny model's own ``taesd/``
+    when ``model == "tiny"``, else ``madebyollin/taesdxl``; ``"tiny"`` always means the
+    built-in tiny decoder.
+    """
+    import torch
+
+    target = torch.device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    if preview_model == TINY_MODEL or (preview_model is None and model == TINY_MODEL):
+        source = str(ensure_tiny_sdxl() / "taesd")
+    else:
+        source = preview_model or DEFAULT_PREVIEW_MODEL
+    decoder = _from_pretrained(
+        _diffusers().AutoencoderTiny, "preview model", source, **_dtype_kwargs(torch_dtype, {})
+    )
+    loaded: AutoencoderTiny = decoder.to(target).eval()
+    return loaded

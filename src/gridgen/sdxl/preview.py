@@ -1,0 +1,132 @@
+"""Cheap previews of SDXL latents during denoising, as uint8 ``(B, 3, h, w)`` tensors on the latents' device.
+
+Two kinds:
+
+:class:`LinearPreview`
+    Each RGB pixel is a fixed linear mix of the 4 latent channels plus a bias (the SDXL
+    factors ComfyUI and others use), at latent resolution (1/8 of the image), upscaled 2x
+    by pixel repetition. Needs no weights; costs one tiny matmul.
+
+:class:`TaesdPreview`
+    Decodes with an ``AutoencoderTiny`` (TAESD-XL, ``madebyollin/taesdxl``): a recognisable
+    image at full resolution for about 5 % of the VAE's cost, then area-downscaled so the
+    longest side is at most ``max_side`` pixels (previews travel to the browser often).
+
+Both know their output size without running (:meth:`size`), so a rank that has no image
+of its own can still take part in the preview gather with a correctly shaped empty batch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "SDXL_LATENT_RGB_BIAS",
+    "SDXL_LATENT_RGB_FACTORS",
+    "LinearPreview",
+    "Previewer",
+    "TaesdPreview",
+    "to_uint8",
+]
+
+# Rows are latent channels 0..3, columns R, G, B. Applied to the latents as the UNet sees
+# them (already multiplied by the VAE scaling factor); the result is roughly in [-1, 1].
+SDXL_LATENT_RGB_FACTORS: tuple[tuple[float, float, float], ...] = (
+    (0.3651, 0.4232, 0.4341),
+    (-0.2533, -0.0042, 0.1068),
+    (0.1076, 0.1111, -0.0362),
+    (-0.3165, -0.2492, -0.2188),
+)
+SDXL_LATENT_RGB_BIAS: tuple[float, float, float] = (0.1084, -0.0175, -0.0011)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Map images in [-1, 1] (diffusers' convention) to uint8 in [0, 255], on their device.
+
+    Same arithmetic as diffusers' ``VaeImageProcessor.postprocess`` for PIL output:
+    ``round(clamp(x / 2 + 0.5, 0, 1) * 255)``.
+    """
+    import torch
+
+    return (images.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+class Previewer(Protocol):
+    """Turns a batch of latents into a batch of small uint8 RGB images."""
+
+    def size(self, latent_height: int, latent_width: int) -> tuple[int, int]:
+        """``(height, width)`` of the previews of latents of this size."""
+        ...
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        """``(B, 4, h, w)`` latents -> ``(B, 3, H, W)`` uint8 previews on the same device."""
+        ...
+
+
+class LinearPreview:
+    """Latent-to-RGB by the fixed SDXL linear factors; ``upscale`` repeats pixels (default 2x)."""
+
+    def __init__(self, upscale: int = 2) -> None:
+        if upscale < 1:
+            raise ValueError(f"upscale must be >= 1, got {upscale}")
+        self.upscale = upscale
+        self._weights: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def size(self, latent_height: int, latent_width: int) -> tuple[int, int]:
+        return latent_height * self.upscale, latent_width * self.upscale
+
+    def _factors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        if device not in self._weights:
+            self._weights[device] = (
+                torch.tensor(SDXL_LATENT_RGB_FACTORS, dtype=torch.float32, device=device),
+                torch.tensor(SDXL_LATENT_RGB_BIAS, dtype=torch.float32, device=device),
+            )
+        return self._weights[device]
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        factors, bias = self._factors(latents.device)
+        rgb = torch.einsum("bchw,cr->brhw", latents.float(), factors) + bias.view(1, 3, 1, 1)
+        out = to_uint8(rgb)
+        if self.upscale > 1:
+            out = out.repeat_interleave(self.upscale, dim=2).repeat_interleave(self.upscale, dim=3)
+        return out
+
+
+class TaesdPreview:
+    """Decode with an ``AutoencoderTiny``; downscale so the longest side is at most ``max_side``."""
+
+    def __init__(self, decoder: Any, max_side: int = 512) -> None:
+        self.decoder = decoder
+        self.max_side = max_side
+        config = decoder.config
+        self._factor = int(config.upsampling_scaling_factor) ** (
+            len(config.decoder_block_out_channels) - 1
+        )
+        self._scaling = float(getattr(config, "scaling_factor", 1.0) or 1.0)
+
+    def size(self, latent_height: int, latent_width: int) -> tuple[int, int]:
+        height, width = latent_height * self._factor, latent_width * self._factor
+        longest = max(height, width)
+        if longest <= self.max_side:
+            return height, width
+        scale = self.max_side / longest
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
+        dtype = next(self.decoder.parameters()).dtype
+        with torch.inference_mode():
+            decoded = self.decoder.decode(latents.to(dtype) / self._scaling, return_dict=False)[0]
+            height, width = self.size(latents.shape[-2], latents.shape[-1])
+            if decoded.shape[-2:] != (height, width):
+                decoded = F.interpolate(decoded.float(), size=(height, width), mode="area")
+            return to_uint8(decoded)
