@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from sdxl_helpers import SMALL, pixels, tile
 
 

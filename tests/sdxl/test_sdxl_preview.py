@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from sdxl_helpers import SMALL, pixels
 
 from gridgen.sdxl import SDXLWorker
 from gridgen.sdxl.preview import LinearPreview, TaesdPreview
-from sdxl_helpers import SMALL, pixels
 
 
 def _split(items: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:

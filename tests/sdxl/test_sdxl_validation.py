@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sdxl_helpers import SMALL
 
 from gridgen import WorkerError
 from gridgen.sdxl import GenerateRequest, InvalidRequestError, validate_request
-from sdxl_helpers import SMALL
 
 
 def test_defaults() -> None:
