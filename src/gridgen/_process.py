@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -104,6 +105,12 @@ class WorkerGroup:
             self._watched.remove(fd)
             process = self.processes[rank]
             process.join(timeout=0)  # reap it and read its exit code
+            # The kernel closes a dying process's pipes (the sentinel) a moment before the
+            # process can be reaped: wait that moment out, or the exit code is lost.
+            deadline = time.monotonic() + 1.0
+            while process.exitcode is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+                process.join(timeout=0)
             on_exit(rank, process.exitcode)
 
         for rank, process in enumerate(self.processes):
