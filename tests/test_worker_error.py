@@ -12,6 +12,7 @@ from conftest import LiveRunner
 
 
 def test_error_on_rank1_names_the_rank_and_keeps_the_traceback(probe: LiveRunner) -> None:
+    probe.sync.invoke({"op": "echo"})  # healthy before we start
     with pytest.raises(WorkerError) as info:
         probe.sync.invoke({"op": "raise", "on_rank": 1, "message": "boom"})
     error = info.value
@@ -23,6 +24,8 @@ def test_error_on_rank1_names_the_rank_and_keeps_the_traceback(probe: LiveRunner
 
 
 def test_rank_raising_before_a_collective_rebuilds_the_group(probe: LiveRunner) -> None:
+    # the previous test left rank 0 stuck in an all-reduce: this waits for that rebuild
+    assert probe.sync.invoke({"op": "allreduce"}) == {"sum": 3}
     pids_before = probe.runner.pids
     started = time.monotonic()
     with pytest.raises(WorkerError) as info:

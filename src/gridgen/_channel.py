@@ -14,8 +14,10 @@ Frames, every body encoded with :mod:`gridgen._codec` (never pickle):
 Kinds host -> worker: ``call`` (data ``[streaming, payload]``), ``cancel``,
 ``shutdown``. Kinds worker -> host: ``hello`` (data ``{"pid": int}``),
 ``ready``, ``setup_error`` (data: error info), ``item`` (a streamed item),
-``done`` (rank 0: the return value; other ranks: None), ``error`` (error
-info), ``cancelled``. Error info is ``{"type", "message", "traceback"}``.
+``released`` (the rank is free for the next request, its return value comes later:
+``__call__`` returned a ``concurrent.futures.Future``), ``done`` (rank 0: the
+return value; other ranks: None), ``error`` (error info), ``cancelled``.
+Error info is ``{"type", "message", "traceback"}``.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ ITEM = "item"
 DONE = "done"
 ERROR = "error"
 CANCELLED = "cancelled"
+RELEASED = "released"
 
-WORKER_KINDS = frozenset({HELLO, READY, SETUP_ERROR, ITEM, DONE, ERROR, CANCELLED})
+WORKER_KINDS = frozenset({HELLO, READY, SETUP_ERROR, ITEM, DONE, ERROR, CANCELLED, RELEASED})
 HOST_KINDS = frozenset({CALL, CANCEL, SHUTDOWN})
 
 SESSION_KEY_BYTES = 32

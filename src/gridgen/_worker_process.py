@@ -15,6 +15,8 @@ Nothing here sleeps to poll: both threads block on ``zmq.Poller`` or a queue.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import logging
 import multiprocessing
 import os
@@ -243,11 +245,13 @@ class _WorkerRuntime:
         except Exception as exc:
             self.io.send(ch.ERROR, request_id, ch.error_info(exc))
         else:
-            try:
-                # Only rank 0's value is returned to the caller; the others are not even encoded.
-                self.io.send(ch.DONE, request_id, result if self.spec.rank == 0 else None)
-            except Exception as exc:  # an unsupported type or a too-large result
-                self.io.send(ch.ERROR, request_id, ch.error_info(exc))
+            if isinstance(result, concurrent.futures.Future):
+                # The rank is free now (its GPU work is done); the value follows when the
+                # future resolves, e.g. image encoding in a thread, overlapped with the next request.
+                self.io.send(ch.RELEASED, request_id)
+                result.add_done_callback(functools.partial(self._deliver, request_id))
+            else:
+                self._send_result(request_id, result)
         finally:
             with self._lock:
                 self._current = None
@@ -255,6 +259,26 @@ class _WorkerRuntime:
                 self._cancelled_ids.discard(request_id)
                 # Cancels for requests older than this one can never matter again.
                 self._cancelled_ids = {i for i in self._cancelled_ids if i > request_id}
+
+
+    def _send_result(self, request_id: int, result: Any) -> None:
+        try:
+            # Only rank 0's value is returned to the caller; the others are not even encoded.
+            self.io.send(ch.DONE, request_id, result if self.spec.rank == 0 else None)
+        except Exception as exc:  # an unsupported type or a too-large result
+            self.io.send(ch.ERROR, request_id, ch.error_info(exc))
+
+    def _deliver(self, request_id: int, future: concurrent.futures.Future[Any]) -> None:
+        if future.cancelled():
+            self.io.send(ch.CANCELLED, request_id)
+            return
+        error = future.exception()
+        if error is None:
+            self._send_result(request_id, future.result())
+        elif isinstance(error, Cancelled):
+            self.io.send(ch.CANCELLED, request_id)
+        else:
+            self.io.send(ch.ERROR, request_id, ch.error_info(error))
 
 
 class _RankRecordFactory:

@@ -64,6 +64,8 @@ logger = logging.getLogger("gridgen.runner")
 
 W = TypeVar("W", bound=DistributedWorker)
 
+_DEATH_GRACE = 0.2  # seconds a rank's error waits for news of another rank's death
+
 _live_runners: weakref.WeakSet[DistributedRunner[Any]] = weakref.WeakSet()
 
 
@@ -100,9 +102,11 @@ class _Request:
         self.changed = asyncio.Event()  # the dispatcher: a rank reported, a cancel was sent
         self.settled = False  # every rank has finished with it (or the group is gone)
         self.status = "queued"
-        self.reported: set[int] = set()
+        self.reported: set[int] = set()  # ranks whose final answer (done/error/cancelled) came
+        self.released: set[int] = set()  # ranks free for the next request (answered or released)
         self.result: Any = None
         self.first_error_at: float | None = None
+        self.first_error: WorkerError | None = None
         self.cancel_at: float | None = None
         # The caller may have stopped waiting (cancelled, timed out): mark errors as seen.
         self.future.add_done_callback(_consume_exception)
@@ -447,6 +451,16 @@ class DistributedRunner(Generic[W]):
                 self._dispatcher.cancel()
                 with contextlib.suppress(BaseException):
                     await self._dispatcher
+        if self._restarting is not None and not self._restarting.done():
+            # a restart the dispatcher began before it saw the stop
+            self._restarting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._restarting
+        pending = [r.future for r in self._requests.values() if r.status != "queued" and not r.future.done()]
+        if pending and not abandoned:
+            # deferred results (e.g. images being encoded) still on their way
+            await asyncio.wait(pending, timeout=grace)
+        self._fail_unfinished(RequestCancelled("the runner stopped before this result arrived"))
         # Ranks still busy with an abandoned request cannot run teardown: go straight to SIGTERM.
         await self._retire_group(graceful=not abandoned)
         await self._close_transport()
@@ -557,13 +571,18 @@ class DistributedRunner(Generic[W]):
         except ValueError:
             return None
 
-    def _send(self, rank: int, frame: bytes) -> None:
+    def _send(self, rank: int, frame: bytes, generation: int | None = None) -> None:
         assert self._router is not None and self._group is not None
-        try:
-            self._router.send_multipart([ch.routing_id(self._group.generation, rank), frame], flags=zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            # The rank's connection is gone; its sentinel will report the death.
-            logger.warning("could not send to rank %d: %s", rank, exc, extra={"rank": rank})
+        identity = ch.routing_id(self._group.generation if generation is None else generation, rank)
+        # zmq.asyncio reports a failed send (ROUTER_MANDATORY: the peer is gone) through the future.
+        sent: asyncio.Future[Any] = self._router.send_multipart([identity, frame], flags=zmq.NOBLOCK)  # type: ignore[assignment]
+        sent.add_done_callback(lambda f: self._log_send_failure(rank, f))
+
+    @staticmethod
+    def _log_send_failure(rank: int, sent: asyncio.Future[Any]) -> None:
+        if not sent.cancelled() and sent.exception() is not None:
+            # The rank's connection is gone; its sentinel reports the death.
+            logger.warning("could not send to rank %d: %s", rank, sent.exception(), extra={"rank": rank})
 
     def _broadcast(self, frame: bytes) -> None:
         for rank in range(self.world_size):
@@ -578,7 +597,12 @@ class DistributedRunner(Generic[W]):
             request.finish(error=error)
             request.settle()
             return
-        if request.status == "running" and request.cancel_at is None and not request.settled:
+        if request.settled:
+            # Every rank is free already; only a deferred result was due: stop waiting for it.
+            request.finish(error=error)
+            self._requests.pop(request.id, None)
+            return
+        if request.status == "running" and request.cancel_at is None:
             assert self._loop is not None
             request.cancel_at = self._loop.time()
             request.finish(error=error)
@@ -652,7 +676,7 @@ class DistributedRunner(Generic[W]):
                 try:
                     await asyncio.wait_for(request.changed.wait(), timeout)
                 except TimeoutError:
-                    stuck = sorted(set(range(self.world_size)) - request.reported)
+                    stuck = sorted(set(range(self.world_size)) - request.released)
                     why = "a rank raised" if request.first_error_at is not None else "the request was cancelled"
                     logger.warning(
                         "request %d: %s and ranks %s did not finish within %.1fs; rebuilding the group",
@@ -660,11 +684,12 @@ class DistributedRunner(Generic[W]):
                         self.error_grace if request.first_error_at is not None else self.cancel_grace,
                     )
                     with contextlib.suppress(GridgenError):  # a failed restart leaves the runner "dead"
-                        await self._restart_group(f"ranks {stuck} stuck after {why}", None, from_dispatcher=True)
+                        await self._restart_group(f"ranks {stuck} stuck after {why}", None)
                     break
         finally:
             self._current = None
-            self._requests.pop(request.id, None)
+            if request.future.done():
+                self._requests.pop(request.id, None)
 
     # -- internals: messages ------------------------------------------------------
 
@@ -704,36 +729,76 @@ class DistributedRunner(Generic[W]):
             self._on_startup_message(rank, kind, data)
             return
         request = self._requests.get(request_id)
-        if request is None or request.settled:
+        if request is None:
             return
         if kind == ch.ITEM:
             if request.streaming and not request.future.done():
                 request.push(data)
             return
+        if kind == ch.RELEASED:
+            request.released.add(rank)
+            self._settle_if_free(request)
+            return
         if rank in request.reported:
             return
         request.reported.add(rank)
+        request.released.add(rank)
         if kind == ch.DONE:
             if rank == 0:
                 request.result = data
         elif kind == ch.ERROR:
             info = data if isinstance(data, dict) else {"type": "Exception", "message": str(data)}
             error = WorkerError.from_remote(rank, info)
+            request.first_error = request.first_error or error
             logger.error("request %d failed on rank %d: %s", request.id, rank, error.remote_message, extra={"rank": rank})
             if request.first_error_at is None:
                 assert self._loop is not None
                 request.first_error_at = self._loop.time()
-                request.finish(error=error)
-                if len(request.reported) < self.world_size:
+                if len(request.released) < self.world_size:
                     # Cooperative ranks stop early; stuck ones are handled by error_grace.
                     self._broadcast(encode([ch.CANCEL, request.id, None]))
+                    # A rank's error is often the echo of another rank's death (gloo reports
+                    # "connection reset" before the dead process's sentinel fires): give the
+                    # sentinel a moment so the caller learns the cause, not the symptom.
+                    self._loop.call_later(_DEATH_GRACE, self._surface_error, request, error)
+                else:
+                    request.finish(error=error)
         if len(request.reported) == self.world_size:
-            if request.first_error_at is None and request.cancel_at is None:
+            if request.first_error_at is not None and not request.future.done():
+                request.finish(error=request.first_error)
+            elif request.first_error_at is None and request.cancel_at is None:
                 request.finish(result=request.result)
             elif not request.future.done():
                 request.finish(error=RequestCancelled("request cancelled"))
+            self._requests.pop(request.id, None)
+        self._settle_if_free(request)
+
+    def _surface_error(self, request: _Request, error: WorkerError) -> None:
+        if request.future.done():
+            return
+        group = self._group
+        if group is not None:
+            for rank, process in enumerate(group.processes):
+                if not process.is_alive():  # reaps it: the exit code is known now
+                    request.finish(error=WorkerDiedError(rank, process.exitcode, f"{error.remote_type} on rank {error.rank} followed"))
+                    return
+        request.finish(error=error)
+
+    def _settle_if_free(self, request: _Request) -> None:
+        """Once every rank is free, the group may take the next request (results may still come)."""
+        if not request.settled and len(request.released) == self.world_size:
             request.settle()
         request.changed.set()
+
+    def _fail_unfinished(self, error: GridgenError) -> None:
+        """Fail the running request and those whose deferred results are still due."""
+        for request in list(self._requests.values()):
+            if request.status != "queued" and not request.future.done():
+                request.finish(error=error)
+            if request.status != "queued":
+                if not request.settled:
+                    request.settle()
+                self._requests.pop(request.id, None)
 
     # -- internals: the worker group -------------------------------------------
 
@@ -815,10 +880,7 @@ class DistributedRunner(Generic[W]):
             return
         if self._state == "restarting":
             return
-        current = self._current
-        if current is not None and not current.settled:
-            current.finish(error=error)
-            current.settle()
+        self._fail_unfinished(error)
         self._dead = error
         group = self._group
         if group is not None and self._loop is not None:
@@ -828,29 +890,32 @@ class DistributedRunner(Generic[W]):
             self._background.add(reaper)
             reaper.add_done_callback(self._background.discard)
         if self.auto_restart:
-            self._begin_restart(str(error), None, from_dispatcher=False)
+            self._begin_restart(str(error), None)
         else:
             self._set_state("dead")
 
-    def _begin_restart(self, why: str, timeout: float | None, from_dispatcher: bool) -> asyncio.Future[None]:
+    def _begin_restart(self, why: str, timeout: float | None) -> asyncio.Future[None]:
         """Start a restart unless one is under way; either way return the one running."""
+        if self._state in ("stopping", "stopped"):
+            refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            refused.set_exception(RunnerClosed("the runner is stopping; no restart"))
+            refused.add_done_callback(_consume_exception)
+            return refused
         if self._restarting is None or self._restarting.done():
             self._set_state("restarting")
-            task = asyncio.ensure_future(self._do_restart(why, timeout, from_dispatcher))
+            task = asyncio.ensure_future(self._do_restart(why, timeout))
             task.add_done_callback(_consume_exception)
             self._restarting = task
         return self._restarting
 
-    async def _restart_group(self, why: str, timeout: float | None, from_dispatcher: bool = False) -> None:
-        await asyncio.shield(self._begin_restart(why, timeout, from_dispatcher))
+    async def _restart_group(self, why: str, timeout: float | None) -> None:
+        await asyncio.shield(self._begin_restart(why, timeout))
 
-    async def _do_restart(self, why: str, timeout: float | None, from_dispatcher: bool) -> None:
+    async def _do_restart(self, why: str, timeout: float | None) -> None:
         logger.warning("restarting the worker group: %s", why)
         self._set_state("restarting")
-        current = self._current
-        if current is not None and not current.settled and not from_dispatcher:
-            current.finish(error=RequestCancelled(f"the worker group was restarted: {why}"))
-            current.settle()
+        # Requests that already failed (the error that led here) keep their error.
+        self._fail_unfinished(RequestCancelled(f"the worker group was restarted: {why}"))
         await self._retire_group(graceful=False)
         try:
             await self._spawn_group(self.start_timeout if timeout is None else timeout)
@@ -878,8 +943,7 @@ class DistributedRunner(Generic[W]):
         if graceful and self._router is not None:
             frame = encode([ch.SHUTDOWN, 0, None])
             for rank in range(len(group.processes)):
-                with contextlib.suppress(zmq.ZMQError):
-                    self._router.send_multipart([ch.routing_id(group.generation, rank), frame], flags=zmq.NOBLOCK)
+                self._send(rank, frame, generation=group.generation)
             if await group.wait_exit(10.0):
                 self._group = None
                 return

@@ -19,6 +19,9 @@ Ops (``on_rank``: the rank that misbehaves, None for every rank):
 * ``echo``: returns ``{"echo": message, "rank", "world_size", "device", "pid", "thread", "cuda_device"}``;
   when streaming, first streams ``items`` items ``{"i": i, "rank": rank}`` (every rank or ``on_rank``).
 * ``value``: returns ``payload["value"]`` unchanged (codec round trips).
+* ``deferred``: returns a ``concurrent.futures.Future`` that a thread resolves after
+  ``delay`` seconds with ``{"deferred": message, "rank"}`` (or raises ``ValueError`` when
+  ``fail`` is true): the rank is free for the next request before its value is sent.
 * ``calls``: returns how many requests this rank has served (keepalives included).
 * ``unencodable``: returns a value the codec cannot carry (a ``set``).
 * ``allreduce``: all-reduces ``rank + 1`` and returns the sum.
@@ -39,6 +42,7 @@ Ops (``on_rank``: the rank that misbehaves, None for every rank):
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import signal
@@ -100,6 +104,8 @@ class ProbeWorker(DistributedWorker):
             return self._echo(payload.get("message", ""))
         if op == "value":
             return payload.get("value")
+        if op == "deferred":
+            return self._deferred(float(payload.get("delay", 0.5)), payload.get("message"), bool(payload.get("fail")))
         if op == "calls":
             return self.calls
         if op == "unencodable":
@@ -148,6 +154,19 @@ class ProbeWorker(DistributedWorker):
             time.sleep(10)
         block = bytearray(int(payload.get("bytes", 0)))
         return {"allocated": len(block)}
+
+    def _deferred(self, delay: float, message: Any, fail: bool) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def finish() -> None:
+            time.sleep(delay)
+            if fail:
+                future.set_exception(ValueError(f"deferred failure on rank {self.rank}"))
+            else:
+                future.set_result({"deferred": message, "rank": self.rank, "done_at": time.monotonic()})
+
+        threading.Thread(target=finish, daemon=True).start()
+        return future
 
     def _echo(self, message: Any) -> dict[str, Any]:
         cuda_device = None
