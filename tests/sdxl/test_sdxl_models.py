@@ -88,7 +88,8 @@ def test_tiny_loads_through_from_pretrained_with_the_real_classes(tiny_cache: st
     assert pipeline.unet.dtype == torch.float32 and pipeline.device.type == "cpu"
     assert pipeline.vae_scale_factor == 8  # like SDXL: latents are 1/8 of the image
     assert sum(p.numel() for p in pipeline.unet.parameters()) < 2_000_000
-    assert load_pipeline("tiny", dtype="bf16").unet.dtype == torch.bfloat16
+    bf16: Any = load_pipeline("tiny", dtype="bf16")
+    assert bf16.unet.dtype == torch.bfloat16
 
 
 def test_a_missing_hub_model_fails_fast_naming_the_model_and_the_fix(tiny_cache: str) -> None:
@@ -105,7 +106,9 @@ def test_a_missing_hub_model_fails_fast_naming_the_model_and_the_fix(tiny_cache:
 def test_a_missing_folder_and_a_missing_preview_model(tmp_path: Path, tiny_cache: str) -> None:
     with pytest.raises(ModelNotFoundError, match="no such folder"):
         load_pipeline(str(tmp_path / "nothing-here"))
-    with pytest.raises(ModelNotFoundError, match=r"preview model 'madebyollin/taesdxl'.*preview=\"linear\""):
+    with pytest.raises(
+        ModelNotFoundError, match=r"preview model 'madebyollin/taesdxl'.*preview=\"linear\""
+    ):
         load_preview_decoder(None, model="stabilityai/stable-diffusion-xl-base-1.0")
     worker = SDXLWorker()
     with pytest.raises(ModelNotFoundError, match=r"stable-diffusion-xl-base-1\.0"):
@@ -126,17 +129,18 @@ def test_dtypes() -> None:
 def test_the_shipped_config_is_the_full_size_architecture() -> None:
     config = sdxl_base_config()
     assert config["unet"]["block_out_channels"] == [320, 640, 1280]
-    from diffusers import UNet2DConditionModel
+    import diffusers
 
     kwargs = {k: v for k, v in config["unet"].items() if not k.startswith("_")}
+    unet_cls: Any = diffusers.UNet2DConditionModel
     with torch.device("meta"):  # shapes only, no memory
-        unet: Any = UNet2DConditionModel(**kwargs)
+        unet = unet_cls(**kwargs)
     assert sum(p.numel() for p in unet.parameters()) == config["compute"]["unet_params"]
 
 
 def _shrunken_config() -> dict[str, Any]:
     """The shipped config with every width cut down, so sdxl-random's code path runs on CPU."""
-    config = json.loads(json.dumps(sdxl_base_config()))
+    config: dict[str, Any] = json.loads(json.dumps(sdxl_base_config()))
     config["unet"].update(
         block_out_channels=[32, 64, 64],
         attention_head_dim=[2, 4, 4],
@@ -149,7 +153,11 @@ def _shrunken_config() -> dict[str, Any]:
     config["vae"].update(block_out_channels=[8, 8, 8, 8], norm_num_groups=4, layers_per_block=1)
     for name in ("text_encoder", "text_encoder_2"):
         config[name].update(
-            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=1, projection_dim=32
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=1,
+            projection_dim=32,
         )
     return config
 
@@ -161,7 +169,9 @@ def test_sdxl_random_builds_on_the_device_in_the_dtype_and_runs() -> None:
         assert module.dtype == torch.bfloat16 and module.device.type == "cpu", name
     assert type(pipeline.tokenizer).__name__ == "CLIPTokenizer"
     pipeline.set_progress_bar_config(disable=True)
-    latents = pipeline(prompt="x", width=64, height=64, num_inference_steps=1, output_type="latent").images
+    latents = pipeline(
+        prompt="x", width=64, height=64, num_inference_steps=1, output_type="latent"
+    ).images
     assert latents.shape == (1, 4, 8, 8) and torch.isfinite(latents).all()
 
 
@@ -172,7 +182,10 @@ def test_sdxl_random_full_size_on_gpu() -> None:
     pipeline: Any = load_pipeline("sdxl-random", device="cuda")
     built = time.monotonic() - started
     assert pipeline.unet.dtype == torch.float16 and pipeline.unet.device.type == "cuda"
-    assert sum(p.numel() for p in pipeline.unet.parameters()) == sdxl_base_config()["compute"]["unet_params"]
+    assert (
+        sum(p.numel() for p in pipeline.unet.parameters())
+        == sdxl_base_config()["compute"]["unet_params"]
+    )
     assert built < 120
     pipeline.set_progress_bar_config(disable=True)
     latents = pipeline(prompt="x", num_inference_steps=2, output_type="latent").images
