@@ -12,6 +12,8 @@ worker class by reference.
 """
 # ruff: noqa: I001
 # mypy: ignore-errors
+# Kept as the seed wrote it, so the formatter leaves it alone:
+# fmt: off
 
 from math import floor, sqrt
 from typing import TYPE_CHECKING, Any
