@@ -14,6 +14,7 @@ from .errors import (
     WorkerError,
 )
 from ._sync import SyncRunner
+from .grid import make_grid
 from .runner import DistributedRunner, RequestHandle
 from .worker import DistributedWorker
 
@@ -37,4 +38,5 @@ __all__ = [
     "WorkerDiedError",
     "WorkerError",
     "__version__",
+    "make_grid",
 ]
