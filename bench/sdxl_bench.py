@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import datetime
 import json
-import os
 import platform
 import statistics
 import sys
@@ -34,9 +33,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_workers import BenchSDXLWorker, SeedBenchWorker  # noqa: E402
+from bench_workers import BenchSDXLWorker, SeedBenchWorker
 
-from gridgen import DistributedRunner  # noqa: E402
+from gridgen import DistributedRunner
 
 UNET_TFLOP_PER_STEP_CFG = 13.52  # one CFG UNet step (batch 2) at 1024x1024, from the config's counts
 VAE_TFLOP_PER_DECODE = 10.47
@@ -244,7 +243,7 @@ def print_table(data: dict[str, Any]) -> None:
     print(f"{'run':12} {'img/gpu':>7} {'stream':>6} {'s/img':>7} {'img/s':>7} {'TFLOP/s':>8} {'peak GiB':>8}")
     for run in data["runs"]:
         print(
-            f"{run['name']:12} {run['images_per_gpu']:7d} {str(run['stream']):>6} {run['s_per_image']:7.3f} "
+            f"{run['name']:12} {run['images_per_gpu']:7d} {run['stream']!s:>6} {run['s_per_image']:7.3f} "
             f"{run['img_per_s_per_gpu']:7.3f} {run['tflops']:8.1f} {run['peak_gib']:8.1f}"
         )
     if data.get("accuracy"):

@@ -1,4 +1,5 @@
 """gridgen: run image generation across GPUs, one worker process per GPU."""
+from ._sync import SyncRunner
 from .errors import (
     Cancelled,
     CodecError,
@@ -13,7 +14,6 @@ from .errors import (
     WorkerDiedError,
     WorkerError,
 )
-from ._sync import SyncRunner
 from .grid import make_grid
 from .runner import DistributedRunner, RequestHandle
 from .worker import DistributedWorker
