@@ -60,6 +60,7 @@ class WorkerSpec:
     prefix_output: bool = True
 
 
+_OUT_HWM = 16  # frames queued per hop on the way out (main thread -> I/O thread -> host)
 _HOST_DEAD_EXIT = 70  # exit code when the host vanished; the host never reads it, it is for ps/logs
 
 
@@ -77,10 +78,15 @@ class _WorkerIO:
         if spec.max_message_bytes is not None:
             self._dealer.setsockopt(zmq.MAXMSGSIZE, spec.max_message_bytes + 1024)
         self._dealer.connect(spec.address)
+        # Few frames in flight: a producer faster than the host reads (big stream items)
+        # waits in add_streaming_result instead of queueing without bound in this process.
+        self._dealer.setsockopt(zmq.SNDHWM, _OUT_HWM)
         endpoint = f"inproc://gridgen-out-{id(self)}"
         self._out_recv = self._ctx.socket(zmq.PAIR)
+        self._out_recv.setsockopt(zmq.RCVHWM, _OUT_HWM)
         self._out_recv.bind(endpoint)
         self._out_send = self._ctx.socket(zmq.PAIR)
+        self._out_send.setsockopt(zmq.SNDHWM, _OUT_HWM)
         self._out_send.connect(endpoint)
         self._send_lock = threading.Lock()
         parent = multiprocessing.parent_process()
@@ -133,14 +139,40 @@ class _WorkerIO:
                         self._out_recv.close(linger=0)
                         self._dealer.close()  # LINGER lets queued frames reach the host
                         return
-                    self._dealer.send_multipart([key, frame])
+                    self._send_out([key, frame])
             if self._dealer in events:
-                while True:
-                    try:
-                        raw = self._dealer.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._handle(raw)
+                self._receive_all()
+
+    def _receive_all(self) -> None:
+        while True:
+            try:
+                raw = self._dealer.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(raw)
+
+    def _send_out(self, frames: list[bytes]) -> None:
+        """Send to the host, waiting while it does not take messages (it is behind, or gone).
+
+        A blocking send would wait forever once the host is dead (a DEALER without a peer
+        blocks), and this thread would never see the host's death: keep watching for it,
+        and for cancels, while waiting.
+        """
+        while True:
+            try:
+                self._dealer.send_multipart(frames, flags=zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+            poller = zmq.Poller()
+            poller.register(self._dealer, zmq.POLLIN | zmq.POLLOUT)
+            if self._parent_sentinel is not None:
+                poller.register(self._parent_sentinel, zmq.POLLIN)
+            events = dict(poller.poll())
+            if self._parent_sentinel is not None and self._parent_sentinel in events:
+                self._host_died()
+            if events.get(self._dealer, 0) & zmq.POLLIN:
+                self._receive_all()
 
     def _handle(self, raw: bytes) -> None:
         try:
