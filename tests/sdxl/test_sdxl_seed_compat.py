@@ -15,7 +15,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from seed_app import DistributedRunner, ExampleDistributedWorker, ExampleRequest
+from seed_app import (  # type: ignore[import-not-found]
+    DistributedRunner,
+    ExampleDistributedWorker,
+    ExampleRequest,
+)
 
 SIZE: dict[str, Any] = {"width": 64, "height": 64, "num_inference_steps": 6}
 
