@@ -28,6 +28,7 @@ import hmac
 import itertools
 import logging
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -106,6 +107,7 @@ class _Request:
         self.released: set[int] = set()  # ranks free for the next request (answered or released)
         self.result: Any = None
         self.first_error_at: float | None = None
+        self.collective_failed = False  # a rank's error escaped from a torch.distributed call
         self.first_error: WorkerError | None = None
         self.cancel_at: float | None = None
         # The caller may have stopped waiting (cancelled, timed out): mark errors as seen.
@@ -132,6 +134,14 @@ class _Request:
         self.status = "done"
         self.changed.set()
         self.wake.set()
+
+
+def _failed_in_collective(info: Mapping[str, Any]) -> bool:
+    """True when a remote exception escaped from a torch.distributed call (its innermost
+    frame is there): that collective was aborted (timed out, peer gone), so the ranks'
+    collectives are out of step and every later one fails until the group is rebuilt."""
+    files = re.findall(r'^\s*File "([^"]+)"', str(info.get("traceback", "")), re.MULTILINE)
+    return bool(files) and "torch/distributed/" in files[-1].replace("\\", "/")
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:
@@ -686,6 +696,12 @@ class DistributedRunner(Generic[W]):
                     with contextlib.suppress(GridgenError):  # a failed restart leaves the runner "dead"
                         await self._restart_group(f"ranks {stuck} stuck after {why}", None)
                     break
+            else:
+                if request.collective_failed and self._state == "ready":
+                    # Every rank answered, but a collective was aborted (e.g. it timed out
+                    # before error_grace ran out): the group is poisoned all the same.
+                    with contextlib.suppress(GridgenError):
+                        await self._restart_group(f"a collective failed during request {request.id}", None)
         finally:
             self._current = None
             if request.future.done():
@@ -750,6 +766,7 @@ class DistributedRunner(Generic[W]):
             info = data if isinstance(data, dict) else {"type": "Exception", "message": str(data)}
             error = WorkerError.from_remote(rank, info)
             request.first_error = request.first_error or error
+            request.collective_failed = request.collective_failed or _failed_in_collective(info)
             logger.error("request %d failed on rank %d: %s", request.id, rank, error.remote_message, extra={"rank": rank})
             if request.first_error_at is None:
                 assert self._loop is not None
