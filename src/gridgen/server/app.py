@@ -1,0 +1,396 @@
+"""``create_app``: a FastAPI service in front of a :class:`~gridgen.DistributedRunner`.
+
+Endpoints
+---------
+
+``POST /generate``
+    Body: the request model (default :class:`~gridgen.sdxl.GenerateRequest`). Runs the
+    request and answers with the response model (default
+    :class:`~gridgen.sdxl.GenerateResult`: ``grid`` and ``images`` as base64 ``data:`` URLs,
+    ``seeds``, ``timings``...). If the client disconnects first, the request is cancelled
+    on every rank.
+``POST /stream``
+    Same body; a ``text/event-stream`` of ``queued``, ``progress``... then ``result``
+    (or ``error``) events, described in :mod:`gridgen.server.sse`. Closing the connection
+    cancels the request on every rank, within one diffusion step for the SDXL worker.
+``GET /health``
+    ``200 {"status": "ok"}`` while the process serves HTTP.
+``GET /ready``
+    ``200 {"ready": true, ...}`` when the runner takes requests, else ``503`` with its
+    ``state`` (``new``, ``starting``, ``restarting``, ``dead``, ``stopping``, ``stopped``).
+``GET /``
+    The playground page (plain HTML and JavaScript shipped in the package).
+
+Errors
+------
+
+Every gridgen error becomes a JSON body ``{"detail": message, "error": {"type",
+"message", "status", ...}}`` (on ``/stream`` after the response started: an ``error``
+event whose data is the inner object):
+
+=============================================  ======  =========================================
+error                                          status  notes
+=============================================  ======  =========================================
+body fails the request model                   422     FastAPI's body: ``detail[*].loc`` names
+                                                       the field, ``detail[*].type`` the rule
+``QueueFull``                                  503     ``Retry-After``: about one request's time
+``RunnerClosed`` / ``RequestCancelled``        503     not started, stopping or restarting;
+                                                       ``Retry-After`` too
+``WorkerError`` (a rank raised)                500     ``rank``, ``remote_type``; the remote
+                                                       traceback goes to the log, not the client
+``WorkerError`` from ``InvalidRequestError``   422     the worker rejected a field
+``WorkerDiedError``                            500     ``rank``, ``exitcode``, ``signal``
+``RequestTimeout``                             504
+``PayloadTooLarge``                            413
+=============================================  ======  =========================================
+
+The service keeps serving after any of them: a rank that raised leaves its group
+healthy or rebuilt by the runner (see :mod:`gridgen.runner`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
+from starlette.types import Message
+
+from .._codec import get_encoded_image, to_jsonable
+from ..errors import (
+    GridgenError,
+    PayloadTooLarge,
+    QueueFull,
+    RequestCancelled,
+    RequestTimeout,
+    RunnerClosed,
+    WorkerDiedError,
+    WorkerError,
+)
+from ..runner import DistributedRunner, RequestHandle
+from ..sdxl.request import GenerateRequest, GenerateResult
+from .sse import request_events
+
+__all__ = ["create_app", "error_body"]
+
+logger = logging.getLogger("gridgen.server")
+
+_DEFAULT = object()
+_CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"; nobody reads it
+_PLAYGROUND_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src data: blob:; connect-src 'self'; form-action 'none'; base-uri 'none'"
+)
+
+
+class HealthResponse(BaseModel):
+    status: str
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    state: str
+    world_size: int
+    queue_size: int
+    max_queue: int
+
+
+def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and the JSON error object for an exception (see the module docstring)."""
+    body: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, WorkerError):
+        body["rank"] = exc.rank
+        body["remote_type"] = exc.remote_type
+        # str(WorkerError) carries the remote traceback: keep that in the server log.
+        body["message"] = exc.args[0] if exc.args else exc.remote_message
+        status = 422 if exc.remote_type.rsplit(".", 1)[-1] == "InvalidRequestError" else 500
+    elif isinstance(exc, WorkerDiedError):
+        body.update(rank=exc.rank, exitcode=exc.exitcode, signal=exc.signal)
+        status = 500
+    elif isinstance(exc, (QueueFull, RunnerClosed, RequestCancelled)):
+        status = 503
+    elif isinstance(exc, RequestTimeout):
+        status = 504
+    elif isinstance(exc, PayloadTooLarge):
+        status = 413
+    elif isinstance(exc, GridgenError):
+        status = 500
+    else:
+        body["message"] = "internal server error (the server log has the traceback)"
+        status = 500
+    body["status"] = status
+    return status, body
+
+
+class _Pace:
+    """How long one request keeps the workers busy (a running mean): what ``Retry-After`` says
+    when the service is full, since a full queue frees one slot each time a request ends.
+
+    Requests run one at a time in FIFO order, so request ``i`` started at
+    ``max(its arrival, the previous request's end)``; that start, not the arrival, is what
+    a request's service time counts from.
+    """
+
+    def __init__(self) -> None:
+        self.mean: float | None = None
+        self._last_end = 0.0
+
+    def record(self, arrived: float, ended: float, ok: bool) -> None:
+        service = ended - max(arrived, self._last_end)
+        self._last_end = max(self._last_end, ended)
+        if ok and service >= 0:
+            self.mean = service if self.mean is None else 0.7 * self.mean + 0.3 * service
+
+    def retry_after(self) -> int:
+        return 1 if self.mean is None else max(1, min(600, math.ceil(self.mean)))
+
+
+def _field_limits(schema: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("type", "default", "minimum", "maximum", "multipleOf", "maxLength", "enum", "description")
+    out: dict[str, Any] = {}
+    for name, prop in schema.get("properties", {}).items():
+        entry = {k: prop[k] for k in keys if k in prop}
+        for alternative in prop.get("anyOf", []):  # Optional[int] and friends
+            for k in keys:
+                if k in alternative and k not in entry and alternative.get("type") != "null":
+                    entry[k] = alternative[k]
+        out[name] = entry
+    return out
+
+
+def _playground(title: str, config: Mapping[str, Any]) -> str:
+    page = resources.files("gridgen.server").joinpath("playground.html").read_text("utf-8")
+    # JSON inside <script>: "<" escaped so no "</script>" can end it early.
+    data = json.dumps(config, separators=(",", ":")).replace("<", "\\u003c")
+    return page.replace("__GRIDGEN_TITLE__", html.escape(title)).replace("__GRIDGEN_CONFIG__", data)
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client closes the connection (the body was read already)."""
+    while True:
+        message: Message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _result_unless_disconnected(request: Request, handle: RequestHandle) -> tuple[bool, Any]:
+    """``(True, result)``, or ``(False, None)`` once the client is gone (the request is cancelled)."""
+    result = asyncio.ensure_future(handle.result())
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not result.done():
+            result.cancel()  # handle.result() cancels the request on every rank
+    if result.done() and not result.cancelled():
+        return True, result.result()
+    return False, None
+
+
+def create_app(
+    runner: DistributedRunner[Any],
+    *,
+    request_model: type[BaseModel] = GenerateRequest,
+    response_model: Any = _DEFAULT,
+    title: str = "gridgen",
+    manage_runner: bool = True,
+    stream_ping: float = 15.0,
+) -> FastAPI:
+    """A FastAPI app serving ``runner`` (endpoints and errors: see the module docstring).
+
+    Args:
+        runner: the runner to serve. With ``manage_runner`` the app's lifespan starts it
+            (if it is new) and stops it; run the app in the same event loop as the runner.
+        request_model: the pydantic model of the ``/generate`` and ``/stream`` body; the
+            runner gets ``model_dump(mode="json")`` as its payload.
+        response_model: the model of the result: one with a ``from_worker(result)``
+            classmethod (as :class:`~gridgen.sdxl.GenerateResult`) or validated from
+            ``to_jsonable(result)``; ``None`` answers ``to_jsonable(result)`` as is.
+            Default: ``GenerateResult`` for ``GenerateRequest`` (and subclasses), else ``None``.
+        title: the OpenAPI title and the playground heading.
+        manage_runner: start and stop the runner in the app's lifespan.
+        stream_ping: seconds between SSE keep-alive comments on ``/stream`` (0: none).
+    """
+    if response_model is _DEFAULT:
+        is_sdxl = isinstance(request_model, type) and issubclass(request_model, GenerateRequest)
+        response_model = GenerateResult if is_sdxl else None
+    convert_result = _result_converter(response_model)
+    pace = _Pace()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started_here = manage_runner and runner.state == "new"
+        if started_here:
+            await runner.start()
+        try:
+            yield
+        finally:
+            if manage_runner:
+                await runner.stop()
+
+    app = FastAPI(
+        title=title,
+        version=_version(),
+        description="Image generation on a group of worker processes, one per GPU, driven by gridgen.",
+        lifespan=lifespan,
+    )
+    app.state.runner = runner
+    config = {
+        "title": title,
+        "world_size": runner.world_size,
+        "fields": _field_limits(request_model.model_json_schema()),
+    }
+    page = _playground(title, config)
+
+    def error_response(exc: BaseException) -> JSONResponse:
+        status, body = error_body(exc)
+        headers = {"Retry-After": str(pace.retry_after())} if status == 503 else None
+        return JSONResponse({"detail": body["message"], "error": body}, status_code=status, headers=headers)
+
+    @app.exception_handler(GridgenError)
+    async def on_gridgen_error(request: Request, exc: GridgenError) -> JSONResponse:
+        status, _ = error_body(exc)
+        if status >= 500 and status != 503:
+            logger.error("%s %s failed: %s", request.method, request.url.path, exc)
+        return error_response(exc)
+
+    error_responses: dict[int | str, dict[str, Any]] = {
+        500: {"description": "A worker failed (WorkerError, WorkerDiedError)"},
+        503: {"description": "Queue full, or the runner is not ready (Retry-After set)"},
+        504: {"description": "The request's time limit passed"},
+    }
+
+    async def generate(request: Request, body: BaseModel) -> Response:
+        handle = runner.submit(body.model_dump(mode="json"))
+        arrived = time.perf_counter()
+        try:
+            finished, result = await _result_unless_disconnected(request, handle)
+        except BaseException:
+            pace.record(arrived, time.perf_counter(), ok=False)
+            raise
+        pace.record(arrived, time.perf_counter(), ok=finished)
+        if not finished:
+            logger.info("request %d: client disconnected; cancelled", handle.id)
+            return Response(status_code=_CLIENT_CLOSED_REQUEST)
+        return JSONResponse(convert_result(result))
+
+    async def stream(request: Request, body: BaseModel) -> Response:
+        handle = runner.submit(body.model_dump(mode="json"), streaming=True)
+        arrived = time.perf_counter()
+        position = handle.position  # now: by the time the first event goes out it may be running
+
+        def on_finish(ok: bool) -> None:
+            pace.record(arrived, time.perf_counter(), ok)
+
+        async def on_close(message: Message) -> None:
+            # The generator may not have started yet (then it has no finally to run).
+            if not handle.done():
+                logger.info("request %d: stream client disconnected; cancelling", handle.id)
+                handle.cancel()
+
+        events = request_events(
+            handle,
+            position=position,
+            convert_result=convert_result,
+            error_body=error_body,
+            idle_timeout=runner.stream_idle_timeout,
+            on_finish=on_finish,
+        )
+        return EventSourceResponse(events, ping=stream_ping, client_close_handler_callable=on_close)
+
+    # The body's type is chosen at runtime: FastAPI reads it from the annotation.
+    generate.__annotations__["body"] = request_model
+    stream.__annotations__["body"] = request_model
+    app.post(
+        "/generate",
+        response_model=response_model,
+        responses=error_responses,
+        summary="Generate and return the result",
+    )(generate)
+    app.post(
+        "/stream",
+        response_class=EventSourceResponse,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "queued, progress..., result | error"},
+            **error_responses,
+        },
+        summary="Generate, streaming progress and previews as server-sent events",
+    )(stream)
+
+    @app.get("/health", response_model=HealthResponse, summary="The process is alive")
+    async def health() -> HealthResponse:
+        return HealthResponse(status="ok")
+
+    @app.get(
+        "/ready",
+        response_model=ReadyResponse,
+        responses={503: {"model": ReadyResponse, "description": "Not ready; `state` says why"}},
+        summary="The runner takes requests",
+    )
+    async def ready() -> JSONResponse:
+        body = ReadyResponse(
+            ready=runner.ready,
+            state=runner.state,
+            world_size=runner.world_size,
+            queue_size=runner.queue_size,
+            max_queue=runner.max_queue,
+        )
+        headers = None if runner.ready else {"Retry-After": str(pace.retry_after())}
+        return JSONResponse(body.model_dump(), status_code=200 if runner.ready else 503, headers=headers)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(
+            page, headers={"Content-Security-Policy": _PLAYGROUND_CSP, "Cache-Control": "no-cache"}
+        )
+
+    return app
+
+
+def _result_converter(response_model: Any) -> Callable[[Any], Any]:
+    if response_model is None:
+        return to_jsonable
+    from_worker = getattr(response_model, "from_worker", None)
+    if callable(from_worker):
+
+        def convert(result: Any) -> Any:
+            if isinstance(result, dict):
+                result = {key: _keep_encoded(value) for key, value in result.items()}
+            return from_worker(result).model_dump(mode="json")
+
+        return convert
+
+    def validate(result: Any) -> Any:
+        return response_model.model_validate(to_jsonable(result)).model_dump(mode="json")
+
+    return validate
+
+
+def _keep_encoded(value: Any) -> Any:
+    """Images off the wire as their original encoded bytes, so that converting them to a
+    data URL keeps the format the worker chose (JPEG stays JPEG) and skips re-encoding."""
+    if isinstance(value, list):
+        return [_keep_encoded(item) for item in value]
+    if isinstance(value, Image.Image):
+        encoded = get_encoded_image(value)
+        return value if encoded is None else encoded
+    return value
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
