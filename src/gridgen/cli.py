@@ -1,0 +1,433 @@
+"""The ``gridgen`` command: ``gridgen generate`` (images to files) and ``gridgen serve`` (HTTP).
+
+Quick start, on CPU with the built-in tiny model (random weights: the images are noise)::
+
+    gridgen generate "a lighthouse at dawn" --model tiny --workers 2 --device cpu \\
+        --width 256 --height 256 --steps 4 -o grid.png
+
+Heavy imports (torch, diffusers, FastAPI) happen after the arguments are parsed and the
+request is validated, so ``--help`` and input errors answer at once. Exit status: 0 done,
+1 failed while running, 2 bad arguments or request (nothing was started), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+_QUIET_ENV = {
+    # Model loading in every worker otherwise prints progress bars and advisories.
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "DIFFUSERS_VERBOSITY": "error",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "TQDM_DISABLE": "1",  # diffusers' "Loading pipeline components" bar has no switch of its own
+}
+
+
+class UsageError(Exception):
+    """Bad arguments or request: reported with exit status 2, before anything starts."""
+
+
+# -- arguments -------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
+    return value
+
+
+def _add_runner_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and workers")
+    group.add_argument(
+        "--model",
+        default=None,
+        metavar="tiny|ID|PATH",
+        help='"tiny" (built-in tiny model with random weights: no download, noise images), '
+        '"sdxl-random" (full-size SDXL with random weights, for GPU benchmarks), a Hugging '
+        "Face hub id or a local folder with an SDXL pipeline "
+        "(default: stabilityai/stable-diffusion-xl-base-1.0)",
+    )
+    group.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="W",
+        help="worker processes, one per device (default: the visible GPUs, else 1)",
+    )
+    group.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="cuda (worker i on cuda:i) or cpu (default: cuda when available, else cpu)",
+    )
+    group.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show the workers' model-loading output and full tracebacks",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gridgen`` argument parser (``generate`` and ``serve``)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="gridgen",
+        description="Generate image grids with SDXL on one worker process per GPU, "
+        "from the command line (generate) or over HTTP (serve).",
+        epilog='Quick start on CPU: gridgen generate "a lighthouse at dawn" --model tiny '
+        "--workers 2 --device cpu --width 256 --height 256 --steps 4 -o grid.png",
+    )
+    parser.add_argument("--version", action="version", version=f"gridgen {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    gen = commands.add_parser(
+        "generate",
+        help="generate images for one prompt and write the grid",
+        description="Generate --num-images images of PROMPT (image i from seed + i), spread "
+        "over the workers, and write them as one grid image. The request is checked before "
+        "any worker starts. Unset options take the request's defaults: one image per worker, "
+        "1024x1024, 20 steps, guidance 5.0, a random seed.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    gen.add_argument("prompt", metavar="PROMPT", help="what to draw")
+    req = gen.add_argument_group("request")
+    req.add_argument("--negative-prompt", default=None, metavar="TEXT", help="what to steer away from")
+    req.add_argument(
+        "--num-images", "-n", type=int, default=None, metavar="N",
+        help="images to generate (1-64; default: one per worker)",
+    )
+    req.add_argument(
+        "--steps", type=int, default=None, metavar="S", help="denoising steps (1-150; default 20)"
+    )
+    req.add_argument(
+        "--width", type=int, default=None, metavar="W", help="pixels, a multiple of 8 (64-2048; default 1024)"
+    )
+    req.add_argument(
+        "--height", type=int, default=None, metavar="H", help="pixels, a multiple of 8 (64-2048; default 1024)"
+    )
+    req.add_argument(
+        "--seed", type=int, default=None, metavar="S",
+        help="seed of image 0 (image i uses seed + i; default: random, printed at the end)",
+    )
+    req.add_argument(
+        "--guidance", type=float, default=None, metavar="G",
+        help="classifier-free guidance scale (0-30; <= 1 turns it off; default 5.0)",
+    )
+    out = gen.add_argument_group("output")
+    out.add_argument(
+        "-o", "--output", default="grid.png", metavar="FILE",
+        help="grid image to write; the extension picks the format (.png, .jpg, .webp)",
+    )
+    out.add_argument(
+        "--save-dir", default=None, metavar="DIR",
+        help="also write each image to DIR as NN-seedS.<ext>",
+    )
+    out.add_argument(
+        "--preview-every", type=int, default=1, metavar="K",
+        help="progress updates every K steps (0: no progress bar)",
+    )
+    _add_runner_options(gen)
+    gen.set_defaults(handler=_generate)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the HTTP API and the playground page",
+        description="Start the workers and serve POST /generate, POST /stream (server-sent "
+        "events), GET /health, GET /ready and the playground page at / with uvicorn. The "
+        "service has no authentication: keep it on loopback or behind a proxy that has.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=_port, default=8000, help="port to listen on (0: any free one)")
+    serve.add_argument(
+        "--max-queue", type=int, default=16, metavar="N",
+        help="requests allowed to wait behind the running one; past it: 503 with Retry-After",
+    )
+    serve.add_argument(
+        "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+        help="uvicorn and gridgen log level",
+    )
+    _add_runner_options(serve)
+    serve.set_defaults(handler=_serve)
+    return parser
+
+
+# -- generate ----------------------------------------------------------------------------
+
+
+def _request_payload(args: argparse.Namespace) -> dict[str, Any]:
+    suffix = Path(args.output).suffix.lower()
+    image_format = _FORMATS.get(suffix)
+    if image_format is None:
+        raise UsageError(
+            f"-o/--output: cannot tell the image format from {suffix or 'no extension'!r} "
+            f"(use one of {', '.join(sorted(_FORMATS))})"
+        )
+    if args.preview_every < 0:
+        raise UsageError(f"--preview-every: must be 0 or more, got {args.preview_every}")
+    options = {
+        "negative_prompt": args.negative_prompt,
+        "num_images": args.num_images,
+        "num_inference_steps": args.steps,
+        "width": args.width,
+        "height": args.height,
+        "seed": args.seed,
+        "guidance_scale": args.guidance,
+    }
+    payload: dict[str, Any] = {"prompt": args.prompt}
+    payload.update({k: v for k, v in options.items() if v is not None})
+    payload["preview_every"] = args.preview_every
+    payload["image_format"] = image_format
+    payload["output"] = "both" if args.save_dir else "grid"
+    return payload
+
+
+_OPTION_NAMES = {
+    "num_inference_steps": "--steps",
+    "guidance_scale": "--guidance",
+    "prompt": "PROMPT",
+    "preview_every": "--preview-every",
+    "image_format": "-o/--output",
+}
+
+
+def _validate(payload: dict[str, Any]) -> None:
+    from .sdxl.request import InvalidRequestError, validate_request
+
+    try:
+        validate_request(payload)
+    except InvalidRequestError as exc:
+        lines = []
+        for error in exc.errors:
+            option = _OPTION_NAMES.get(error.field, "--" + error.field.replace("_", "-"))
+            lines.append(f"  {option} ({error.field}): {error.message} [rule: {error.rule}]")
+        raise UsageError("invalid request:\n" + "\n".join(lines)) from None
+
+
+def _quiet_workers(verbose: bool) -> None:
+    if not verbose:
+        for key, value in _QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+
+
+async def _run_generate(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from .runner import DistributedRunner
+    from .sdxl import TINY_MODEL, SDXLWorker, ensure_tiny_sdxl
+
+    model = args.model or _default_model()
+    if model == TINY_MODEL:
+        ensure_tiny_sdxl()  # build it once here, not in every rank at the same time
+    runner = DistributedRunner(
+        SDXLWorker,
+        world_size=args.workers,
+        device=args.device,
+        # The CLI shows progress, not previews: step events without preview images cost nothing.
+        setup_kwargs={"model": model, "preview": None},
+        prefix_output=True,
+    )
+    devices = ", ".join(runner.devices)
+    _err(f"gridgen: starting {runner.world_size} worker(s) on {devices} with model {model!r}...")
+    started = time.perf_counter()
+    async with runner:
+        startup = time.perf_counter() - started
+        handle = runner.submit(payload, streaming=True)
+        bar: Any = None
+        result: Any = None
+        try:
+            async for value in handle.events():
+                if handle.done():
+                    result = value  # the last value yielded once the request is done
+                    continue
+                if isinstance(value, dict) and "total_steps" in value:
+                    if bar is None:
+                        bar = tqdm(
+                            total=int(value["total_steps"]), desc="denoising", unit="step",
+                            file=sys.stderr, dynamic_ncols=True, leave=False, disable=False,
+                        )
+                    bar.update(int(value["step"]) - bar.n)
+        finally:
+            if bar is not None:
+                bar.close()
+    if not isinstance(result, dict) or "seeds" not in result:
+        raise RuntimeError(f"the workers returned no result (got {type(result).__name__})")
+    result["_startup_seconds"] = startup
+    return dict(result)
+
+
+def _default_model() -> str:
+    from .sdxl import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def _write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> list[Path]:
+    written = []
+    output = Path(args.output)
+    if output.parent != Path():
+        output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(_image_bytes(result["grid"]))
+    written.append(output)
+    if args.save_dir:
+        folder = Path(args.save_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        ext = _EXTENSIONS[_FORMATS[output.suffix.lower()]]
+        for i, (image, seed) in enumerate(zip(result["images"], result["seeds"], strict=True)):
+            path = folder / f"{i:02d}-seed{seed}.{ext}"
+            path.write_bytes(_image_bytes(image))
+            written.append(path)
+    return written
+
+
+def _image_bytes(image: Any) -> bytes:
+    data = getattr(image, "data", None)
+    if isinstance(data, bytes):  # gridgen._codec.EncodedImage
+        return data
+    from ._codec import get_encoded_image
+
+    encoded = get_encoded_image(image)  # a PIL image decoded from the wire keeps its bytes
+    if encoded is not None:
+        return bytes(encoded.data)
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _summary(result: dict[str, Any], written: list[Path]) -> str:
+    seeds = list(result["seeds"])
+    seed_text = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}..{seeds[-1]}"
+    t = result.get("timings", {})
+    parts = [f"{k} {float(t[k]):.2f}s" for k in ("denoise", "decode", "gather", "encode") if t.get(k) is not None]
+    extra = f" (+{len(written) - 1} images)" if len(written) > 1 else ""
+    return (
+        f"wrote {written[0]}{extra}: {result['num_images']} image(s) {result['width']}x{result['height']}, "
+        f"seeds {seed_text}; total {float(t.get('total', 0.0)):.2f}s ({', '.join(parts)}); "
+        f"workers started in {result['_startup_seconds']:.1f}s"
+    )
+
+
+def _generate(args: argparse.Namespace) -> int:
+    payload = _request_payload(args)
+    _validate(payload)  # exit 2 here, before any worker starts
+    _quiet_workers(args.verbose)
+    result = asyncio.run(_run_generate(args, payload))
+    written = _write_outputs(args, result)
+    print(_summary(result, written), flush=True)
+    return 0
+
+
+# -- serve -------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.max_queue < 0:
+        raise UsageError(f"--max-queue: must be 0 or more, got {args.max_queue}")
+    _quiet_workers(args.verbose)
+    import logging
+
+    import uvicorn
+
+    from .runner import DistributedRunner
+    from .sdxl import TINY_MODEL, SDXLWorker, ensure_tiny_sdxl
+    from .server import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    model = args.model or _default_model()
+    if model == TINY_MODEL:
+        ensure_tiny_sdxl()
+    if not _is_loopback(args.host):
+        _err(f"gridgen: warning: listening on {args.host}: the service has no authentication")
+    runner = DistributedRunner(
+        SDXLWorker,
+        world_size=args.workers,
+        device=args.device,
+        setup_kwargs={"model": model},
+        max_queue=args.max_queue,
+        auto_restart=True,  # a worker that died is respawned; the service keeps serving
+    )
+    app = create_app(runner, title=f"gridgen · {model}")
+    _err(
+        f"gridgen: starting {runner.world_size} worker(s) on {', '.join(runner.devices)} "
+        f"with model {model!r}; serving on http://{_url_host(args.host)}:{args.port}/ once ready"
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# -- entry point -------------------------------------------------------------------------
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``gridgen`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.handler(args)
+        return status
+    except UsageError as exc:
+        _err(f"gridgen {args.command}: error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        _err("gridgen: interrupted")
+        return 130
+    except Exception as exc:
+        if getattr(args, "verbose", False):
+            raise
+        # A WorkerError's str() ends with the remote traceback: the first line says enough.
+        message = str(exc.args[0]) if exc.args else str(exc)
+        _err(f"gridgen {args.command}: failed: {type(exc).__name__}: {message}")
+        _err("(run with --verbose for the full traceback)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
