@@ -34,7 +34,7 @@ import math
 import os
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import Cancelled
@@ -66,8 +66,6 @@ class _Run:
     max_share: int
     latent_size: tuple[int, int]
     stopped: bool = False
-    preview_seconds: float = 0.0
-    events: int = field(default=0)
 
 
 class SDXLWorker(DistributedWorker):
@@ -323,7 +321,6 @@ class SDXLWorker(DistributedWorker):
         elif self.rank != 0:
             return
         self.add_streaming_result(event)
-        run.events += 1
 
     def _preview_grid(self, run: _Run, latents: torch.Tensor | None) -> Image.Image | None:
         assert self.previewer is not None
