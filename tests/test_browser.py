@@ -139,7 +139,7 @@ def test_submit_shows_previews_then_the_final_grid(
     previews = [s for s in shown if s.startswith("preview")]
     assert previews, shown
     assert shown[-1] == "final grid"
-    assert page.inner_text("#status-text").startswith("Done: 4 image(s), 192×192")
+    assert page.inner_text("#status-text").startswith("Done: 4 image(s), 192\u00d7192")
     assert page.eval_on_selector("#stage img", "img => [img.naturalWidth, img.naturalHeight]") == [384, 384]
     assert page.locator("#seeds button").all_inner_texts() == ["1234", "1235", "1236", "1237"]
     timings = page.locator("#timings td:first-child").all_inner_texts()
@@ -177,6 +177,6 @@ def test_cancel_button_stops_the_request_on_the_workers(service: tuple[str, Any]
     page.click("#generate")
     page.wait_for_selector('#stage img[data-kind="final grid"]', timeout=30_000)
     assert time.monotonic() - cancelled_at < 5.0
-    assert page.inner_text("#status-text").startswith("Done: 2 image(s), 64×64")
+    assert page.inner_text("#status-text").startswith("Done: 2 image(s), 64\u00d764")
     assert runner.queue_size == 0
     page.close()
