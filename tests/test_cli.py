@@ -58,6 +58,9 @@ def test_unknown_output_format_and_bad_workers_exit_2() -> None:
     workers = _run("generate", "a cat", "--workers", "0")
     assert workers.returncode == 2
     assert "--workers" in workers.stderr
+    missing = _run("generate", "a cat", "--model", "./no/such/model")
+    assert missing.returncode == 2
+    assert "--model: no such folder: ./no/such/model" in missing.stderr
 
 
 @pytest.fixture(scope="module")

@@ -233,6 +233,12 @@ def _validate(payload: dict[str, Any]) -> None:
         raise UsageError("invalid request:\n" + "\n".join(lines)) from None
 
 
+def _check_model(model: str | None) -> None:
+    """A model given as a path (absolute, ./, ../ or ~) must exist: say so before starting workers."""
+    if model and model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
+        raise UsageError(f"--model: no such folder: {model}")
+
+
 def _quiet_workers(verbose: bool) -> None:
     if not verbose:
         for key, value in _QUIET_ENV.items():
@@ -341,6 +347,7 @@ def _summary(result: dict[str, Any], written: list[Path]) -> str:
 def _generate(args: argparse.Namespace) -> int:
     payload = _request_payload(args)
     _validate(payload)  # exit 2 here, before any worker starts
+    _check_model(args.model)
     _quiet_workers(args.verbose)
     result = asyncio.run(_run_generate(args, payload))
     written = _write_outputs(args, result)
@@ -354,6 +361,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     if args.max_queue < 0:
         raise UsageError(f"--max-queue: must be 0 or more, got {args.max_queue}")
+    _check_model(args.model)
     _quiet_workers(args.verbose)
     import logging
 
