@@ -170,5 +170,7 @@ def test_the_api_reference_lists_every_public_name() -> None:
     text = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
     for module in (gridgen, gridgen.sdxl):
         section = text.split(f"::: {module.__name__}\n", 1)[1].split(":::", 1)[0]
-        listed = {line.strip()[2:] for line in section.splitlines() if line.strip().startswith("- ")}
+        listed = {
+            line.strip()[2:] for line in section.splitlines() if line.strip().startswith("- ")
+        }
         assert set(module.__all__) - {"__version__"} == listed, module.__name__
