@@ -235,3 +235,31 @@ def test_readme_worker(env: dict[str, str], tmp_path: Path) -> None:
     lines = run(["echo_readme.py"], env, tmp_path).stdout.splitlines()
     assert lines[0] == "{'echo': 'hello, world', 'world_size': 2}"
     assert lines[-1] == "{'echo': 'hello, again', 'world_size': 2}"
+
+
+def test_quick_start_is_the_same_everywhere_and_parses() -> None:
+    """README and docs/quickstart.md show the same two commands, and the CLI accepts them."""
+    import shlex
+
+    from gridgen.cli import build_parser
+
+    def quick_start(path: Path) -> str:
+        text = path.read_text()
+        block = re.search(r"```bash\n(python3 -m venv .*?)```", text, flags=re.S)
+        assert block, f"{path.name} lost its quick start"
+        return block.group(1)
+
+    commands = quick_start(ROOT / "README.md")
+    assert commands == quick_start(DOCS / "quickstart.md")
+    first, second = commands.strip().splitlines()
+    assert second == '. .venv/bin/activate && pip install -e ".[test]" && python -m pytest'
+    generate = shlex.split(first.split(" && ")[-1])
+    assert generate[0] == "gridgen"
+    args = build_parser().parse_args(generate[1:])
+    assert (args.command, args.model, args.workers, args.device, args.output) == (
+        "generate",
+        "tiny",
+        2,
+        "cpu",
+        "grid.png",
+    )
