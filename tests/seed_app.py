@@ -36,7 +36,7 @@ def tensors_to_image_grid(
     """
     Convert a list of tensors to a grid image.
     """
-    from gridgen.grid import make_grid  # gridgen: was torchvision.utils.make_grid
+    from gridgen import make_grid  # gridgen: was torchvision.utils.make_grid
     from PIL import ImageFilter
 
     # Create a grid of images (torchvision's normalize=True, scale_each=True: each image
