@@ -10,7 +10,7 @@ import pytest
 
 from gridgen import DistributedRunner, RequestTimeout
 
-from conftest import LiveRunner
+from runtime_helpers import LiveRunner
 
 
 def test_cancelling_the_task_stops_the_request_on_every_rank(probe: LiveRunner) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from gridgen import DistributedRunner, WorkerError
 
-from conftest import LiveRunner
+from runtime_helpers import LiveRunner
 
 
 def test_next_request_runs_while_the_previous_value_is_still_coming(probe: LiveRunner) -> None:

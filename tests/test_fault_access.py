@@ -30,7 +30,7 @@ import zmq
 
 from gridgen import DistributedRunner
 
-from conftest import LiveRunner, live
+from runtime_helpers import LiveRunner, live
 
 NOBODY = 65534
 

@@ -17,7 +17,7 @@ import pytest
 
 from gridgen import WorkerError
 
-from conftest import LiveRunner, live
+from runtime_helpers import LiveRunner, live
 
 COLLECTIVE_TIMEOUT = 4.0
 

@@ -17,7 +17,7 @@ import pytest
 
 from gridgen import DistributedRunner, RequestTimeout
 
-from conftest import LiveRunner, live
+from runtime_helpers import LiveRunner, live
 
 TIMEOUT = 1.0
 CANCEL_GRACE = 2.0

@@ -27,7 +27,7 @@ import zmq
 from gridgen import DistributedRunner, PayloadTooLarge, WorkerError
 from gridgen.testing import ProbeWorker
 
-from conftest import LiveRunner, live
+from runtime_helpers import LiveRunner, live
 
 LIMIT = 64 * 1024
 

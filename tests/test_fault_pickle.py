@@ -31,7 +31,7 @@ import zmq
 
 from test_fault_malformed import RawWorker
 
-from conftest import LiveRunner, live
+from runtime_helpers import LiveRunner, live
 
 LISTEN_TCP = "0A"  # /proc/net/tcp state
 UNIX_ACCEPTCON = 0x10000  # /proc/net/unix flag of a listening socket

@@ -13,7 +13,7 @@ from typing import Any
 
 from gridgen import DistributedRunner, QueueFull
 
-from conftest import live
+from runtime_helpers import live
 
 
 def test_twenty_calls_behind_a_running_one() -> None:

@@ -18,7 +18,7 @@ import psutil
 
 from gridgen import DistributedRunner, DistributedWorker
 
-from conftest import live
+from runtime_helpers import live
 
 MB = 1024 * 1024
 

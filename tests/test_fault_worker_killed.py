@@ -15,7 +15,7 @@ from typing import Any
 
 from gridgen import DistributedRunner, WorkerDiedError
 
-from conftest import live
+from runtime_helpers import live
 
 LONG = {"op": "steps", "steps": 1000, "delay": 0.02}  # 20 s unless interrupted
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from gridgen import PayloadTooLarge, RunnerClosed, WorkerError
 from gridgen.testing import ProbeWorker
 
-from conftest import LiveRunner
+from runtime_helpers import LiveRunner
 
 
 def test_invoke_returns_rank0_value(probe: LiveRunner) -> None:
@@ -81,7 +81,7 @@ def test_payload_rules(probe: LiveRunner) -> None:
 
 
 def test_payload_over_the_size_limit_fails_before_sending() -> None:
-    from conftest import live
+    from runtime_helpers import live
 
     with live(ProbeWorker, world_size=1, max_message_bytes=1024) as rt:
         with pytest.raises(PayloadTooLarge):
@@ -105,3 +105,12 @@ def test_unsupported_result_type_reaches_the_caller_as_type_error(probe: LiveRun
     assert info.value.rank == 0
     assert info.value.remote_type == "TypeError"
     assert "set" in info.value.remote_message
+
+
+def test_cpu_ranks_share_the_cores(probe: LiveRunner) -> None:
+    import os
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        pytest.skip("OMP_NUM_THREADS is set: the runner leaves the thread count to it")
+    cores = len(os.sched_getaffinity(0))
+    assert probe.sync.invoke({"op": "threads"}) == max(1, cores // 2)

@@ -13,7 +13,7 @@ import zmq
 from gridgen import DistributedRunner
 from gridgen.testing import ProbeWorker
 
-from conftest import LiveRunner
+from runtime_helpers import LiveRunner
 
 
 def test_two_runners_at_once() -> None:

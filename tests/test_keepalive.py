@@ -7,7 +7,7 @@ from typing import Any
 
 from gridgen import DistributedRunner
 
-from conftest import live
+from runtime_helpers import live
 
 
 def test_keepalive_runs_when_idle() -> None:

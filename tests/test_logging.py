@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import live
+from runtime_helpers import live
 
 
 def test_worker_output_is_prefixed_with_the_rank(capfd: pytest.CaptureFixture[str]) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from gridgen import DistributedRunner, QueueFull
 
-from conftest import live
+from runtime_helpers import live
 
 
 def test_fifo_order_and_queue_full() -> None:

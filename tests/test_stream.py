@@ -8,7 +8,7 @@ from typing import Any
 
 from gridgen import DistributedRunner
 
-from conftest import LiveRunner
+from runtime_helpers import LiveRunner
 
 
 def test_stream_yields_items_then_the_result(probe: LiveRunner) -> None:

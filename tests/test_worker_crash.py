@@ -9,7 +9,7 @@ import pytest
 
 from gridgen import WorkerDiedError
 
-from conftest import LiveRunner, live
+from runtime_helpers import LiveRunner, live
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ import pytest
 
 from gridgen import WorkerError
 
-from conftest import LiveRunner
+from runtime_helpers import LiveRunner
 
 
 def test_error_on_rank1_names_the_rank_and_keeps_the_traceback(probe: LiveRunner) -> None:

@@ -12,6 +12,7 @@ GridgenError
 ├── RequestCancelled       the request was cancelled by the runner (stop, restart) rather than by you
 ├── PayloadTooLarge        an encoded message is over max_message_bytes (also a ValueError)
 ├── CodecError             bytes that are not a valid gridgen message (also a ValueError)
+├── ModelNotFoundError     a model could not be found locally or on the hub (also a FileNotFoundError)
 └── Cancelled              raised *inside workers* by check_cancelled() when the host cancelled the request
 ```
 
@@ -29,6 +30,7 @@ __all__ = [
     "Cancelled",
     "CodecError",
     "GridgenError",
+    "ModelNotFoundError",
     "PayloadTooLarge",
     "QueueFull",
     "RequestCancelled",
@@ -156,6 +158,13 @@ class PayloadTooLarge(GridgenError, ValueError):
 
 class CodecError(GridgenError, ValueError):
     """Bytes that do not decode as a gridgen wire message."""
+
+
+class ModelNotFoundError(GridgenError, FileNotFoundError):
+    """A model (or preview model) could not be found locally and the hub cannot be reached.
+
+    The message names the model and says how to fix it.
+    """
 
 
 class Cancelled(GridgenError):

@@ -22,6 +22,7 @@ Ops (``on_rank``: the rank that misbehaves, None for every rank):
 * ``deferred``: returns a ``concurrent.futures.Future`` that a thread resolves after
   ``delay`` seconds with ``{"deferred": message, "rank"}`` (or raises ``ValueError`` when
   ``fail`` is true): the rank is free for the next request before its value is sent.
+* ``threads``: returns ``torch.get_num_threads()`` in this rank.
 * ``calls``: returns how many requests this rank has served (keepalives included).
 * ``unencodable``: returns a value the codec cannot carry (a ``set``).
 * ``allreduce``: all-reduces ``rank + 1`` and returns the sum.
@@ -106,6 +107,10 @@ class ProbeWorker(DistributedWorker):
             return payload.get("value")
         if op == "deferred":
             return self._deferred(float(payload.get("delay", 0.5)), payload.get("message"), bool(payload.get("fail")))
+        if op == "threads":
+            import torch
+
+            return torch.get_num_threads()
         if op == "calls":
             return self.calls
         if op == "unencodable":

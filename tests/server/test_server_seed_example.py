@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from server_helpers import LiveServer, decode_data_url, sse_events
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -21,7 +22,6 @@ def seed_example(server_cache: str) -> Iterator[LiveServer]:
     patch.setenv("GRIDGEN_MODEL", "tiny")
     patch.setenv("GRIDGEN_SIZE", "64")
     patch.setenv("GRIDGEN_STEPS", "6")
-    patch.setenv("OMP_NUM_THREADS", "1")  # the seed's worker does not share the cores itself
     patch.syspath_prepend(str(EXAMPLES))  # spawned workers import the worker class from it
     sys.modules.pop("seed_app_fastapi", None)
     module: Any = importlib.import_module("seed_app_fastapi")

@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from ..errors import ModelNotFoundError
+
 if TYPE_CHECKING:
     import torch
     from diffusers import AutoencoderTiny, StableDiffusionXLPipeline
@@ -76,13 +78,6 @@ _TINY_SEED = 1234
 _BOS = "<|startoftext|>"
 _EOS = "<|endoftext|>"
 _HUB_PROBE_TIMEOUT_S = 2.0
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """A model (or preview model) could not be found locally and the hub cannot be reached.
-
-    The message names the model and says how to fix it.
-    """
 
 
 # -- small helpers -----------------------------------------------------------------

@@ -31,7 +31,6 @@ raises :class:`~gridgen.Cancelled` together; nothing is kept between requests.
 from __future__ import annotations
 
 import math
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -145,7 +144,6 @@ class SDXLWorker(DistributedWorker):
                 f"world_size is {self.world_size} but torch.distributed is not initialised: "
                 "run the worker under gridgen.DistributedRunner (or init_process_group first)"
             )
-        self._share_cpu_cores()
         self.model = model
         self.dtype = resolve_dtype(dtype, self.device)
         self.pipeline = load_pipeline(
@@ -398,26 +396,6 @@ class SDXLWorker(DistributedWorker):
 
     def _collective(self) -> bool:
         return self.world_size > 1 and _dist_ready()
-
-    def _share_cpu_cores(self) -> None:
-        """On CPU, give each rank its share of the cores (like torchrun's OMP_NUM_THREADS).
-
-        Every rank defaults to one thread per core; with several ranks on one machine the
-        threads oversubscribe the cores and, since ranks step in lockstep, a tiny request
-        runs 10 to 50 times slower. Only lowers the count, and leaves an explicit
-        ``OMP_NUM_THREADS`` alone.
-        """
-        if self.device.type != "cpu" or self.world_size <= 1 or os.environ.get("OMP_NUM_THREADS"):
-            return
-        import torch
-
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            cores = os.cpu_count() or 1
-        share = max(1, cores // self.world_size)
-        if torch.get_num_threads() > share:
-            torch.set_num_threads(share)
 
     def _sync(self) -> None:
         """Wait for the device, so that timings measure work rather than kernel launches."""
