@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+
 from server_helpers import LiveServer, ProbeRequest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for a model hub

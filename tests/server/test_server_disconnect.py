@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import httpx
+
 from server_helpers import SMALL, LiveServer, sse_events
 
 LONG: dict[str, Any] = {"prompt": "a long one", "width": 512, "height": 512, "num_inference_steps": 40, "preview_every": 1, "seed": 1}

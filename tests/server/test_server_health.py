@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from server_helpers import SMALL, LiveServer
 
 from gridgen import DistributedRunner
 from gridgen.server import create_app
 from gridgen.testing import ProbeWorker
+
+from server_helpers import SMALL, LiveServer
 
 
 def test_health_and_ready_on_a_started_service(sdxl_server: LiveServer) -> None:
