@@ -212,7 +212,6 @@ def test_custom_worker_page(env: dict[str, str], tmp_path: Path) -> None:
 
 def test_tutorial_page(env: dict[str, str], tmp_path: Path) -> None:
     save_blocks("tutorial.md", tmp_path)
-    env = {**env, "OMP_NUM_THREADS": "1"}  # as the page suggests for CPU ranks
     assert {"parallel_sdxl.py", "generate.py", "cancel.py", "app.py"} <= {
         p.name for p in tmp_path.iterdir()
     }
