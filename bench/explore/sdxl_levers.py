@@ -201,7 +201,13 @@ def reinit_(model, gen, std: float = 0.02):
 
 def build(cfg: dict, device, dtype, res: Results):
     import torch
-    from diffusers import AutoencoderKL, AutoencoderTiny, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        AutoencoderTiny,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tokdir = tempfile.mkdtemp(prefix="sdxl_tok_")
@@ -569,7 +575,6 @@ def stage_baseline(b: Bench):
         s = time_wall(lambda: b.seed_call(b.n(n)), b.device, warmup=1, iters=r(2 if n == 8 else 3))
         b.res.add("baseline", f"seed pipeline b{n}", s, images=b.n(n), peak_gib=peak_gib(b.device))
     # text encoding alone (runs inside every call)
-    import torch
 
     dev = b.device
     s = time_wall(lambda: b.pipe.encode_prompt(PROMPT, device=dev, num_images_per_prompt=1,
@@ -603,7 +608,7 @@ def stage_ref(b: Bench):
                 img = b.decode(vae32, lat)
                 b.res.add("ref", f"eager sdpa={alt} vs eager default (latents)", **diff_stats(lat, b.refs[1]["latents"]))
                 b.res.add("ref", f"eager sdpa={alt} vs eager default (image)", **diff_stats(img, b.refs[1]["image"]))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 b.res.error("ref", alt, e)
     # image 0 of the b4 reference vs the b1 reference: batch-size dependence of eager
     if 4 in b.refs:
@@ -641,7 +646,7 @@ def _lever(b: Bench, name: str, unet, batches=(2, 16), sdpa=None, dtype=None, gr
             row = b.res.add("levers", f"{name} step b{B}", s, cfg_batch=B, finite=finite,
                             **({"capture_s": round(cap, 3)} if graph else {}))
             out[B] = row["median_s"]
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             b.res.error("levers", f"{name} b{B}", e)
         free_mem(b.device)
     return out
@@ -800,7 +805,6 @@ def preview_tiny(tiny, lat):
 
 
 def _e2e(b: Bench, label: str, n: int, decode_vae, graphed: GraphedUNet | None, callback=None, iters=3, acc=True):
-    import torch
 
     n = b.n(n)
     if b.left() < (25 + 6 * n):
@@ -920,7 +924,6 @@ def stage_compile(b: Bench):
     cumulative) is compiled with compile_repeated_blocks(fullgraph=True,
     dynamic=False); first-call (compile) times at CFG batch 2 and 16, then
     step times without and with a CUDA graph around the whole UNet."""
-    import torch
 
     if b.left() < 120:
         b.res.note("compile stage skipped: deadline")
@@ -952,7 +955,7 @@ def stage_compile(b: Bench):
                 try:
                     f()
                     sync(b.device)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     b.res.error("compile", f"{label} first call b{B}", e)
                     return
                 b.res.add("compile", f"compile {label} first call b{B}", compile_s=round(time.perf_counter() - t1, 2))
@@ -969,18 +972,18 @@ def stage_compile(b: Bench):
     if b.args.profile:
         try:
             stage_profile(b, unet, label="compiled")
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             b.res.error("compile", "profile", e)
     if b.args.compile_vae and b.left() > 90:
         try:
             compile_vae(b, vae)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             b.res.error("compile", "vae", e)
     try:
         from torch._dynamo.utils import counters
 
         b.res.add("compile", "dynamo counters", stats=dict(counters["stats"]), graph_breaks=len(counters["graph_break"]))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         b.res.error("compile", "counters", e)
     if b.args.final_batches:
         g = GraphedUNet(unet).install()
@@ -993,7 +996,6 @@ def stage_compile(b: Bench):
 
 def compile_vae(b: Bench, vae):
     """Regional compile of the VAE's ResnetBlock2D (decoder side is what runs)."""
-    import torch
 
     vae32 = getattr(b, "vae32", None)
     if vae32 is None:
@@ -1171,7 +1173,7 @@ def main():
     stages = [s for s in args.stages.split(",") if s]
     try:
         b.pipe, b.tiny = build(b.cfg, b.device, b.dtype, res)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         res.error("build", "build", e)
         raise
     fns = {"sync": stage_sync, "baseline": stage_baseline, "ref": stage_ref, "levers": stage_levers,
@@ -1185,7 +1187,7 @@ def main():
         log(f"--- stage {st} (left {b.left():.0f}s)")
         try:
             fns[st](b)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             res.error(st, "stage", e)
         free_mem(b.device)
         res.meta(best=b.best)
