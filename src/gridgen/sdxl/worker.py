@@ -30,15 +30,18 @@ raises :class:`~gridgen.Cancelled` together; nothing is kept between requests.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import Cancelled
 from ..grid import make_grid
 from ..worker import DistributedWorker
+from .fast import OptimizeMode, optimize_pipeline
 from .models import DEFAULT_MODEL, load_pipeline, load_preview_decoder, resolve_dtype
 from .preview import LinearPreview, Previewer, TaesdPreview, to_uint8
 from .request import GenerateRequest, validate_request
@@ -114,6 +117,10 @@ class SDXLWorker(DistributedWorker):
         dtype: torch.dtype | str | None = None,
         preview: PreviewMode = "auto",
         preview_model: str | None = None,
+        optimize: OptimizeMode = "auto",
+        warmup: Sequence[int] = (),
+        warmup_size: tuple[int, int] = (1024, 1024),
+        defer_encoding: bool | None = None,
         **from_pretrained_kwargs: Any,
     ) -> None:
         """Load the pipeline (and the preview decoder) onto ``self.device``.
@@ -127,6 +134,16 @@ class SDXLWorker(DistributedWorker):
                 ``madebyollin/taesdxl``, or the tiny model's own decoder for ``model="tiny"``),
                 ``"linear"`` (no weights) or ``None`` (progress events without images).
             preview_model: hub id or folder of an ``AutoencoderTiny``.
+            optimize: ``"auto"`` (CUDA graphs, fused QKV and a 16-bit VAE on CUDA; nothing
+                on CPU), ``"graphs"``, ``"compile"`` (adds regional ``torch.compile``: fastest,
+                but each new batch/size shape compiles for about a minute on first use) or
+                ``"none"``. See :mod:`gridgen.sdxl.fast` for the measurements.
+            warmup: images per rank to run once at setup (2 steps at ``warmup_size``), so the
+                CUDA graphs and compiled kernels of the shapes you serve exist before the
+                first request, e.g. ``warmup=(1, 4)``.
+            warmup_size: ``(width, height)`` of the warm-up requests.
+            defer_encoding: encode images in a background thread on rank 0 so the next
+                request starts on the GPU meanwhile. ``None``: when run by a runner.
             **from_pretrained_kwargs: passed to ``StableDiffusionXLPipeline.from_pretrained``.
 
         Raises:
@@ -150,11 +167,20 @@ class SDXLWorker(DistributedWorker):
             model, device=self.device, dtype=self.dtype, **from_pretrained_kwargs
         )
         self.pipeline.set_progress_bar_config(disable=True)
+        self.graphed_unet = optimize_pipeline(self.pipeline, optimize, self.device)
         vae = self.pipeline.vae
         if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
             # SDXL's VAE overflows in float16; diffusers upcasts it on every call and casts it
             # back. Keep it in float32 once instead (84 M parameters).
             vae.to(dtype=torch.float32)
+        if self.graphed_unet is not None:
+            self.decode_batch_size = 8  # measured best for the 16-bit (compiled) VAE
+        self.defer_encoding = self._distributed if defer_encoding is None else defer_encoding
+        self._encoder_pool = (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gridgen-encode")
+            if self.defer_encoding and self.rank == 0
+            else None
+        )
         if preview == "auto":
             preview = "taesd" if preview_model is not None else "linear"
         if preview == "taesd":
@@ -166,12 +192,33 @@ class SDXLWorker(DistributedWorker):
             self.previewer = LinearPreview()
         else:
             self.previewer = None
+        width, height = warmup_size
+        for per_rank in warmup:
+            # Every rank runs the same warm-up in lockstep (the gathers are collectives).
+            warm = self(
+                prompt="warm-up", num_images=per_rank * self.world_size, width=width, height=height,
+                num_inference_steps=2, seed=0, preview_every=0,
+            )
+            if isinstance(warm, concurrent.futures.Future):
+                warm.result()
         self.setup_seconds = time.perf_counter() - started
+
+    def teardown(self) -> None:
+        """Let a deferred encoding finish, then stop the encoder thread."""
+        pool = getattr(self, "_encoder_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     # -- one request --------------------------------------------------------------------
 
-    def __call__(self, streaming: bool = False, **payload: Any) -> dict[str, Any]:
-        """Generate the request's images; rank 0 returns the result dict, other ranks ``{}``."""
+    def __call__(
+        self, streaming: bool = False, **payload: Any
+    ) -> dict[str, Any] | concurrent.futures.Future[dict[str, Any]]:
+        """Generate the request's images; rank 0 returns the result dict, other ranks ``{}``.
+
+        With ``defer_encoding``, rank 0 returns a future of the result dict: the grid and
+        the images are encoded in a background thread while the next request runs.
+        """
         started = time.perf_counter()
         request = validate_request(payload, self.world_size)  # same verdict on every rank
         n = request.num_images
@@ -205,31 +252,38 @@ class SDXLWorker(DistributedWorker):
         if gathered is None:
             return {}
 
-        # 7. grid and encode (rank 0)
+        # 7. grid and encode (rank 0), in the background when deferred
         images = self._in_index_order(gathered, n)
-        result: dict[str, Any] = {
-            "seeds": [seed + i for i in range(n)],
-            "width": request.width,
-            "height": request.height,
-            "num_images": n,
-        }
-        encode = _encoder()
-        if request.output in ("grid", "both"):
-            result["grid"] = encode(make_grid(images), request.image_format, _ENCODE_QUALITY)
-        if request.output in ("images", "both"):
-            result["images"] = [
-                encode(image, request.image_format, _ENCODE_QUALITY) for image in images
-            ]
-        finished = time.perf_counter()
-        result["timings"] = {
-            "setup": round(getattr(self, "setup_seconds", 0.0), 6),
-            "denoise": round(denoised - started, 6),
-            "decode": round(decoded - denoised, 6),
-            "gather": round(gather_done - decoded, 6),
-            "encode": round(finished - gather_done, 6),
-            "total": round(finished - started, 6),
-        }
-        return result
+        setup_seconds = getattr(self, "setup_seconds", 0.0)
+
+        def finish() -> dict[str, Any]:
+            result: dict[str, Any] = {
+                "seeds": [seed + i for i in range(n)],
+                "width": request.width,
+                "height": request.height,
+                "num_images": n,
+            }
+            encode = _encoder()
+            if request.output in ("grid", "both"):
+                result["grid"] = encode(make_grid(images), request.image_format, _ENCODE_QUALITY)
+            if request.output in ("images", "both"):
+                result["images"] = [
+                    encode(image, request.image_format, _ENCODE_QUALITY) for image in images
+                ]
+            finished = time.perf_counter()
+            result["timings"] = {
+                "setup": round(setup_seconds, 6),
+                "denoise": round(denoised - started, 6),
+                "decode": round(decoded - denoised, 6),
+                "gather": round(gather_done - decoded, 6),
+                "encode": round(finished - gather_done, 6),
+                "total": round(finished - started, 6),
+            }
+            return result
+
+        if self._encoder_pool is not None:
+            return self._encoder_pool.submit(finish)
+        return finish()
 
     # -- the steps, in order ---------------------------------------------------------------
 
