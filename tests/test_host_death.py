@@ -60,3 +60,37 @@ def _alive(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+FORGETFUL_HOST = textwrap.dedent(
+    """
+    import asyncio, json
+    from gridgen import DistributedRunner
+    from gridgen.testing import ProbeWorker
+
+    async def main():
+        runner = DistributedRunner(ProbeWorker, world_size=2, device="cpu")
+        await runner.start()
+        print(json.dumps({"pids": runner.pids, "dir": runner.control_dir}), flush=True)
+        raise RuntimeError("a bug in the host: stop() is never called")
+
+    if __name__ == "__main__":
+        asyncio.run(main())
+    """
+)
+
+
+def test_a_host_that_never_stops_its_runner_still_exits_cleanly(tmp_path: os.PathLike[str]) -> None:
+    # multiprocessing's own exit hook joins child processes; gridgen's hook must run first
+    # and end the workers, or the interpreter would wait for them forever.
+    script = os.path.join(str(tmp_path), "forgetful.py")
+    with open(script, "w") as f:
+        f.write(FORGETFUL_HOST)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 30
+    assert "a bug in the host" in done.stderr
+    info = json.loads(done.stdout.splitlines()[0])
+    workers = [p for p in info["pids"]]
+    assert not any(_alive(psutil.Process(p)) for p in workers if psutil.pid_exists(p))
+    assert not os.path.exists(info["dir"])

@@ -32,7 +32,6 @@ import re
 import secrets
 import shutil
 import tempfile
-import weakref
 from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -67,13 +66,20 @@ W = TypeVar("W", bound=DistributedWorker)
 
 _DEATH_GRACE = 0.2  # seconds a rank's error waits for news of another rank's death
 
-_live_runners: weakref.WeakSet[DistributedRunner[Any]] = weakref.WeakSet()
+# Strong references: a started runner owns live processes until stop(), even when the
+# caller dropped it (a script that raised); a weak set let it vanish before atexit.
+_live_runners: set[DistributedRunner[Any]] = set()
+
+
+# Ordering hazard: atexit runs hooks last-in, first-out, and multiprocessing.util registers
+# a hook that joins every child process (forever, for workers a forgotten runner never
+# stopped) when it is first imported, which would otherwise happen at the first spawn,
+# after ours. Import it now so that our hook, registered below, runs first.
+import multiprocessing.util  # noqa: E402,F401
 
 
 @atexit.register
 def _kill_leftovers() -> None:
-    # Runs before multiprocessing's own atexit hook, which would otherwise wait
-    # forever for worker processes that a forgotten runner never stopped.
     for runner in list(_live_runners):
         runner._kill_now()
 
