@@ -52,14 +52,19 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run ``python *args``; fail with its output if it fails."""
-    proc = subprocess.run(
-        [sys.executable, *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, *args],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(
+            f"{args} ran past {RUN_TIMEOUT}s\n--- stdout\n{exc.stdout}\n--- stderr\n{exc.stderr}"
+        )
     assert proc.returncode == 0, (
         f"{args} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
     )
