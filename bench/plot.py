@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def label(run: dict) -> str:
@@ -35,10 +35,10 @@ def plot(path: Path) -> Path:
         ("s_per_image", "seconds per image (lower is better)", "{:.3f}"),
         ("img_per_s_per_gpu", "images per second per GPU (higher is better)", "{:.2f}"),
     ]
-    for ax, (key, title, fmt) in zip(axes, panels):
+    for ax, (key, title, fmt) in zip(axes, panels, strict=True):
         values = [r[key] for r in runs]
         bars = ax.bar(range(len(runs)), values, color=colors, hatch=hatches, edgecolor="black")
-        for bar, v in zip(bars, values):
+        for bar, v in zip(bars, values, strict=True):
             ax.annotate(fmt.format(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(runs)), labels, rotation=35, ha="right", fontsize=8)

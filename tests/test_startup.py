@@ -14,7 +14,13 @@ from gridgen.testing import ProbeWorker
 
 
 def _children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE}
+    """Live child processes, except multiprocessing's resource tracker (started at the first
+    spawn of the test session, shared by every later one, and not a worker)."""
+    return {
+        p.pid
+        for p in psutil.Process().children(recursive=True)
+        if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(p.cmdline())
+    }
 
 
 def test_setup_raising_on_one_rank() -> None:
@@ -66,3 +72,13 @@ def test_default_device_without_cuda_is_cpu() -> None:
     if not __import__("torch").cuda.is_available():
         assert runner.devices == ["cpu"] and runner.backend == "gloo"
     assert os.cpu_count()
+
+
+def test_setup_arguments_to_a_started_runner_are_an_error_not_ignored() -> None:
+    async def main() -> None:
+        async with DistributedRunner(ProbeWorker, world_size=1, device="cpu") as runner:
+            await runner.start()  # no arguments: a harmless no-op
+            with pytest.raises(RuntimeError, match="would be ignored"):
+                await runner.start(model="other")
+
+    asyncio.run(main())

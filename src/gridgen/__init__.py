@@ -1,4 +1,5 @@
 """gridgen: run image generation across GPUs, one worker process per GPU."""
+from ._codec import EncodedImage, encode_image
 from ._sync import SyncRunner
 from .errors import (
     Cancelled,
@@ -26,6 +27,7 @@ __all__ = [
     "CodecError",
     "DistributedRunner",
     "DistributedWorker",
+    "EncodedImage",
     "GridgenError",
     "ModelNotFoundError",
     "PayloadTooLarge",
@@ -40,5 +42,6 @@ __all__ = [
     "WorkerDiedError",
     "WorkerError",
     "__version__",
+    "encode_image",
     "make_grid",
 ]

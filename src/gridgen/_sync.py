@@ -46,12 +46,18 @@ class SyncRunner:
             raise
 
     def start(self, timeout: float | None = None, **setup_kwargs: Any) -> None:
+        """Start the runner (see :meth:`DistributedRunner.start`); blocks until every rank is ready."""
         self._call(self.runner.start(timeout=timeout, **(setup_kwargs or self._setup_kwargs)))
 
     def invoke(self, payload: Mapping[str, Any] | Any, *, timeout: float | None = None) -> Any:
+        """Run ``payload`` on every rank and return rank 0's value (see :meth:`DistributedRunner.invoke`)."""
         return self._call(self.runner.invoke(payload, timeout=timeout))
 
     def stream(self, payload: Mapping[str, Any] | Any, **kwargs: Any) -> Iterator[Any]:
+        """Iterate the streamed items, then the result (see :meth:`DistributedRunner.stream`).
+
+        Leaving the loop early cancels the request on every rank.
+        """
         agen = self.runner.stream(payload, **kwargs)
 
         async def step() -> Any:
@@ -70,9 +76,11 @@ class SyncRunner:
             self._call(close())
 
     def restart(self, timeout: float | None = None) -> None:
+        """Terminate and respawn the worker group (see :meth:`DistributedRunner.restart`)."""
         self._call(self.runner.restart(timeout=timeout))
 
     def stop(self, timeout: float | None = None) -> None:
+        """Stop the runner and its event-loop thread (see :meth:`DistributedRunner.stop`)."""
         if self._loop is None:
             return
         try:

@@ -164,6 +164,7 @@ class RequestHandle:
 
     @property
     def id(self) -> int:
+        """The request's id, unique within this runner (workers see it as ``request_id``)."""
         return self._request.id
 
     @property
@@ -182,6 +183,7 @@ class RequestHandle:
         return self._request.dropped
 
     def done(self) -> bool:
+        """True once the request has a result or an error."""
         return self._request.future.done()
 
     def cancel(self) -> None:
@@ -404,6 +406,12 @@ class DistributedRunner(Generic[W]):
             if self._state in ("stopping", "stopped"):
                 raise RunnerClosed("this runner was stopped; create a new DistributedRunner")
             if self._state != "new":
+                if setup_kwargs and setup_kwargs != self.setup_kwargs:
+                    raise RuntimeError(
+                        f"the runner is already {self._state}: setup arguments {sorted(setup_kwargs)} "
+                        "would be ignored; pass them to the first start() (or setup_kwargs=), "
+                        "or call restart() after changing runner.setup_kwargs"
+                    )
                 return
             if setup_kwargs:
                 self.setup_kwargs = dict(setup_kwargs)

@@ -28,7 +28,10 @@ class DistributedWorker:
     ``dist.gather``, ``dist.all_reduce`` and ``dist.barrier`` work between ranks.
 
     ``invoke`` returns rank 0's return value; the other ranks' return values
-    are ignored (they are not even encoded).
+    are ignored (they are not even encoded). ``__call__`` may also return a
+    ``concurrent.futures.Future`` of its value: the rank is then free for the next
+    request at once and the value is sent when the future resolves (the SDXL worker
+    encodes images this way, in a thread, while the GPU starts the next request).
 
     A worker can also be built directly, without a runner, for unit tests:
     ``w = MyWorker(); w.setup(); w(prompt="x")``; streamed items are then kept
