@@ -51,18 +51,18 @@ def test_unread_stream_keeps_memory_bounded_and_the_result_arrives() -> None:
             gc.collect()
             host_before = _rss(os.getpid())
             workers_before = [_rss(p) for p in worker_pids]
-            peaks = {"host": host_before, "workers": list(workers_before)}
+            host_peak, worker_peaks = host_before, list(workers_before)
 
             handle = runner.submit({"count": count, "size": size}, streaming=True)
             while not handle.done():  # the consumer reads nothing; we only sample memory
-                peaks["host"] = max(peaks["host"], _rss(os.getpid()))
-                peaks["workers"] = [max(a, _rss(p)) for a, p in zip(peaks["workers"], worker_pids, strict=True)]
+                host_peak = max(host_peak, _rss(os.getpid()))
+                worker_peaks = [max(a, _rss(p)) for a, p in zip(worker_peaks, worker_pids, strict=True)]
                 await asyncio.sleep(0.05)
             dropped = handle.dropped_items
             items = [item async for item in handle.events()]
             return {
-                "host_growth": peaks["host"] - host_before,
-                "worker_growth": [a - b for a, b in zip(peaks["workers"], workers_before, strict=True)],
+                "host_growth": host_peak - host_before,
+                "worker_growth": [a - b for a, b in zip(worker_peaks, workers_before, strict=True)],
                 "dropped": dropped,
                 "items": items,
             }

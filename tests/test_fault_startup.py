@@ -22,15 +22,17 @@ from typing import Any
 import psutil
 import pytest
 
-from gridgen import DistributedRunner, StartupError, StartupTimeout
+from gridgen import DistributedRunner, DistributedWorker, StartupError, StartupTimeout
 from gridgen.testing import ProbeWorker
 
 
-class DiesInSetup(ProbeWorker):
+class DiesInSetup(DistributedWorker):
     def setup(self, die_on_rank: int | None = None, **kwargs: Any) -> None:
         if self.rank == die_on_rank:
             os._exit(9)
-        super().setup(**kwargs)
+
+    def __call__(self, streaming: bool = False, **payload: Any) -> Any:
+        return None
 
 
 def _children() -> set[int]:
