@@ -13,6 +13,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private GRIDGEN_CACHE holding the tiny SDXL, for every test that needs the model.
+
+    Set before any worker spawns, so ranks inherit it; built once here rather than
+    racing in two ranks.
+    """
+    path = str(tmp_path_factory.mktemp("gridgen-cache"))
+    old = os.environ.get("GRIDGEN_CACHE")
+    os.environ["GRIDGEN_CACHE"] = path
+    from gridgen.sdxl import ensure_tiny_sdxl
+
+    ensure_tiny_sdxl()
+    yield path
+    if old is None:
+        os.environ.pop("GRIDGEN_CACHE", None)
+    else:
+        os.environ["GRIDGEN_CACHE"] = old
+
+
 @pytest.fixture(scope="module")
 def probe() -> Iterator[LiveRunner]:
     """Two CPU ranks running ProbeWorker, shared by a test module; tests must leave it healthy."""

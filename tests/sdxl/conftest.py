@@ -17,22 +17,6 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private GRIDGEN_CACHE (set before any worker spawns, so ranks inherit it)."""
-    path = str(tmp_path_factory.mktemp("gridgen-cache"))
-    old = os.environ.get("GRIDGEN_CACHE")
-    os.environ["GRIDGEN_CACHE"] = path
-    from gridgen.sdxl import ensure_tiny_sdxl
-
-    ensure_tiny_sdxl()  # build once here rather than racing in two ranks
-    yield path
-    if old is None:
-        os.environ.pop("GRIDGEN_CACHE", None)
-    else:
-        os.environ["GRIDGEN_CACHE"] = old
-
-
-@pytest.fixture(scope="session")
 def sdxl2(tiny_cache: str) -> Iterator[Any]:
     """A started 2-rank CPU runner of SDXLWorker(model="tiny"), blocking (sync) facade."""
     from gridgen import DistributedRunner

@@ -19,23 +19,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")
-def server_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private GRIDGEN_CACHE holding the tiny model (set before any worker spawns)."""
-    path = str(tmp_path_factory.mktemp("gridgen-server-cache"))
-    old = os.environ.get("GRIDGEN_CACHE")
-    os.environ["GRIDGEN_CACHE"] = path
-    from gridgen.sdxl import ensure_tiny_sdxl
-
-    ensure_tiny_sdxl()  # build once here rather than racing in two ranks
-    yield path
-    if old is None:
-        os.environ.pop("GRIDGEN_CACHE", None)
-    else:
-        os.environ["GRIDGEN_CACHE"] = old
-
-
-@pytest.fixture(scope="session")
-def sdxl_server(server_cache: str) -> Iterator[LiveServer]:
+def sdxl_server(tiny_cache: str) -> Iterator[LiveServer]:
     from gridgen import DistributedRunner
     from gridgen.sdxl import SDXLWorker
     from gridgen.server import create_app

@@ -16,7 +16,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
-def seed_example(server_cache: str) -> Iterator[LiveServer]:
+def seed_example(tiny_cache: str) -> Iterator[LiveServer]:
     patch = pytest.MonkeyPatch()
     # Read by the example when imported, here and in its worker processes (spawned later).
     patch.setenv("GRIDGEN_MODEL", "tiny")
