@@ -161,6 +161,7 @@ class SDXLWorker(DistributedWorker):
                 f"world_size is {self.world_size} but torch.distributed is not initialised: "
                 "run the worker under gridgen.DistributedRunner (or init_process_group first)"
             )
+        _thread_lock_for_progress_bars()
         self.model = model
         self.dtype = resolve_dtype(dtype, self.device)
         self.pipeline = load_pipeline(
@@ -457,6 +458,17 @@ class SDXLWorker(DistributedWorker):
             import torch
 
             torch.cuda.synchronize(self.device)
+
+
+def _thread_lock_for_progress_bars() -> None:
+    """Give tqdm (which diffusers uses while loading) a thread lock, not its default
+    multiprocessing one: that one is a named semaphore in /dev/shm that outlives the worker
+    (which leaves with os._exit) until the host exits, two more at every group restart."""
+    import threading
+
+    import tqdm
+
+    tqdm.tqdm.set_lock(threading.RLock())
 
 
 def _dist_ready() -> bool:
