@@ -207,6 +207,23 @@ def _seeded(seed: int) -> Iterator[None]:
 # -- the tiny model ---------------------------------------------------------------
 
 
+def _assemble(
+    unet: Any, vae: Any, text_encoder: Any, text_encoder_2: Any, tokenizer: Any, scheduler_config: dict[str, Any]
+) -> StableDiffusionXLPipeline:
+    """The SDXL pipeline around built components; both encoders share the one local tokenizer."""
+    pipeline: StableDiffusionXLPipeline = _diffusers().StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=_diffusers().EulerDiscreteScheduler(**scheduler_config),
+        add_watermarker=False,
+    )
+    return pipeline
+
+
 def build_tiny_sdxl() -> StableDiffusionXLPipeline:
     """Build the tiny random-weight SDXL in memory (CPU, float32), deterministically.
 
@@ -266,17 +283,7 @@ def build_tiny_sdxl() -> StableDiffusionXLPipeline:
         text_encoder_2 = t.CLIPTextModelWithProjection(
             t.CLIPTextConfig(hidden_act="gelu", **text_config)
         )
-    pipeline: StableDiffusionXLPipeline = d.StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=unet,
-        scheduler=d.EulerDiscreteScheduler(**scheduler_config),
-        add_watermarker=False,
-    )
-    return pipeline
+    return _assemble(unet, vae, text_encoder, text_encoder_2, tokenizer, scheduler_config)
 
 
 def build_tiny_taesd() -> AutoencoderTiny:
@@ -373,16 +380,7 @@ def build_random_sdxl(
         text_encoder_2 = t.CLIPTextModelWithProjection(t.CLIPTextConfig(**te2_kwargs, **ids)).to(
             torch_dtype
         )
-    pipeline: StableDiffusionXLPipeline = d.StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=unet,
-        scheduler=d.EulerDiscreteScheduler(**_kwargs(cfg["scheduler"])),
-        add_watermarker=False,
-    )
+    pipeline = _assemble(unet, vae, text_encoder, text_encoder_2, tokenizer, _kwargs(cfg["scheduler"]))
     generator = torch.Generator(target).manual_seed(seed)
     for module in (unet, vae, text_encoder, text_encoder_2):
         _condition_init(module, generator)
