@@ -38,6 +38,8 @@ from gridgen._codec import (
 )
 from gridgen.errors import CodecError, PayloadTooLarge
 
+from fuzz_helpers import DTYPES
+
 
 def rt(value: Any) -> Any:
     return decode(encode(value))
@@ -165,22 +167,6 @@ def test_numpy_scalars_encode_as_python_numbers() -> None:
 
 # --------------------------------------------------------------------------- numpy arrays
 
-DTYPES = [
-    "bool",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-    "float16",
-    "float32",
-    "float64",
-    "complex64",
-    "complex128",
-]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

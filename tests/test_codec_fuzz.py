@@ -17,24 +17,10 @@ from PIL import Image
 from gridgen._codec import EXT_IMAGE, EXT_NDARRAY, EXT_TENSOR, EXT_TUPLE, decode, encode
 from gridgen.errors import CodecError
 
+from fuzz_helpers import DTYPES, mutate
+
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-DTYPES = [
-    "bool",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-    "float16",
-    "float32",
-    "float64",
-    "complex64",
-    "complex128",
-]
 
 scalars = st.one_of(
     st.none(),
@@ -142,21 +128,7 @@ SEEDS: list[bytes] = [
 
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate"]))
-        pos = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == "flip" and data:
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == "set" and data:
-            data[pos] = draw(st.integers(0, 255))
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=4))
-        elif op == "delete" and data:
-            del data[pos : pos + draw(st.integers(1, 4))]
-        elif op == "truncate":
-            del data[pos:]
-    return bytes(data)
+    return mutate(draw, draw(st.sampled_from(SEEDS)), min_edits=1, max_insert=4)
 
 
 @settings(max_examples=400, deadline=None)

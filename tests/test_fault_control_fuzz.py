@@ -27,6 +27,7 @@ from gridgen import GridgenError
 from gridgen._codec import encode
 from test_fault_malformed import RawWorker
 
+from fuzz_helpers import mutate
 from runtime_helpers import LiveRunner, live
 
 LIMIT = 64 * 1024
@@ -76,21 +77,7 @@ def _seeds(request_id: int) -> list[bytes]:
 
 @st.composite
 def mutated_body(draw: st.DrawFn, request_id: int) -> bytes:
-    data = bytearray(draw(st.sampled_from(_seeds(request_id))))
-    for _ in range(draw(st.integers(0, 4))):
-        op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate"]))
-        pos = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == "flip" and data:
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == "set" and data:
-            data[pos] = draw(st.integers(0, 255))
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
-        elif op == "delete" and data:
-            del data[pos : pos + draw(st.integers(1, 4))]
-        elif op == "truncate":
-            del data[pos:]
-    return bytes(data)
+    return mutate(draw, draw(st.sampled_from(_seeds(request_id))), min_edits=0, max_insert=8)
 
 
 def _frame() -> st.SearchStrategy[bytes]:
