@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from gloo_helpers import on_ranks
 from gridgen import Batch, BatchItem, DistributedWorker
+
+from gloo_helpers import on_ranks
 
 
 def test_items_stream_to_their_own_request() -> None:

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from sdxl_helpers import A, B, C, arrays, close
 
-from gloo_helpers import on_ranks
 from gridgen import Batch, Cancelled
 from gridgen.sdxl import SDXLWorker
+
+from gloo_helpers import on_ranks
 
 
 def scenarios(rank: int) -> dict[str, Any]:
