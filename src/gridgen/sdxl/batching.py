@@ -24,12 +24,15 @@ runs at its own size (captured or compiled then, warm afterwards): warm up to
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import secrets
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._batch import Batch, BatchItem
+from ..errors import Cancelled
 from .request import GenerateRequest
 
 if TYPE_CHECKING:
@@ -37,15 +40,20 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = [
+    "RANDOM_SEED_BOUND",
     "SHRINKABLE_SCHEDULERS",
     "STEP_TENSORS",
     "BatchPlan",
     "BatchRun",
+    "Marks",
     "OneRequest",
     "Slot",
     "WarmSizes",
+    "agree_on_seeds",
+    "cancelled_result",
     "drop_cancelled",
     "merge_key",
+    "prompt_embeddings",
     "to_pil",
 ]
 
@@ -151,6 +159,9 @@ class WarmSizes:
         return out
 
 
+RANDOM_SEED_BOUND = 2**53
+"""Random seeds stay below it: exact as JSON (JavaScript) numbers."""
+
 SHRINKABLE_SCHEDULERS = frozenset(
     {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DDIMScheduler", "DDPMScheduler"}
 )
@@ -180,6 +191,16 @@ class BatchRun:
     def __post_init__(self) -> None:
         self.cancelled = [False] * len(self.requests)
         self.rows = list(range(len(self.mine)))
+
+    def previews_due(self, step: int) -> list[int]:
+        """Requests that get a preview after ``step`` (1-based): streaming, not cancelled,
+        and ``step`` a multiple of their ``preview_every``."""
+        return [
+            k
+            for k, (item, request) in enumerate(zip(self.batch, self.requests, strict=True))
+            if item.streaming and not self.cancelled[k]
+            and request.preview_every > 0 and step % request.preview_every == 0
+        ]
 
     def live_positions(self) -> list[int]:
         """Positions in the pipeline's batch of the rows whose request is not cancelled."""
@@ -235,3 +256,78 @@ class OneRequest(Batch):
     def cancelled(self) -> list[bool]:
         self._stopped = self._stopped or self._stop()
         return [self._stopped]
+
+
+def agree_on_seeds(seeds: list[int | None], collective: bool, device: Any) -> list[int]:
+    """Fill absent seeds with random ones drawn on rank 0 (one broadcast for all of them).
+
+    Collective when ``collective``: every rank calls it with the same ``seeds``.
+    """
+    missing = [k for k, seed in enumerate(seeds) if seed is None]
+    drawn = [secrets.randbelow(RANDOM_SEED_BOUND) for _ in missing]
+    if missing and collective:
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor(drawn, dtype=torch.int64, device=device)
+        dist.broadcast(tensor, src=0)
+        drawn = [int(value) for value in tensor.tolist()]
+    filled = dict(zip(missing, drawn, strict=True))
+    return [filled[k] if seed is None else seed for k, seed in enumerate(seeds)]
+
+
+def prompt_embeddings(
+    pipeline: Any, requests: list[GenerateRequest], slots: list[Slot], device: Any
+) -> dict[str, Any]:
+    """The pipeline's embedding arguments, one row per slot.
+
+    Each request's prompt is encoded alone (batch 1), exactly as the pipeline encodes a
+    single request's prompt before repeating it, so a row's conditioning is bitwise what
+    its request alone would get, whatever the other prompts in the batch.
+    """
+    import torch
+
+    cfg = requests[0].guidance_scale > 1
+    encoded: dict[int, tuple[Any, ...]] = {}
+    for slot in slots:
+        if slot.request not in encoded:
+            request = requests[slot.request]
+            encoded[slot.request] = pipeline.encode_prompt(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                device=device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=cfg,
+            )
+    names = _EMBEDDING_ARGUMENTS
+    out: dict[str, Any] = {}
+    for position, name in enumerate(names):
+        parts = [encoded[slot.request][position] for slot in slots]
+        if all(part is not None for part in parts):  # no negatives without guidance
+            out[name] = torch.cat(parts)
+    return out
+
+
+_EMBEDDING_ARGUMENTS = (  # in the order encode_prompt returns them
+    "prompt_embeds",
+    "negative_prompt_embeds",
+    "pooled_prompt_embeds",
+    "negative_pooled_prompt_embeds",
+)
+
+
+@dataclass(frozen=True)
+class Marks:
+    """When the shared phases of a batch ended (``time.perf_counter()``)."""
+
+    started: float
+    denoised: float
+    decoded: float
+    gathered: float
+
+
+def cancelled_result(index: int) -> concurrent.futures.Future[Any]:
+    """The result of request ``index``, cancelled while the rest of its batch ran on."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    future.set_exception(Cancelled(f"request {index} of the batch was cancelled"))
+    return future

@@ -1,40 +1,40 @@
 """``SDXLWorker``: data-parallel SDXL, one process per GPU, images gathered into a grid on rank 0.
 
-A request for ``N`` images on ``W`` ranks runs like this on every rank:
+One call serves one request (``__call__``) or several merged ones (``run_batch``: same
+size, steps and guidance; see :mod:`gridgen.sdxl.batching`). On every rank:
 
-1. **Validate** the payload (:func:`~gridgen.sdxl.request.validate_request`). Every rank
-   does it before any GPU work, so a bad request raises the same error everywhere and no
-   rank waits in a collective for one that gave up.
-2. **Agree on the seed.** With no ``seed`` in the request, rank 0 draws one below 2**53
-   (exact as a JSON number) and broadcasts it.
-3. **Split the work, strided:** image ``i`` is made by rank ``i % W``, so rank ``r`` makes
-   ``r, r + W, r + 2W, ...``. Shares differ by at most one; with ``N < W`` the last ranks
-   have none. Each rank runs its share as **one batch** through the pipeline, image ``i``
-   with its own ``torch.Generator`` seeded ``seed + i``: an image depends on
-   ``(seed, i)`` only, never on ``W`` or on which rank made it.
-4. **Denoise.** After every step, the step callback calls the collective
-   :meth:`~gridgen.DistributedWorker.should_stop` (every rank, every step, same order);
-   at every ``preview_every``-th step, when streaming, every rank previews its latents,
-   the previews are gathered to rank 0 and rank 0 streams one preview grid. A rank with
-   no image does not run the pipeline but walks the same step loop, so it joins exactly
-   the same collectives.
-5. **Decode** the latents with the VAE on the device and convert to uint8 there.
+1. **Validate** each payload (:func:`~gridgen.sdxl.request.validate_request`) before any
+   GPU work, so a bad request raises the same error everywhere and no rank waits in a
+   collective for one that gave up.
+2. **Agree on seeds.** Rank 0 draws the missing ones below 2**53 (exact as JSON numbers)
+   and broadcasts them.
+3. **Split the work, strided:** all images of all requests are numbered in batch order
+   and image ``g`` is made by rank ``g % W``. Each rank runs its share as **one batch**,
+   every image with its request's prompt embeddings (each prompt encoded alone) and its
+   own ``torch.Generator`` seeded ``seed + i``: an image depends on its request only,
+   never on its neighbours, on ``W`` or on which rank made it.
+4. **Denoise.** After every step, the step callback runs the collective
+   ``batch.cancelled()`` (every rank, every step, same order); at a request's every
+   ``preview_every``-th step, when it streams, the ranks preview its images, gather them
+   to rank 0, and rank 0 streams that request its own preview grid. A rank with no image
+   does not run the pipeline but walks the same steps, so it joins the same collectives.
+5. **Decode** the latents with the VAE on the device, to uint8 there.
 6. **Gather** the uint8 batches to rank 0 with ``dist.gather``, each padded to the largest
-   share; rank 0 puts the images back in index order.
-7. **Grid and encode** on rank 0 (:func:`~gridgen.make_grid`, then ``image_format``).
+   share; rank 0 puts every request's images back in order.
+7. **Grid and encode** each request's images on rank 0.
 
-Cancelling: when ``should_stop()`` turns True at a step, every rank sets diffusers'
-``pipeline._interrupt`` (the remaining steps are skipped, with no more collectives) and
-raises :class:`~gridgen.Cancelled` together; nothing is kept between requests.
+Cancelling: a request cancelled mid-batch leaves the batch at the next step (eager path:
+its rows are dropped from the batch; CUDA-graph/compile path: they run on, unseen, so the
+shape stays warm) and is neither decoded nor delivered. When all are cancelled, every
+rank sets diffusers' ``pipeline._interrupt`` and raises :class:`~gridgen.Cancelled`
+together; nothing is kept between calls.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import secrets
 import time
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._batch import Batch, BatchItem
@@ -46,17 +46,21 @@ from .batching import (
     STEP_TENSORS,
     BatchPlan,
     BatchRun,
+    Marks,
     OneRequest,
-    Slot,
     WarmSizes,
+    agree_on_seeds,
+    cancelled_result,
     drop_cancelled,
     merge_key,
+    prompt_embeddings,
     to_pil,
 )
 from .fast import OptimizeMode, optimize_pipeline
 from .models import DEFAULT_MODEL, load_pipeline, load_preview_decoder, resolve_dtype
-from .preview import LinearPreview, Previewer, TaesdPreview, to_uint8
+from .preview import LinearPreview, Previewer, TaesdPreview
 from .request import GenerateRequest, validate_request
+from .vae import decode_latents
 
 if TYPE_CHECKING:
     import torch
@@ -66,24 +70,7 @@ __all__ = ["PreviewMode", "SDXLWorker"]
 
 PreviewMode = Literal["auto", "taesd", "linear"] | None
 
-_RANDOM_SEED_BOUND = 2**53  # random seeds stay exact in JSON/JavaScript numbers
 _ENCODE_QUALITY = 90  # jpeg / webp
-
-
-@dataclass(frozen=True)
-class _Marks:
-    """When the shared phases of a batch ended (``time.perf_counter()``)."""
-
-    started: float
-    denoised: float
-    decoded: float
-    gathered: float
-
-
-def _cancelled_result(index: int) -> concurrent.futures.Future[dict[str, Any]]:
-    future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
-    future.set_exception(Cancelled(f"request {index} of the batch was cancelled"))
-    return future
 
 
 class SDXLWorker(DistributedWorker):
@@ -289,7 +276,7 @@ class SDXLWorker(DistributedWorker):
         requests = [validate_request(item.payload, self.world_size) for item in batch]
         if len({merge_key(request) for request in requests}) > 1:
             raise ValueError("run_batch got requests with different batch_key values")
-        seeds = self._agree_on_seeds([request.seed for request in requests])
+        seeds = agree_on_seeds([r.seed for r in requests], self._collective(), self.device)
         plan = BatchPlan([r.num_images or 0 for r in requests], seeds, self.world_size)
         run = BatchRun(batch, requests, plan, plan.share(self.rank), self._count_steps(requests))
 
@@ -302,11 +289,11 @@ class SDXLWorker(DistributedWorker):
         self._sync()
         decoded = time.perf_counter()
         gathered = self._gather(pixels, plan.max_share)
-        marks = _Marks(started, denoised, decoded, time.perf_counter())
+        marks = Marks(started, denoised, decoded, time.perf_counter())
         if gathered is None:
             return [{} for _ in batch]
         return [
-            _cancelled_result(k) if run.cancelled[k] else self._finish(run, k, gathered, marks)
+            cancelled_result(k) if run.cancelled[k] else self._finish(run, k, gathered, marks)
             for k in range(len(batch))
         ]
 
@@ -316,22 +303,6 @@ class SDXLWorker(DistributedWorker):
     def indices_of(rank: int, num_images: int, world_size: int) -> list[int]:
         """The images rank ``rank`` makes: ``rank, rank + W, rank + 2W, ...`` below ``num_images``."""
         return list(range(rank, num_images, world_size))
-
-    def _agree_on_seeds(self, seeds: list[int | None]) -> list[int]:
-        """Fill absent seeds with random ones drawn on rank 0 (one broadcast for all)."""
-        missing = [k for k, seed in enumerate(seeds) if seed is None]
-        if not missing:
-            return [seed for seed in seeds if seed is not None]
-        drawn = [secrets.randbelow(_RANDOM_SEED_BOUND) for _ in missing]
-        if self._collective():
-            import torch
-            import torch.distributed as dist
-
-            tensor = torch.tensor(drawn, dtype=torch.int64, device=self.device)
-            dist.broadcast(tensor, src=0)
-            drawn = [int(value) for value in tensor.tolist()]
-        filled = dict(zip(missing, drawn, strict=True))
-        return [filled[k] if seed is None else seed for k, seed in enumerate(seeds)]
 
     def _count_steps(self, requests: list[GenerateRequest]) -> int:
         """How many times the pipeline's step callback will run: identical on every rank."""
@@ -359,7 +330,7 @@ class SDXLWorker(DistributedWorker):
         graphed = self.graphed_unet is not None
         rows = self.warm.pad("unet", size, len(run.mine)) if graphed else len(run.mine)
         slots = run.mine + [run.mine[0]] * (rows - len(run.mine))  # padding repeats row 0
-        embeds = self._embeddings(run, slots)
+        embeds = prompt_embeddings(self.pipeline, run.requests, slots, self.device)
         generators = [torch.Generator(self.device).manual_seed(slot.seed) for slot in slots]
         shrink = not graphed and type(self.pipeline.scheduler).__name__ in SHRINKABLE_SCHEDULERS
 
@@ -384,35 +355,10 @@ class SDXLWorker(DistributedWorker):
             callback_on_step_end=on_step_end,
             callback_on_step_end_tensor_inputs=list(STEP_TENSORS),
         )
-        if graphed and run.steps_done == run.total_steps:
+        if graphed:  # captured (or compiled) at the first step, cancelled or not
             self.warm.add("unet", size, rows)
         latents: torch.Tensor = output.images
         return latents
-
-    def _embeddings(self, run: BatchRun, slots: list[Slot]) -> dict[str, Any]:
-        """Prompt embeddings per row: each prompt encoded alone, as a request alone would be."""
-        import torch
-
-        cfg = run.requests[0].guidance_scale > 1
-        encoded: dict[int, tuple[Any, ...]] = {}
-        for slot in slots:
-            if slot.request not in encoded:
-                request = run.requests[slot.request]
-                encoded[slot.request] = self.pipeline.encode_prompt(
-                    prompt=request.prompt,
-                    negative_prompt=request.negative_prompt,
-                    device=self.device,
-                    num_images_per_prompt=1,
-                    do_classifier_free_guidance=cfg,
-                )
-        names = ["prompt_embeds", "negative_prompt_embeds"]
-        names += ["pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
-        out: dict[str, Any] = {}
-        for position, name in enumerate(names):
-            parts = [encoded[slot.request][position] for slot in slots]
-            if all(part is not None for part in parts):
-                out[name] = torch.cat(parts)
-        return out
 
     def _after_step(self, run: BatchRun, step: int, latents: torch.Tensor | None) -> None:
         """Runs after denoising step ``step`` (0-based) on every rank, in lockstep."""
@@ -421,12 +367,7 @@ class SDXLWorker(DistributedWorker):
         if all(run.cancelled):
             return
         done = step + 1
-        due = [
-            k
-            for k, (item, request) in enumerate(zip(run.batch, run.requests, strict=True))
-            if item.streaming and not run.cancelled[k]
-            and request.preview_every > 0 and done % request.preview_every == 0
-        ]
+        due = run.previews_due(done)
         if not due:
             return
         event: dict[str, Any] = {
@@ -483,42 +424,18 @@ class SDXLWorker(DistributedWorker):
         return pixels
 
     def _decode(self, latents: torch.Tensor, request: GenerateRequest) -> torch.Tensor:
-        """VAE-decode on the device (as diffusers' SDXL pipeline does) and convert to uint8 there.
-
-        Decodes in calls of warm batch sizes when the VAE is compiled or graphed (see
-        :meth:`WarmSizes.chunks <gridgen.sdxl.batching.WarmSizes.chunks>`).
-        """
-        import torch
-
-        vae = self.pipeline.vae
-        config = vae.config
-        latents = latents.to(device=self.device, dtype=vae.dtype)
-        mean = getattr(config, "latents_mean", None)
-        std = getattr(config, "latents_std", None)
-        if mean is not None and std is not None:
-            mean_t = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-            std_t = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-            latents = latents * std_t / config.scaling_factor + mean_t
-        else:
-            latents = latents / config.scaling_factor
-        size = (request.width, request.height)
-        count = latents.shape[0]
+        """Decode to uint8 on the device; in warm batch sizes when the VAE is compiled or
+        graphed (see :meth:`WarmSizes.chunks <gridgen.sdxl.batching.WarmSizes.chunks>`)."""
+        size, count, limit = (request.width, request.height), latents.shape[0], self.decode_batch_size
         if self.graphed_unet is None:
-            sizes = [min(self.decode_batch_size, count - s) for s in range(0, count, self.decode_batch_size)]
+            sizes = [min(limit, count - start) for start in range(0, count, limit)]
         else:
-            sizes = self.warm.chunks("vae", size, count, self.decode_batch_size)
-        chunks, start = [], 0
-        with torch.inference_mode():
+            sizes = self.warm.chunks("vae", size, count, limit)
+        pixels = decode_latents(self.pipeline.vae, latents.to(self.device), sizes)
+        if self.graphed_unet is not None:
             for rows in sizes:
-                chunk = latents[start : start + rows]
-                if chunk.shape[0] < rows:  # padded up to a warm size; the extra rows are dropped
-                    chunk = torch.cat([chunk, chunk[:1].expand(rows - chunk.shape[0], -1, -1, -1)])
-                decoded = to_uint8(vae.decode(chunk, return_dict=False)[0])
-                chunks.append(decoded[: count - start])
-                if self.graphed_unet is not None:
-                    self.warm.add("vae", size, rows)
-                start += rows
-        return torch.cat(chunks)
+                self.warm.add("vae", size, rows)
+        return pixels
 
     def _gather(self, batch: torch.Tensor, max_share: int) -> list[torch.Tensor] | None:
         """Gather every rank's uint8 batch (padded to ``max_share``) to rank 0.
@@ -541,7 +458,7 @@ class SDXLWorker(DistributedWorker):
         return slots
 
     def _finish(
-        self, run: BatchRun, k: int, gathered: list[torch.Tensor], marks: _Marks
+        self, run: BatchRun, k: int, gathered: list[torch.Tensor], marks: Marks
     ) -> dict[str, Any] | concurrent.futures.Future[dict[str, Any]]:
         """Request ``k``'s result on rank 0: its grid and images, encoded (in the background
         when deferred). Its timings share the batch's denoise, decode and gather phases."""
