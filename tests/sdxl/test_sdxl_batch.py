@@ -127,3 +127,11 @@ def test_graphed_path_pads_to_warm_sizes(tiny_cache: str, alone: dict[str, Any])
     assert isinstance(b, concurrent.futures.Future) and isinstance(a, dict)
     close(arrays(a), alone["A"])
     assert len(graphs.entries) == 1
+
+
+def test_merging_without_guidance(direct: SDXLWorker) -> None:
+    # guidance_scale <= 1: no negative embeddings, batch rows are not doubled
+    a, c = ({**req, "guidance_scale": 1.0} for req in (A, C))
+    merged_a, merged_c = direct.run_batch(Batch.of([a, c]))
+    close(arrays(merged_a), arrays(direct(**a)))
+    close(arrays(merged_c), arrays(direct(**c)))

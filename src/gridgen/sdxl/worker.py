@@ -258,7 +258,7 @@ class SDXLWorker(DistributedWorker):
         result = self.run_batch(OneRequest(item, self.should_stop))[0]
         return result
 
-    def run_batch(  # type: ignore[override]
+    def run_batch(
         self, batch: Batch
     ) -> list[dict[str, Any] | concurrent.futures.Future[dict[str, Any]]]:
         """Generate the images of merged requests as one batch per rank.
