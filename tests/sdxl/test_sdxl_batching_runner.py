@@ -1,8 +1,8 @@
-"""Merged SDXL requests through a 2-rank runner (issue 12; the contract is docs/BATCHING in the
-handoff): each request keeps its own result, stream, previews, cancellation and time limit.
+"""Merged SDXL requests through a 2-rank runner (issue 12): each request keeps its own result,
+stream, previews, cancellation and time limit.
 
-These need the runtime side of batching (``DistributedRunner(max_batch=...)`` and dispatch
-through ``run_batch``). Requests submitted in one go, without awaiting in between, are all
+These need the runtime side of batching (``DistributedRunner(max_batch=...)``, ``batch_key``
+called at submit, dispatch through ``run_batch``). Requests submitted in one go, without awaiting in between, are all
 queued before the dispatcher looks, so compatible ones are merged. Merging is observed
 through the timings: requests served by one call report the same ``denoise`` figure (the
 shared phase), requests served apart do not.
@@ -28,7 +28,7 @@ LONG = {**SMALL, "width": 256, "height": 256, "num_inference_steps": 150, "previ
 
 @pytest.fixture(scope="module")
 def merging(tiny_cache: str) -> Iterator[LiveRunner]:
-    with live(SDXLWorker, setup={"model": "tiny"}, max_batch=8, cancel_grace=30.0) as rt:
+    with live(SDXLWorker, setup={"model": "tiny"}, max_batch=8) as rt:
         yield rt
 
 
