@@ -36,6 +36,7 @@ from ..errors import Cancelled
 from .request import GenerateRequest
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from PIL import Image
 
@@ -54,6 +55,7 @@ __all__ = [
     "drop_cancelled",
     "merge_key",
     "prompt_embeddings",
+    "stack_gathered",
     "to_pil",
 ]
 
@@ -233,15 +235,20 @@ def drop_cancelled(
     return out
 
 
-def to_pil(gathered: Sequence[torch.Tensor], indices: Iterable[int]) -> list[Image.Image]:
-    """Images ``indices`` from rank 0's gathered uint8 batches: image ``g`` is row
-    ``g // W`` of rank ``g % W``'s batch (the strided split)."""
+def stack_gathered(gathered: Sequence[torch.Tensor]) -> np.ndarray[Any, Any]:
+    """Rank 0's gathered uint8 batches as one host array ``(W, rows, H, W, 3)``, copied once."""
     import torch
+
+    return torch.stack(list(gathered)).cpu().permute(0, 1, 3, 4, 2).numpy()
+
+
+def to_pil(stacked: np.ndarray[Any, Any], indices: Iterable[int]) -> list[Image.Image]:
+    """Images ``indices`` of a :func:`stack_gathered` array: image ``g`` is row ``g // W``
+    of rank ``g % W``'s batch (the strided split)."""
     from PIL import Image
 
-    world = len(gathered)
-    array = torch.stack(list(gathered)).cpu().permute(0, 1, 3, 4, 2).numpy()
-    return [Image.fromarray(array[g % world, g // world]) for g in indices]
+    world = stacked.shape[0]
+    return [Image.fromarray(stacked[g % world, g // world]) for g in indices]
 
 
 class OneRequest(Batch):

@@ -54,6 +54,7 @@ from .batching import (
     drop_cancelled,
     merge_key,
     prompt_embeddings,
+    stack_gathered,
     to_pil,
 )
 from .fast import OptimizeMode, optimize_pipeline
@@ -63,6 +64,7 @@ from .request import GenerateRequest, validate_request
 from .vae import decode_latents
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from PIL import Image
 
@@ -292,8 +294,9 @@ class SDXLWorker(DistributedWorker):
         marks = Marks(started, denoised, decoded, time.perf_counter())
         if gathered is None:
             return [{} for _ in batch]
+        stacked = stack_gathered(gathered)  # one device-to-host copy for every request
         return [
-            cancelled_result(k) if run.cancelled[k] else self._finish(run, k, gathered, marks)
+            cancelled_result(k) if run.cancelled[k] else self._finish(run, k, stacked, marks)
             for k in range(len(batch))
         ]
 
@@ -406,7 +409,8 @@ class SDXLWorker(DistributedWorker):
         gathered = self._gather(previews, run.plan.max_share)
         if gathered is None:
             return None
-        return [make_grid(to_pil(gathered, run.plan.indices(k))) for k in due]
+        stacked = stack_gathered(gathered)
+        return [make_grid(to_pil(stacked, run.plan.indices(k))) for k in due]
 
     def _decode_rows(self, run: BatchRun, latents: torch.Tensor | None) -> torch.Tensor:
         """This rank's images as uint8 rows (``max_share`` of them; cancelled rows stay zero)."""
@@ -458,13 +462,13 @@ class SDXLWorker(DistributedWorker):
         return slots
 
     def _finish(
-        self, run: BatchRun, k: int, gathered: list[torch.Tensor], marks: Marks
+        self, run: BatchRun, k: int, stacked: np.ndarray[Any, Any], marks: Marks
     ) -> dict[str, Any] | concurrent.futures.Future[dict[str, Any]]:
         """Request ``k``'s result on rank 0: its grid and images, encoded (in the background
         when deferred). Its timings share the batch's denoise, decode and gather phases."""
         request, seed = run.requests[k], run.plan.slots[run.plan.offsets[k]].seed
         n = run.plan.counts[k]
-        images = to_pil(gathered, run.plan.indices(k))
+        images = to_pil(stacked, run.plan.indices(k))
         setup_seconds = getattr(self, "setup_seconds", 0.0)
 
         def finish() -> dict[str, Any]:
