@@ -26,6 +26,8 @@ UNDOCUMENTED: set[str] = {
 
 # Classes whose public methods and properties must be documented too, by public path.
 CLASSES_WITH_DOCUMENTED_METHODS: dict[str, type] = {
+    "gridgen.Batch": gridgen.Batch,
+    "gridgen.BatchItem": gridgen.BatchItem,
     "gridgen.DistributedRunner": gridgen.DistributedRunner,
     "gridgen.DistributedWorker": gridgen.DistributedWorker,
     "gridgen.RequestHandle": gridgen.RequestHandle,

@@ -1,52 +1,70 @@
 """``SDXLWorker``: data-parallel SDXL, one process per GPU, images gathered into a grid on rank 0.
 
-A request for ``N`` images on ``W`` ranks runs like this on every rank:
+One call serves one request (``__call__``) or several merged ones (``run_batch``: same
+size, steps and guidance; see :mod:`gridgen.sdxl.batching`). On every rank:
 
-1. **Validate** the payload (:func:`~gridgen.sdxl.request.validate_request`). Every rank
-   does it before any GPU work, so a bad request raises the same error everywhere and no
-   rank waits in a collective for one that gave up.
-2. **Agree on the seed.** With no ``seed`` in the request, rank 0 draws one below 2**53
-   (exact as a JSON number) and broadcasts it.
-3. **Split the work, strided:** image ``i`` is made by rank ``i % W``, so rank ``r`` makes
-   ``r, r + W, r + 2W, ...``. Shares differ by at most one; with ``N < W`` the last ranks
-   have none. Each rank runs its share as **one batch** through the pipeline, image ``i``
-   with its own ``torch.Generator`` seeded ``seed + i``: an image depends on
-   ``(seed, i)`` only, never on ``W`` or on which rank made it.
-4. **Denoise.** After every step, the step callback calls the collective
-   :meth:`~gridgen.DistributedWorker.should_stop` (every rank, every step, same order);
-   at every ``preview_every``-th step, when streaming, every rank previews its latents,
-   the previews are gathered to rank 0 and rank 0 streams one preview grid. A rank with
-   no image does not run the pipeline but walks the same step loop, so it joins exactly
-   the same collectives.
-5. **Decode** the latents with the VAE on the device and convert to uint8 there.
+1. **Validate** each payload (:func:`~gridgen.sdxl.request.validate_request`) before any
+   GPU work, so a bad request raises the same error everywhere and no rank waits in a
+   collective for one that gave up.
+2. **Agree on seeds.** Rank 0 draws the missing ones below 2**53 (exact as JSON numbers)
+   and broadcasts them.
+3. **Split the work, strided:** all images of all requests are numbered in batch order
+   and image ``g`` is made by rank ``g % W``. Each rank runs its share as **one batch**,
+   every image with its request's prompt embeddings (each prompt encoded alone) and its
+   own ``torch.Generator`` seeded ``seed + i``: an image depends on its request only,
+   never on its neighbours, on ``W`` or on which rank made it.
+4. **Denoise.** After every step, the step callback runs the collective
+   ``batch.cancelled()`` (every rank, every step, same order); at a request's every
+   ``preview_every``-th step, when it streams, the ranks preview its images, gather them
+   to rank 0, and rank 0 streams that request its own preview grid. A rank with no image
+   does not run the pipeline but walks the same steps, so it joins the same collectives.
+5. **Decode** the latents with the VAE on the device, to uint8 there.
 6. **Gather** the uint8 batches to rank 0 with ``dist.gather``, each padded to the largest
-   share; rank 0 puts the images back in index order.
-7. **Grid and encode** on rank 0 (:func:`~gridgen.make_grid`, then ``image_format``).
+   share; rank 0 puts every request's images back in order.
+7. **Grid and encode** each request's images on rank 0.
 
-Cancelling: when ``should_stop()`` turns True at a step, every rank sets diffusers'
-``pipeline._interrupt`` (the remaining steps are skipped, with no more collectives) and
-raises :class:`~gridgen.Cancelled` together; nothing is kept between requests.
+Cancelling: a request cancelled mid-batch leaves the batch at the next step (eager path:
+its rows are dropped from the batch; CUDA-graph/compile path: they run on, unseen, so the
+shape stays warm) and is neither decoded nor delivered. When all are cancelled, every
+rank sets diffusers' ``pipeline._interrupt`` and raises :class:`~gridgen.Cancelled`
+together; nothing is kept between calls.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import math
-import secrets
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from .._batch import Batch, BatchItem
 from ..errors import Cancelled
 from ..grid import make_grid
 from ..worker import DistributedWorker
+from .batching import (
+    SHRINKABLE_SCHEDULERS,
+    STEP_TENSORS,
+    BatchPlan,
+    BatchRun,
+    Marks,
+    OneRequest,
+    WarmSizes,
+    agree_on_seeds,
+    cancelled_result,
+    drop_cancelled,
+    merge_key,
+    prompt_embeddings,
+    stack_gathered,
+    to_pil,
+)
 from .fast import OptimizeMode, optimize_pipeline
 from .models import DEFAULT_MODEL, load_pipeline, load_preview_decoder, resolve_dtype
-from .preview import LinearPreview, Previewer, TaesdPreview, to_uint8
+from .preview import LinearPreview, Previewer, TaesdPreview
 from .request import GenerateRequest, validate_request
+from .vae import decode_latents
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from PIL import Image
 
@@ -54,20 +72,7 @@ __all__ = ["PreviewMode", "SDXLWorker"]
 
 PreviewMode = Literal["auto", "taesd", "linear"] | None
 
-_RANDOM_SEED_BOUND = 2**53  # random seeds stay exact in JSON/JavaScript numbers
 _ENCODE_QUALITY = 90  # jpeg / webp
-
-
-@dataclass
-class _Run:
-    """State of the request being run; a fresh one per request, so nothing leaks between them."""
-
-    request: GenerateRequest
-    streaming: bool
-    total_steps: int
-    max_share: int
-    latent_size: tuple[int, int]
-    stopped: bool = False
 
 
 class SDXLWorker(DistributedWorker):
@@ -210,81 +215,90 @@ class SDXLWorker(DistributedWorker):
         if pool is not None:
             pool.shutdown(wait=True)
 
-    # -- one request --------------------------------------------------------------------
+    # -- requests -------------------------------------------------------------------------
+
+    def __init__(self, rank: int = 0, world_size: int = 1, device: Any = "cpu") -> None:
+        super().__init__(rank=rank, world_size=world_size, device=device)
+        self.warm = WarmSizes()
+        """Batch sizes already run per image size; merged batches are padded to them."""
+
+    @classmethod
+    def batch_key(cls, payload: dict[str, Any]) -> Hashable:
+        """Requests of equal size, steps and guidance merge (see :func:`~gridgen.sdxl.batching.merge_key`).
+
+        Validates the payload first, so a bad request is rejected (with an
+        :class:`~gridgen.sdxl.InvalidRequestError` naming the field and the rule) before
+        it is queued or merged.
+        """
+        return merge_key(validate_request(payload))
+
+    @classmethod
+    def batch_units(cls, payload: dict[str, Any], world_size: int) -> int:
+        """The request's ``num_images`` (default: ``world_size``)."""
+        count = validate_request(payload, world_size).num_images
+        assert count is not None
+        return count
 
     def __call__(
         self, streaming: bool = False, **payload: Any
     ) -> dict[str, Any] | concurrent.futures.Future[dict[str, Any]]:
-        """Generate the request's images; rank 0 returns the result dict, other ranks ``{}``.
+        """Generate one request's images; rank 0 returns the result dict, other ranks ``{}``.
 
-        With ``defer_encoding``, rank 0 returns a future of the result dict: the grid and
-        the images are encoded in a background thread while the next request runs.
+        A batch of one (see :meth:`run_batch`), cancelled by the collective
+        :meth:`~gridgen.DistributedWorker.should_stop`. With ``defer_encoding``, rank 0
+        returns a future of the result dict: the grid and the images are encoded in a
+        background thread while the next request runs.
+        """
+        item = BatchItem(
+            index=0,
+            request_id=self.request_id or 0,
+            payload=payload,
+            streaming=streaming,
+            sink=self.add_streaming_result,
+        )
+        result: dict[str, Any] | concurrent.futures.Future[dict[str, Any]]
+        result = self.run_batch(OneRequest(item, self.should_stop))[0]
+        return result
+
+    def run_batch(
+        self, batch: Batch
+    ) -> list[dict[str, Any] | concurrent.futures.Future[dict[str, Any]]]:
+        """Generate the images of merged requests as one batch per rank.
+
+        Returns one result per request (the dict :meth:`__call__` returns; a future of it
+        with ``defer_encoding``) on rank 0, ``{}`` per request on the other ranks. A request
+        cancelled while the others ran gets a future that raises
+        :class:`~gridgen.Cancelled`. Raises :class:`~gridgen.Cancelled` when all are.
+
+        Raises:
+            InvalidRequestError: a payload is invalid (the same on every rank).
+            ValueError: the requests have different :meth:`batch_key` values.
         """
         started = time.perf_counter()
-        request = validate_request(payload, self.world_size)  # same verdict on every rank
-        n = request.num_images
-        assert n is not None
-        seed = self._agree_on_seed(request.seed)
-        mine = self.indices_of(self.rank, n, self.world_size)
-        scale = self.pipeline.vae_scale_factor
-        run = _Run(
-            request=request,
-            streaming=streaming,
-            total_steps=self._count_steps(request.num_inference_steps),
-            max_share=math.ceil(n / self.world_size),
-            latent_size=(request.height // scale, request.width // scale),
-        )
+        requests = [validate_request(item.payload, self.world_size) for item in batch]
+        if len({merge_key(request) for request in requests}) > 1:
+            raise ValueError("run_batch got requests with different batch_key values")
+        seeds = agree_on_seeds([r.seed for r in requests], self._collective(), self.device)
+        plan = BatchPlan([r.num_images or 0 for r in requests], seeds, self.world_size)
+        run = BatchRun(batch, requests, plan, plan.share(self.rank), self._count_steps(requests))
 
-        # 4. denoise (my share as one batch; a rank without images walks the same steps)
-        latents = self._denoise(run, mine, seed)
-        if run.stopped:  # every rank saw the same should_stop() answer at the same step
-            raise Cancelled(f"request cancelled at step {self._stopped_at} (rank {self.rank})")
+        latents = self._denoise(run)  # my share as one batch; idle ranks walk the same steps
+        if all(run.cancelled):  # every rank saw the same answer at the same step
+            raise Cancelled(f"request cancelled at step {run.steps_done} (rank {self.rank})")
         self._sync()
         denoised = time.perf_counter()
-
-        # 5. decode on the device, to uint8
-        pixels = self._decode(latents, request)
+        pixels = self._decode_rows(run, latents)
         self._sync()
         decoded = time.perf_counter()
-
-        # 6. gather to rank 0
-        gathered = self._gather(pixels, run.max_share)
-        gather_done = time.perf_counter()
+        gathered = self._gather(pixels, plan.max_share)
+        marks = Marks(started, denoised, decoded, time.perf_counter())
         if gathered is None:
-            return {}
-
-        # 7. grid and encode (rank 0), in the background when deferred
-        images = self._in_index_order(gathered, n)
-        setup_seconds = getattr(self, "setup_seconds", 0.0)
-
-        def finish() -> dict[str, Any]:
-            result: dict[str, Any] = {
-                "seeds": [seed + i for i in range(n)],
-                "width": request.width,
-                "height": request.height,
-                "num_images": n,
-            }
-            encode = _encoder()
-            if request.output in ("grid", "both"):
-                result["grid"] = encode(make_grid(images), request.image_format, _ENCODE_QUALITY)
-            if request.output in ("images", "both"):
-                result["images"] = [
-                    encode(image, request.image_format, _ENCODE_QUALITY) for image in images
-                ]
-            finished = time.perf_counter()
-            result["timings"] = {
-                "setup": round(setup_seconds, 6),
-                "denoise": round(denoised - started, 6),
-                "decode": round(decoded - denoised, 6),
-                "gather": round(gather_done - decoded, 6),
-                "encode": round(finished - gather_done, 6),
-                "total": round(finished - started, 6),
-            }
-            return result
-
-        if self._encoder_pool is not None:
-            return self._encoder_pool.submit(finish)
-        return finish()
+            return [{} for _ in batch]
+        stacked = stack_gathered(gathered)  # one device-to-host copy for every request
+        return [
+            cancelled_result(k) if run.cancelled[k] else self._finish(run, k, stacked, marks)
+            for k in range(len(batch))
+        ]
 
     # -- the steps, in order ---------------------------------------------------------------
 
@@ -293,129 +307,139 @@ class SDXLWorker(DistributedWorker):
         """The images rank ``rank`` makes: ``rank, rank + W, rank + 2W, ...`` below ``num_images``."""
         return list(range(rank, num_images, world_size))
 
-    def _agree_on_seed(self, seed: int | None) -> int:
-        if seed is not None:
-            return seed
-        drawn = secrets.randbelow(_RANDOM_SEED_BOUND)
-        if not self._collective():
-            return drawn
-        import torch
-        import torch.distributed as dist
-
-        tensor = torch.tensor(
-            [drawn if self.rank == 0 else 0], dtype=torch.int64, device=self.device
-        )
-        dist.broadcast(tensor, src=0)
-        return int(tensor.item())
-
-    def _count_steps(self, num_inference_steps: int) -> int:
+    def _count_steps(self, requests: list[GenerateRequest]) -> int:
         """How many times the pipeline's step callback will run: identical on every rank."""
         scheduler = self.pipeline.scheduler
         probe = type(scheduler).from_config(scheduler.config)
-        probe.set_timesteps(num_inference_steps, device="cpu")
+        probe.set_timesteps(requests[0].num_inference_steps, device="cpu")
         return len(probe.timesteps)
 
-    def _denoise(self, run: _Run, mine: list[int], seed: int) -> torch.Tensor | None:
-        self._stopped_at: int | None = None
-        if not mine:
-            for step in range(run.total_steps):
-                self._after_step(run, step, None)
-                if run.stopped:
-                    break
-            return None
+    def _denoise(self, run: BatchRun) -> torch.Tensor | None:
+        """This rank's latents (rows ``run.rows``), or None when it has none left to make."""
+        latents = self._run_pipeline(run) if run.mine else None
+        # A rank without images, or whose images were all cancelled, stopped its pipeline
+        # early; it still joins the remaining per-step collectives of the others.
+        for step in range(run.steps_done, run.total_steps):
+            if all(run.cancelled):
+                break
+            self._after_step(run, step, None)
+        return latents if run.live_positions() else None
+
+    def _run_pipeline(self, run: BatchRun) -> torch.Tensor:
         import torch
 
-        request = run.request
+        first = run.requests[0]
+        size = (first.width, first.height)
+        graphed = self.graphed_unet is not None
+        rows = self.warm.pad("unet", size, len(run.mine)) if graphed else len(run.mine)
+        slots = run.mine + [run.mine[0]] * (rows - len(run.mine))  # padding repeats row 0
+        embeds = prompt_embeddings(self.pipeline, run.requests, slots, self.device)
+        generators = [torch.Generator(self.device).manual_seed(slot.seed) for slot in slots]
+        shrink = not graphed and type(self.pipeline.scheduler).__name__ in SHRINKABLE_SCHEDULERS
 
         def on_step_end(
             pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]
         ) -> dict[str, Any]:
             self._after_step(run, step, tensors["latents"])
-            if run.stopped:
+            if not run.live_positions():
                 pipeline._interrupt = True  # diffusers skips the remaining steps
-            return tensors
+                return tensors
+            return drop_cancelled(run, tensors, generators) if shrink else tensors
 
         output = self.pipeline(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            width=request.width,
-            height=request.height,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            num_images_per_prompt=len(mine),
-            generator=[torch.Generator(self.device).manual_seed(seed + i) for i in mine],
+            **embeds,
+            width=first.width,
+            height=first.height,
+            num_inference_steps=first.num_inference_steps,
+            guidance_scale=first.guidance_scale,
+            num_images_per_prompt=1,
+            generator=generators,
             output_type="latent",
             callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=["latents"],
+            callback_on_step_end_tensor_inputs=list(STEP_TENSORS),
         )
+        if graphed:  # captured (or compiled) at the first step, cancelled or not
+            self.warm.add("unet", size, rows)
         latents: torch.Tensor = output.images
         return latents
 
-    def _after_step(self, run: _Run, step: int, latents: torch.Tensor | None) -> None:
+    def _after_step(self, run: BatchRun, step: int, latents: torch.Tensor | None) -> None:
         """Runs after denoising step ``step`` (0-based) on every rank, in lockstep."""
-        if self.should_stop():  # collective: the same answer on every rank
-            run.stopped = True
-            self._stopped_at = step + 1
+        run.cancelled = run.batch.cancelled()  # collective: the same answer on every rank
+        run.steps_done = step + 1
+        if all(run.cancelled):
             return
         done = step + 1
-        every = run.request.preview_every
-        if not run.streaming or every <= 0 or done % every != 0:
+        due = run.previews_due(done)
+        if not due:
             return
         event: dict[str, Any] = {
             "step": done,
             "total_steps": run.total_steps,
             "progress": done / run.total_steps,
         }
-        if self.previewer is not None:
-            grid = self._preview_grid(run, latents)
-            if grid is None:
-                return  # not rank 0
-            event["preview_image"] = grid
-        elif self.rank != 0:
+        grids = self._preview_grids(run, latents, due) if self.previewer is not None else None
+        if self.rank != 0:
             return
-        self.add_streaming_result(event)
+        for n, k in enumerate(due):
+            extra = {} if grids is None else {"preview_image": grids[n]}
+            run.batch[k].add_streaming_result({**event, **extra})
 
-    def _preview_grid(self, run: _Run, latents: torch.Tensor | None) -> Image.Image | None:
+    def _preview_grids(
+        self, run: BatchRun, latents: torch.Tensor | None, due: list[int]
+    ) -> list[Image.Image] | None:
+        """One preview grid per request in ``due`` on rank 0 (None elsewhere); collective."""
         assert self.previewer is not None
         import torch
 
-        height, width = self.previewer.size(*run.latent_size)
-        if latents is None:
-            previews = torch.zeros((0, 3, height, width), dtype=torch.uint8, device=self.device)
-        else:
-            previews = self.previewer(latents)
-        gathered = self._gather(previews, run.max_share)
+        first = run.requests[0]
+        scale = self.pipeline.vae_scale_factor
+        height, width = self.previewer.size(first.height // scale, first.width // scale)
+        previews = torch.zeros(
+            (run.plan.max_share, 3, height, width), dtype=torch.uint8, device=self.device
+        )
+        if latents is not None:
+            wanted = set(due)
+            positions = [
+                p for p in run.live_positions() if run.mine[run.rows[p]].request in wanted
+            ]
+            if positions:
+                rows = [run.rows[p] for p in positions]
+                previews[rows] = self.previewer(latents[positions])
+        gathered = self._gather(previews, run.plan.max_share)
         if gathered is None:
             return None
-        n = run.request.num_images
-        assert n is not None
-        return make_grid(self._in_index_order(gathered, n))
+        stacked = stack_gathered(gathered)
+        return [make_grid(to_pil(stacked, run.plan.indices(k))) for k in due]
 
-    def _decode(self, latents: torch.Tensor | None, request: GenerateRequest) -> torch.Tensor:
-        """VAE-decode on the device (as diffusers' SDXL pipeline does) and convert to uint8 there."""
+    def _decode_rows(self, run: BatchRun, latents: torch.Tensor | None) -> torch.Tensor:
+        """This rank's images as uint8 rows (``max_share`` of them; cancelled rows stay zero)."""
         import torch
 
-        if latents is None:
-            return torch.zeros(
-                (0, 3, request.height, request.width), dtype=torch.uint8, device=self.device
-            )
-        vae = self.pipeline.vae
-        config = vae.config
-        latents = latents.to(device=self.device, dtype=vae.dtype)
-        mean = getattr(config, "latents_mean", None)
-        std = getattr(config, "latents_std", None)
-        if mean is not None and std is not None:
-            mean_t = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-            std_t = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-            latents = latents * std_t / config.scaling_factor + mean_t
+        first = run.requests[0]
+        pixels = torch.zeros(
+            (run.plan.max_share, 3, first.height, first.width),
+            dtype=torch.uint8,
+            device=self.device,
+        )
+        live = run.live_positions()
+        if latents is not None and live:
+            pixels[[run.rows[p] for p in live]] = self._decode(latents[live], first)
+        return pixels
+
+    def _decode(self, latents: torch.Tensor, request: GenerateRequest) -> torch.Tensor:
+        """Decode to uint8 on the device; in warm batch sizes when the VAE is compiled or
+        graphed (see :meth:`WarmSizes.chunks <gridgen.sdxl.batching.WarmSizes.chunks>`)."""
+        size, count, limit = (request.width, request.height), latents.shape[0], self.decode_batch_size
+        if self.graphed_unet is None:
+            sizes = [min(limit, count - start) for start in range(0, count, limit)]
         else:
-            latents = latents / config.scaling_factor
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, latents.shape[0], self.decode_batch_size):
-                chunk = latents[start : start + self.decode_batch_size]
-                chunks.append(to_uint8(vae.decode(chunk, return_dict=False)[0]))
-        return torch.cat(chunks)
+            sizes = self.warm.chunks("vae", size, count, limit)
+        pixels = decode_latents(self.pipeline.vae, latents.to(self.device), sizes)
+        if self.graphed_unet is not None:
+            for rows in sizes:
+                self.warm.add("vae", size, rows)
+        return pixels
 
     def _gather(self, batch: torch.Tensor, max_share: int) -> list[torch.Tensor] | None:
         """Gather every rank's uint8 batch (padded to ``max_share``) to rank 0.
@@ -437,15 +461,45 @@ class SDXLWorker(DistributedWorker):
         dist.gather(padded, slots, dst=0)
         return slots
 
-    def _in_index_order(self, gathered: list[torch.Tensor], n: int) -> list[Image.Image]:
-        """Undo the strided split: image ``i`` is row ``i // W`` of rank ``i % W``'s batch."""
-        import torch
-        from PIL import Image
+    def _finish(
+        self, run: BatchRun, k: int, stacked: np.ndarray[Any, Any], marks: Marks
+    ) -> dict[str, Any] | concurrent.futures.Future[dict[str, Any]]:
+        """Request ``k``'s result on rank 0: its grid and images, encoded (in the background
+        when deferred). Its timings share the batch's denoise, decode and gather phases."""
+        request, seed = run.requests[k], run.plan.slots[run.plan.offsets[k]].seed
+        n = run.plan.counts[k]
+        images = to_pil(stacked, run.plan.indices(k))
+        setup_seconds = getattr(self, "setup_seconds", 0.0)
 
-        world = len(gathered)
-        stacked = torch.stack(gathered).cpu()  # (W, max_share, 3, H, W), one copy
-        array = stacked.permute(0, 1, 3, 4, 2).numpy()
-        return [Image.fromarray(array[i % world, i // world]) for i in range(n)]
+        def finish() -> dict[str, Any]:
+            encoding = time.perf_counter()
+            result: dict[str, Any] = {
+                "seeds": [seed + i for i in range(n)],
+                "width": request.width,
+                "height": request.height,
+                "num_images": n,
+            }
+            encode = _encoder()
+            if request.output in ("grid", "both"):
+                result["grid"] = encode(make_grid(images), request.image_format, _ENCODE_QUALITY)
+            if request.output in ("images", "both"):
+                result["images"] = [
+                    encode(image, request.image_format, _ENCODE_QUALITY) for image in images
+                ]
+            finished = time.perf_counter()
+            result["timings"] = {
+                "setup": round(setup_seconds, 6),
+                "denoise": round(marks.denoised - marks.started, 6),
+                "decode": round(marks.decoded - marks.denoised, 6),
+                "gather": round(marks.gathered - marks.decoded, 6),
+                "encode": round(finished - encoding, 6),
+                "total": round(finished - marks.started, 6),
+            }
+            return result
+
+        if self._encoder_pool is not None:
+            return self._encoder_pool.submit(finish)
+        return finish()
 
     # -- helpers -------------------------------------------------------------------------
 
