@@ -42,6 +42,6 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def examples(session: nox.Session) -> None:
-    """Run every example on the tiny model on CPU (tests/test_examples.py does the same in CI)."""
+    """Run every example on the tiny model on CPU (tests/examples/test_examples.py does the same in CI)."""
     _install(session, "test")
-    session.run("python", "-m", "pytest", "tests/test_examples.py", env={"HF_HUB_OFFLINE": "1"})
+    session.run("python", "-m", "pytest", "tests/examples/test_examples.py", env={"HF_HUB_OFFLINE": "1"})

@@ -37,7 +37,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from gridgen import DistributedRunner, DistributedWorker  # the one changed import line
-from gridgen._codec import image_data_url
+from gridgen.images import image_data_url
 
 if TYPE_CHECKING:
     import torch

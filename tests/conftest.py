@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from runtime_helpers import LiveRunner, live
+from helpers.runtime import LiveRunner, live
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -34,7 +34,13 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def probe() -> Iterator[LiveRunner]:
-    """Two CPU ranks running ProbeWorker, shared by a test module; tests must leave it healthy."""
+def shared_probe() -> Iterator[LiveRunner]:
+    """Two CPU ranks running ProbeWorker, started once per test module."""
     with live(error_grace=2.0, cancel_grace=5.0) as rt:
         yield rt
+
+
+@pytest.fixture()
+def probe(shared_probe: LiveRunner) -> LiveRunner:
+    """The module's ProbeWorker runner, ready and idle whatever the test before left."""
+    return shared_probe.ensure_healthy()

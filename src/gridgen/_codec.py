@@ -74,63 +74,50 @@ timestamp (-1), is a ``CodecError``.
 Images
 ------
 
-A PIL image is sent as ext 4 in this order of preference:
-
-1. the image came out of :func:`decode` and its pixels were never loaded or changed:
-   its original encoded bytes are sent again, unchanged (no re-encoding);
-2. the image was opened from a JPEG or WebP file (``image.format``): it is re-encoded
-   in that format (JPEG keeps the file's quantisation tables, WebP is lossless);
-3. otherwise PNG with ``compress_level=1`` (fast, lossless). Modes PNG cannot store
-   (``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``F`` ...) are converted to ``RGB``, or to
-   ``RGBA`` when the mode has alpha.
-
-A worker that already holds encoded bytes, or wants JPEG/WebP, returns an
-:class:`EncodedImage` (see :func:`encode_image`), which is sent as is.
-
-On decode, an image is a ``PIL.Image.Image`` opened lazily from the bytes with
-``Image.open(..., formats=[that format])``. Decoding checks the header, the declared
-format, the container framing (PNG chunk CRCs and the ``IEND`` chunk, the WebP RIFF
-size) and the size against ``PIL.Image.MAX_IMAGE_PIXELS`` (decompression bombs are a
-``CodecError``); the pixel data itself is decompressed by PIL on first access.
-The original bytes stay available through :func:`get_encoded_image` (stored on the
-image object as the attribute ``_gridgen_encoded``; not in ``image.info``, which PIL
-copies into derived images). :func:`to_jsonable`, :func:`image_data_url` and
-:func:`encode` use them as long as the image's pixels were never loaded and its size
-and mode are unchanged; once the pixels are loaded (they could have been edited in
-place) the image is encoded again.
-
-JSON
-----
-
-:func:`to_jsonable` turns a value into JSON-native data for server-sent events and
-HTTP responses: images become ``data:image/<format>;base64,...`` URLs (keeping the
-encoded format where known), arrays and tensors nested lists (complex elements as
-``[real, imag]`` pairs), bytes base64 strings, tuples lists, dict keys strings, and
-non-finite floats ``None``. :func:`text_event` frames that as one SSE ``data:`` event.
+A PIL image is sent as ext 4 (its original bytes when it came off the wire untouched, else
+JPEG/WebP when opened from such a file, else PNG); the rules, and :class:`EncodedImage` for
+bytes a worker already has, are in :mod:`gridgen.images`, which owns every image format.
+JSON for server-sent events is :mod:`gridgen._json`.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-import io
-import json
-import math
 import sys
 import threading
-import zlib
-from collections.abc import Collection
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 import numpy as np
 from PIL import Image
 
+from ._arrays import (
+    _WIRE_DTYPES,
+    EXT_NDARRAY,
+    EXT_TENSOR,
+    _decode_ndarray,
+    _decode_tensor,
+    _ndarray_ext,
+    _read_header,
+    _tensor_ext,
+)
+from ._encode_errors import EncodeFailure, find_path, unsupported
 from .errors import CodecError, PayloadTooLarge
+from .images import (
+    FORMATS,
+    STASH_ATTR,
+    EncodedImage,
+    ImageFormat,
+    _check_framing,
+    _open_image,
+    _preferred_encoding,
+    encode_image,
+    get_encoded_image,
+    image_data_url,
+)
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 __all__ = [
     "EXT_IMAGE",
@@ -147,280 +134,22 @@ __all__ = [
     "text_event",
     "to_jsonable",
 ]
+# EncodedImage, encode_image, get_encoded_image and image_data_url live in gridgen.images;
+# to_jsonable and text_event in gridgen._json. They are re-exported here for older imports.
 
 EXT_TUPLE: Final = 1
-EXT_NDARRAY: Final = 2
-EXT_TENSOR: Final = 3
 EXT_IMAGE: Final = 4
 
-ImageFormat = Literal["png", "jpeg", "webp"]
-
-_SUPPORTED = (
-    "dicts, lists, tuples, str, int, float, bool, None, bytes, PIL images, "
-    "numpy arrays or torch tensors"
-)
-_MAX_HEADER: Final = 1024
-_MAX_NDIM: Final = 64
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
-_STASH_ATTR: Final = "_gridgen_encoded"
 # Each tuple level is a nested msgpack pack/unpack with its own C context (about 40 KiB
 # of C stack when unpacking), so tuple-in-tuple nesting is bounded well below what a
 # thread's stack holds. Lists and dicts are bounded by msgpack itself.
 _MAX_TUPLE_DEPTH: Final = 32
 
-_NUMERIC_DTYPE_NAMES: Final = (
-    "bool",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-    "float16",
-    "float32",
-    "float64",
-    "complex64",
-    "complex128",
-)
-# Wire dtype name -> little-endian numpy dtype of the buffer.
-_WIRE_DTYPES: Final[dict[str, np.dtype[Any]]] = {
-    name: np.dtype(name).newbyteorder("<") for name in _NUMERIC_DTYPE_NAMES
-}
-_TORCH_DTYPE_NAMES: Final = frozenset((*_NUMERIC_DTYPE_NAMES, "bfloat16"))
-_BF16_CARRIER: Final = np.dtype("<i2")
-
-_FORMATS: Final[dict[str, ImageFormat]] = {
-    "png": "png",
-    "jpeg": "jpeg",
-    "jpg": "jpeg",
-    "webp": "webp",
-}
-_PIL_FORMAT: Final[dict[str, str]] = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
-_PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
-
-
-# --------------------------------------------------------------------------- images
-
-
-@dataclass(frozen=True, eq=True, repr=False)
-class EncodedImage:
-    """An image already encoded as PNG, JPEG or WebP.
-
-    Return or stream one from a worker to send exactly these bytes (no re-encoding);
-    it decodes on the other side as a ``PIL.Image.Image``. Build one with
-    :func:`encode_image`, or from bytes you already have: ``EncodedImage(data, "jpeg")``.
-    The bytes must start with the format's signature.
-    """
-
-    data: bytes
-    format: ImageFormat
-
-    def __post_init__(self) -> None:
-        fmt = _FORMATS.get(str(self.format).lower())
-        if fmt is None:
-            raise ValueError(
-                f"EncodedImage.format must be 'png', 'jpeg' or 'webp', not {self.format!r}"
-            )
-        data = self.data
-        if not isinstance(data, bytes):
-            if not isinstance(data, (bytearray, memoryview)):
-                raise TypeError(f"EncodedImage.data must be bytes, not {type(data).__name__}")
-            data = bytes(data)
-        if not _has_signature(data, fmt):
-            raise ValueError(f"EncodedImage.data does not start with a {fmt.upper()} signature")
-        object.__setattr__(self, "data", data)
-        object.__setattr__(self, "format", fmt)
-
-    @property
-    def mime_type(self) -> str:
-        """``"image/png"``, ``"image/jpeg"`` or ``"image/webp"``."""
-        return f"image/{self.format}"
-
-    def open(self) -> Image.Image:
-        """Open the bytes as a PIL image (lazily, like :func:`decode` does)."""
-        return _open_image(self)
-
-    def __repr__(self) -> str:
-        return f"EncodedImage(format={self.format!r}, {len(self.data)} bytes)"
-
-
-def _has_signature(data: bytes, fmt: str) -> bool:
-    if fmt == "png":
-        return data.startswith(_PNG_SIGNATURE)
-    if fmt == "jpeg":
-        return data.startswith(b"\xff\xd8\xff")
-    return len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP"
-
-
-def encode_image(
-    image: Image.Image, format: str = "png", quality: int | None = None
-) -> EncodedImage:
-    """Encode a PIL image once, to send or stream it without further encoding.
-
-    Args:
-        image: the image.
-        format: ``"png"`` (lossless, ``compress_level=1``), ``"jpeg"`` (``"jpg"`` is
-            accepted) or ``"webp"``.
-        quality: JPEG or WebP quality, 1..100. ``None`` means 90 for JPEG (or the
-            file's own tables for an image opened from a JPEG file) and *lossless* WebP.
-            Ignored for PNG.
-
-    JPEG cannot store alpha or most modes: such images are converted to ``RGB`` first.
-    WebP stores ``RGB`` or ``RGBA`` only: other modes are converted.
-    """
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"encode_image() takes a PIL image, not {type(image).__name__}")
-    fmt = _FORMATS.get(str(format).lower())
-    if fmt is None:
-        raise ValueError(f"format must be 'png', 'jpeg' or 'webp', not {format!r}")
-    if quality is not None and (type(quality) is not int or not 1 <= quality <= 100):
-        raise ValueError(f"quality must be an int from 1 to 100, not {quality!r}")
-    out = io.BytesIO()
-    if fmt == "png":
-        try:
-            image.save(out, "PNG", compress_level=1)
-        except (OSError, KeyError, ValueError):
-            # A mode PNG cannot store (CMYK, YCbCr, LAB, HSV, F, ...).
-            out = io.BytesIO()
-            _to_rgb(image).save(out, "PNG", compress_level=1)
-    elif fmt == "jpeg":
-        keep = quality is None and image.format == "JPEG" and image.mode in ("L", "RGB", "CMYK")
-        src = image if image.mode in ("L", "RGB", "CMYK") else image.convert("RGB")
-        if keep:
-            src.save(out, "JPEG", quality="keep", subsampling="keep")
-        else:
-            src.save(out, "JPEG", quality=90 if quality is None else quality)
-    else:
-        src = image if image.mode in ("RGB", "RGBA") else _to_rgb(image)
-        if quality is None:
-            src.save(out, "WEBP", lossless=True, quality=0, method=0, exact=True)
-        else:
-            src.save(out, "WEBP", quality=quality)
-    return EncodedImage(out.getvalue(), fmt)
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    has_alpha = any(band in ("A", "a") for band in image.getbands()) or (
-        "transparency" in image.info
-    )
-    return image.convert("RGBA" if has_alpha else "RGB")
-
-
-def get_encoded_image(image: Image.Image) -> EncodedImage | None:
-    """The encoded bytes a decoded image was built from, while they still match it.
-
-    Returns ``None`` for images that did not come out of :func:`decode`, and for decoded
-    images whose pixels were loaded (and so may have been changed in place) or whose
-    size or mode changed. Images derived from a decoded one (``copy()``, ``convert()``,
-    ``resize()`` ...) never carry the bytes.
-    """
-    record = image.__dict__.get(_STASH_ATTR)
-    if record is None:
-        return None
-    encoded, size, mode = record
-    if image.size != size or image.mode != mode or not _pixels_untouched(image):
-        return None
-    assert isinstance(encoded, EncodedImage)
-    return encoded
-
-
-def _pixels_untouched(image: Image.Image) -> bool:
-    # PIL creates the core image (``_im``; ``im`` before Pillow 11) when the pixels are
-    # loaded, and every read or in-place edit of pixels loads them first.
-    attrs = image.__dict__
-    core = attrs["_im"] if "_im" in attrs else attrs.get("im")
-    return core is None
-
-
-def _preferred_encoding(image: Image.Image) -> EncodedImage:
-    encoded = get_encoded_image(image)
-    if encoded is not None:
-        return encoded
-    fmt = image.format
-    if fmt == "JPEG":
-        return encode_image(image, "jpeg")
-    if fmt == "WEBP":
-        return encode_image(image, "webp")
-    return encode_image(image, "png")
-
-
-def image_data_url(image: Image.Image | EncodedImage) -> str:
-    """A ``data:image/<format>;base64,...`` URL for a PIL image or an EncodedImage.
-
-    A decoded image reuses its original bytes (see :func:`get_encoded_image`); other
-    images are encoded as on the wire (PNG unless they came from a JPEG or WebP file).
-    """
-    if isinstance(image, EncodedImage):
-        encoded = image
-    elif isinstance(image, Image.Image):
-        encoded = _preferred_encoding(image)
-    else:
-        raise TypeError(
-            f"image_data_url() takes a PIL image or an EncodedImage, not {type(image).__name__}"
-        )
-    return f"data:{encoded.mime_type};base64,{base64.b64encode(encoded.data).decode('ascii')}"
-
-
-def _check_png_framing(data: bytes) -> None:
-    view = memoryview(data)
-    pos = len(_PNG_SIGNATURE)
-    end = len(data)
-    while True:
-        if pos + 12 > end:
-            raise CodecError("PNG image is truncated (no IEND chunk)")
-        length = int.from_bytes(view[pos : pos + 4], "big")
-        chunk_end = pos + 12 + length
-        if chunk_end > end:
-            raise CodecError("PNG image is truncated (a chunk runs past the end)")
-        crc = int.from_bytes(view[chunk_end - 4 : chunk_end], "big")
-        if zlib.crc32(view[pos + 4 : chunk_end - 4]) != crc:
-            raise CodecError("PNG image is corrupt (chunk CRC mismatch)")
-        is_end = data[pos + 4 : pos + 8] == b"IEND"
-        pos = chunk_end
-        if is_end:
-            break
-    if pos != end:
-        raise CodecError(f"PNG image has {end - pos} bytes after its IEND chunk")
-
-
-def _check_framing(encoded: EncodedImage) -> None:
-    data = encoded.data
-    if encoded.format == "png":
-        _check_png_framing(data)
-    elif encoded.format == "webp":
-        riff_size = int.from_bytes(data[4:8], "little")
-        if riff_size + 8 != len(data):
-            raise CodecError(
-                f"WebP image is truncated or padded: RIFF size says {riff_size + 8} bytes, "
-                f"got {len(data)}"
-            )
-
-
-def _open_image(encoded: EncodedImage) -> Image.Image:
-    try:
-        image = Image.open(io.BytesIO(encoded.data), formats=[_PIL_FORMAT[encoded.format]])
-    except Image.DecompressionBombError as exc:
-        raise CodecError(f"image rejected as a decompression bomb: {exc}") from exc
-    except Exception as exc:
-        raise CodecError(f"corrupt {encoded.format.upper()} image: {exc}") from exc
-    limit = Image.MAX_IMAGE_PIXELS
-    width, height = image.size
-    if limit is not None and width * height > limit:
-        # PIL only warns between 1x and 2x the limit; we refuse.
-        image.close()
-        raise CodecError(
-            f"image of {width}x{height} pixels is over PIL.Image.MAX_IMAGE_PIXELS ({limit}): "
-            "rejected as a possible decompression bomb"
-        )
-    return image
-
-
 def _decode_image(payload: bytes) -> Image.Image:
     header, offset = _read_header(payload)
-    if type(header) is not str or header not in _PIL_FORMAT:
+    if type(header) is not str or header not in FORMATS:
         raise CodecError(f"image ext: unknown image format {header!r}")
     try:
         encoded = EncodedImage(payload[offset:], header)  # type: ignore[arg-type]
@@ -428,92 +157,11 @@ def _decode_image(payload: bytes) -> Image.Image:
         raise CodecError(f"image ext: {exc}") from exc
     _check_framing(encoded)
     image = _open_image(encoded)
-    setattr(image, _STASH_ATTR, (encoded, image.size, image.mode))
+    setattr(image, STASH_ATTR, (encoded, image.size, image.mode))
     return image
 
 
 # --------------------------------------------------------------------------- encode
-
-
-class _EncodeFailure(Exception):
-    """Raised inside the msgpack ``default`` hook; ``encode`` adds the path."""
-
-    def __init__(self, obj: object, reason: str, error: type[Exception] = TypeError) -> None:
-        super().__init__(reason)
-        self.obj = obj
-        self.reason = reason
-        self.error = error
-
-
-def _unsupported(obj: object) -> _EncodeFailure:
-    cls = type(obj)
-    name = (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
-    return _EncodeFailure(
-        obj, f"objects of type {name} are not supported; return {_SUPPORTED} instead"
-    )
-
-
-def _header_and_buffer(header: list[Any], buffer: np.ndarray[Any, Any]) -> bytes:
-    return b"".join((msgpack.packb(header, use_bin_type=True), buffer.data))
-
-
-def _ndarray_ext(arr: np.ndarray[Any, Any]) -> msgpack.ExtType:
-    name = arr.dtype.name
-    wire = _WIRE_DTYPES.get(name)
-    if wire is None or arr.dtype.fields is not None:
-        raise _EncodeFailure(
-            arr,
-            f"numpy arrays of dtype {arr.dtype} are not supported; "
-            f"use one of {', '.join(_NUMERIC_DTYPE_NAMES)}",
-        )
-    if arr.dtype != wire:  # big-endian: normalised to little-endian
-        arr = arr.astype(wire)
-    if not arr.flags.c_contiguous:
-        arr = arr.copy(order="C")  # (np.ascontiguousarray would turn a 0-d array into 1-d)
-    return msgpack.ExtType(EXT_NDARRAY, _header_and_buffer([name, list(arr.shape)], arr))
-
-
-def _torch() -> Any:
-    import torch
-
-    return torch
-
-
-def _tensor_to_numpy(tensor: torch.Tensor) -> tuple[str, np.ndarray[Any, Any]]:
-    """(wire dtype name, contiguous CPU numpy array holding the tensor's bytes)."""
-    torch = _torch()
-    name = str(tensor.dtype).removeprefix("torch.")
-    if name not in _TORCH_DTYPE_NAMES:
-        raise _EncodeFailure(
-            tensor,
-            f"torch tensors of dtype {tensor.dtype} are not supported; "
-            f"use one of {', '.join(sorted(_TORCH_DTYPE_NAMES))}",
-        )
-    if tensor.layout != torch.strided:
-        raise _EncodeFailure(
-            tensor, f"torch tensors with layout {tensor.layout} are not supported; send .to_dense()"
-        )
-    t = tensor.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    t = t.resolve_conj().resolve_neg().contiguous()
-    if name == "bfloat16":
-        t = t.view(torch.int16)
-    return name, t.numpy()
-
-
-def _tensor_ext(tensor: torch.Tensor) -> msgpack.ExtType:
-    try:
-        name, arr = _tensor_to_numpy(tensor)
-    except _EncodeFailure:
-        raise
-    except Exception as exc:
-        raise _EncodeFailure(
-            tensor, f"this tensor cannot be copied to the CPU: {exc}", ValueError
-        ) from exc
-    return msgpack.ExtType(EXT_TENSOR, _header_and_buffer([name, list(tensor.shape)], arr))
 
 
 def _image_ext(image: Image.Image | EncodedImage) -> msgpack.ExtType:
@@ -523,7 +171,7 @@ def _image_ext(image: Image.Image | EncodedImage) -> msgpack.ExtType:
         try:
             encoded = _preferred_encoding(image)
         except Exception as exc:
-            raise _EncodeFailure(
+            raise EncodeFailure(
                 image, f"this PIL image cannot be encoded: {exc}", ValueError
             ) from exc
     header = msgpack.packb(encoded.format, use_bin_type=True)
@@ -541,7 +189,7 @@ _local = threading.local()
 def _tuple_ext(obj: tuple[Any, ...]) -> msgpack.ExtType:
     depth: int = getattr(_local, "tuple_depth", 0)
     if depth >= _MAX_TUPLE_DEPTH:
-        raise _EncodeFailure(
+        raise EncodeFailure(
             obj, f"tuples nested more than {_MAX_TUPLE_DEPTH} deep are not supported", ValueError
         )
     _local.tuple_depth = depth + 1
@@ -563,7 +211,7 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, int):  # int subclasses, and ints outside the 64-bit range
         value = int(obj)
         if not _INT_MIN <= value <= _INT_MAX:
-            raise _EncodeFailure(
+            raise EncodeFailure(
                 obj,
                 "ints must fit in 64 bits (-2**63 .. 2**64-1) to go over the wire; "
                 "send a bigger number as a str",
@@ -584,58 +232,25 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         if obj.dtype.kind in "biuf" and obj.dtype.name in _WIRE_DTYPES:
             return obj.item()
-        raise _EncodeFailure(
+        raise EncodeFailure(
             obj,
             f"numpy scalars of dtype {obj.dtype} are not supported; "
             "send a bool, int or float scalar, or a 0-d numpy array",
         )
     if isinstance(obj, np.ndarray):
         if isinstance(obj, np.ma.MaskedArray):
-            raise _EncodeFailure(
+            raise EncodeFailure(
                 obj, "numpy masked arrays are not supported; send .data and .mask as two arrays"
             )
         return _ndarray_ext(np.asarray(obj))
     if _is_tensor(obj):
         return _tensor_ext(obj)
-    raise _unsupported(obj)
+    raise unsupported(obj)
 
 
 def _packb(obj: Any) -> bytes:
     result: bytes = msgpack.packb(obj, default=_default, use_bin_type=True, strict_types=True)
     return result
-
-
-def _render_key(key: object) -> str:
-    text = repr(key)
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
-def _find_path(root: object, target: object, name: str) -> str:
-    """Where ``target`` (by identity) sits inside ``root``, as ``name['a'][2]``."""
-    if root is target:
-        return name
-    stack: list[tuple[object, str]] = [(root, name)]
-    seen: set[int] = set()
-    while stack:
-        node, path = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, dict):
-            children = []
-            for key, value in node.items():
-                if key is target:
-                    return f"a dict key of {path} ({_render_key(key)})"
-                children.append((value, f"{path}[{_render_key(key)}]"))
-        elif isinstance(node, (list, tuple)):
-            children = [(value, f"{path}[{i}]") for i, value in enumerate(node)]
-        else:
-            continue
-        for value, child_path in children:
-            if value is target:
-                return child_path
-        stack.extend(reversed(children))
-    return f"a value inside {name}"
 
 
 def encode(obj: Any, *, max_bytes: int | None = None, name: str = "value") -> bytes:
@@ -657,11 +272,11 @@ def encode(obj: Any, *, max_bytes: int | None = None, name: str = "value") -> by
     """
     try:
         data = _packb(obj)
-    except _EncodeFailure as exc:
-        where = _find_path(obj, exc.obj, name)
+    except EncodeFailure as exc:
+        where = find_path(obj, exc.obj, name)
         raise exc.error(f"cannot encode {where}: {exc.reason}") from exc.__cause__
     except UnicodeEncodeError as exc:
-        where = _find_path(obj, exc.object, name)
+        where = find_path(obj, exc.object, name)
         raise ValueError(
             f"cannot encode {where}: str is not valid Unicode ({exc.reason})"
         ) from None
@@ -681,63 +296,6 @@ def encode(obj: Any, *, max_bytes: int | None = None, name: str = "value") -> by
 
 
 # --------------------------------------------------------------------------- decode
-
-
-def _read_header(payload: bytes) -> tuple[Any, int]:
-    unpacker = msgpack.Unpacker(
-        raw=False, strict_map_key=True, max_buffer_size=_MAX_HEADER, use_list=True
-    )
-    unpacker.feed(payload[:_MAX_HEADER])
-    try:
-        header = unpacker.unpack()
-    except msgpack.OutOfData:
-        raise CodecError("extension header is truncated") from None
-    offset: int = unpacker.tell()
-    return header, offset
-
-
-def _decode_buffer(
-    payload: bytes, dtype_names: Collection[str]
-) -> tuple[str, np.ndarray[Any, Any]]:
-    header, offset = _read_header(payload)
-    if type(header) is not list or len(header) != 2:
-        raise CodecError("array ext: the header must be [dtype, shape]")
-    name, shape = header
-    if type(name) is not str or name not in dtype_names:
-        raise CodecError(f"array ext: unsupported dtype {name!r}")
-    if (
-        type(shape) is not list
-        or len(shape) > _MAX_NDIM
-        or not all(type(d) is int and d >= 0 for d in shape)
-    ):
-        raise CodecError(f"array ext: bad shape {shape!r}")
-    dtype = _BF16_CARRIER if name == "bfloat16" else _WIRE_DTYPES[name]
-    expected = math.prod(shape) * dtype.itemsize
-    got = len(payload) - offset
-    if got != expected:
-        raise CodecError(
-            f"array ext: shape {tuple(shape)} of {name} needs {expected} bytes, payload has {got}"
-        )
-    if expected == 0:
-        return name, np.zeros(tuple(shape), dtype=dtype.newbyteorder("="))
-    flat = np.frombuffer(payload, dtype=dtype, offset=offset)
-    if name == "bool" and flat.view(np.uint8).max() > 1:
-        raise CodecError("array ext: bool buffer holds bytes other than 0 and 1")
-    arr = flat.reshape(tuple(shape)).astype(dtype.newbyteorder("="), copy=True)
-    return name, arr
-
-
-def _decode_ndarray(payload: bytes) -> np.ndarray[Any, Any]:
-    return _decode_buffer(payload, _WIRE_DTYPES)[1]
-
-
-def _decode_tensor(payload: bytes) -> torch.Tensor:
-    name, arr = _decode_buffer(payload, _TORCH_DTYPE_NAMES)
-    torch = _torch()
-    tensor = torch.from_numpy(arr)
-    if name == "bfloat16":
-        tensor = tensor.view(torch.bfloat16)
-    return tensor  # type: ignore[no-any-return]
 
 
 def _ext_hook(depth: int, code: int, payload: bytes) -> Any:
@@ -820,100 +378,4 @@ def decode(data: bytes | memoryview, *, max_bytes: int | None = None) -> Any:
     return value
 
 
-# --------------------------------------------------------------------------- JSON
-
-
-def _json_key(key: object) -> str:
-    if isinstance(key, str):
-        return str.__str__(key)
-    if key is None:
-        return "null"
-    if isinstance(key, (bool, np.bool_)):
-        return "true" if key else "false"
-    if isinstance(key, (int, np.integer)):
-        return str(int(key))
-    if isinstance(key, (float, np.floating)):
-        return json.dumps(float(key))  # as json.dumps writes float keys: "1.5", "NaN"
-    return str(key)
-
-
-def _array_to_jsonable(arr: np.ndarray[Any, Any]) -> Any:
-    kind = arr.dtype.kind
-    if kind == "c":
-        arr = np.stack([arr.real, arr.imag], axis=-1)
-        kind = "f"
-    if kind == "f":
-        finite = np.isfinite(arr)
-        if not finite.all():
-            obj = arr.astype(object)
-            obj[~finite] = None
-            return obj.tolist()
-        return arr.tolist()
-    if kind in "biu":
-        return arr.tolist()
-    raise _EncodeFailure(arr, f"numpy arrays of dtype {arr.dtype} have no JSON form")
-
-
-def _jsonable(obj: Any) -> Any:
-    cls = type(obj)
-    if cls is str or cls is int or cls is bool or obj is None:
-        return obj
-    if cls is float:
-        return obj if math.isfinite(obj) else None
-    if cls is dict:
-        return {_json_key(k): _jsonable(v) for k, v in obj.items()}
-    if cls is list or cls is tuple:
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (Image.Image, EncodedImage)):
-        try:
-            return image_data_url(obj)
-        except Exception as exc:
-            raise _EncodeFailure(
-                obj, f"this PIL image cannot be encoded: {exc}", ValueError
-            ) from exc
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return base64.b64encode(obj).decode("ascii")
-    if isinstance(obj, np.ndarray):
-        return _array_to_jsonable(np.asarray(obj))
-    if isinstance(obj, np.generic):
-        if obj.dtype.kind in "biufc":
-            return _array_to_jsonable(np.asarray(obj))
-        raise _unsupported(obj)
-    if isinstance(obj, bool):
-        return bool(obj)
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return _jsonable(float(obj))
-    if isinstance(obj, str):
-        return str.__str__(obj)
-    if isinstance(obj, dict):
-        return {_json_key(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if _is_tensor(obj):
-        if str(obj.dtype) == "torch.bfloat16":
-            return _array_to_jsonable(obj.detach().cpu().float().numpy())
-        return _array_to_jsonable(_tensor_to_numpy(obj)[1])
-    raise _unsupported(obj)
-
-
-def to_jsonable(obj: Any) -> Any:
-    """``obj`` as JSON-native data (see "JSON" in the module docstring).
-
-    Raises ``TypeError`` naming the type and its path for values with no JSON form.
-    """
-    try:
-        return _jsonable(obj)
-    except _EncodeFailure as exc:
-        where = _find_path(obj, exc.obj, "value")
-        raise exc.error(f"cannot convert {where} to JSON: {exc.reason}") from exc.__cause__
-    except RecursionError:
-        raise ValueError("cannot convert value to JSON: it is nested too deeply") from None
-
-
-def text_event(obj: Any) -> bytes:
-    """One server-sent event: ``b"data: " + compact JSON of to_jsonable(obj) + b"\\n\\n"``."""
-    text = json.dumps(to_jsonable(obj), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    # "replace" only matters for lone surrogates, which UTF-8 cannot carry.
-    return b"data: " + text.encode("utf-8", "replace") + b"\n\n"
+from ._json import text_event, to_jsonable  # noqa: E402  (re-export; _json imports this module)

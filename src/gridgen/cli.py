@@ -24,8 +24,6 @@ from typing import Any
 
 __all__ = ["build_parser", "main"]
 
-_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
-_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _QUIET_ENV = {
     # Model loading in every worker otherwise prints progress bars and advisories.
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -185,12 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _request_payload(args: argparse.Namespace) -> dict[str, Any]:
+    from .images import FILE_SUFFIXES
+
     suffix = Path(args.output).suffix.lower()
-    image_format = _FORMATS.get(suffix)
+    image_format = FILE_SUFFIXES.get(suffix)
     if image_format is None:
         raise UsageError(
             f"-o/--output: cannot tell the image format from {suffix or 'no extension'!r} "
-            f"(use one of {', '.join(sorted(_FORMATS))})"
+            f"(use one of {', '.join(sorted(FILE_SUFFIXES))})"
         )
     if args.preview_every < 0:
         raise UsageError(f"--preview-every: must be 0 or more, got {args.preview_every}")
@@ -221,7 +221,8 @@ _OPTION_NAMES = {
 
 
 def _validate(payload: dict[str, Any]) -> None:
-    from .sdxl.request import InvalidRequestError, validate_request
+    from .errors import InvalidRequestError
+    from .sdxl.request import validate_request
 
     try:
         validate_request(payload)
@@ -248,6 +249,7 @@ def _quiet_workers(verbose: bool) -> None:
 async def _run_generate(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
     from tqdm import tqdm
 
+    from ._requests import StreamResult
     from .runner import DistributedRunner
     from .sdxl import TINY_MODEL, SDXLWorker, ensure_tiny_sdxl
 
@@ -271,9 +273,10 @@ async def _run_generate(args: argparse.Namespace, payload: dict[str, Any]) -> di
         bar: Any = None
         result: Any = None
         try:
-            async for value in handle.events():
-                if handle.done():
-                    result = value  # the last value yielded once the request is done
+            async for event in handle.updates():
+                value = event.value
+                if isinstance(event, StreamResult):
+                    result = value
                     continue
                 if isinstance(value, dict) and "total_steps" in value:
                     if bar is None:
@@ -307,7 +310,9 @@ def _write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> list[Pat
     if args.save_dir:
         folder = Path(args.save_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        ext = _EXTENSIONS[_FORMATS[output.suffix.lower()]]
+        from .images import FILE_SUFFIXES, FORMATS
+
+        ext = FORMATS[FILE_SUFFIXES[output.suffix.lower()]].extension
         for i, (image, seed) in enumerate(zip(result["images"], result["seeds"], strict=True)):
             path = folder / f"{i:02d}-seed{seed}.{ext}"
             path.write_bytes(_image_bytes(image))
@@ -316,19 +321,9 @@ def _write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> list[Pat
 
 
 def _image_bytes(image: Any) -> bytes:
-    data = getattr(image, "data", None)
-    if isinstance(data, bytes):  # gridgen._codec.EncodedImage
-        return data
-    from ._codec import get_encoded_image
+    from .images import image_bytes
 
-    encoded = get_encoded_image(image)  # a PIL image decoded from the wire keeps its bytes
-    if encoded is not None:
-        return bytes(encoded.data)
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return image_bytes(image).data  # a decoded image keeps its bytes: no re-encoding
 
 
 def _summary(result: dict[str, Any], written: list[Path]) -> str:

@@ -1,45 +1,57 @@
-"""Every exception gridgen raises, in one tree.
+"""Every exception gridgen raises, in one tree, grouped the way httpx groups its own.
 
 ```
 GridgenError
-├── WorkerError            a rank raised inside setup/__call__; carries .rank and the remote traceback
-│   └── StartupError       start() failed: setup raised, a rank died while starting, or start timed out
-│       └── StartupTimeout also a TimeoutError
-├── WorkerDiedError        a worker process died (killed, segfault, OOM); .rank, .exitcode, .signal
-├── QueueFull              the request queue is at max_queue; nothing was queued
-├── RunnerClosed           the runner is stopped (or stopping) and takes no more requests
-├── RequestTimeout         a request's time limit passed (also a TimeoutError)
-├── RequestCancelled       the request was cancelled by the runner (stop, restart) rather than by you
-├── PayloadTooLarge        an encoded message is over max_message_bytes (also a ValueError)
-├── CodecError             bytes that are not a valid gridgen message (also a ValueError)
-├── ModelNotFoundError     a model could not be found locally or on the hub (also a FileNotFoundError)
-└── Cancelled              raised *inside workers* by check_cancelled() when the host cancelled the request
+├── RequestError               one request failed for a reason of its own; .request_id
+│   ├── InvalidRequestError    a field broke a rule (also a ValueError); .errors, .fields
+│   ├── QueueFull              the queue is at max_queue; nothing was queued
+│   ├── RequestTimeout         the request's time limit passed (also a TimeoutError)
+│   └── RequestCancelled       the runner dropped the request (stop, restart)
+├── RunnerError                the runner as a whole
+│   └── RunnerClosed           the runner is stopped (or stopping) and takes no more requests
+├── WorkerFailure              a worker failed; .rank
+│   ├── WorkerError            a rank raised inside setup/__call__; the remote traceback; .request_id
+│   │   └── StartupError       start() failed: setup raised, a rank died while starting, or timed out
+│   │       └── StartupTimeout also a TimeoutError
+│   └── WorkerDiedError        a worker process died (killed, segfault, OOM); .exitcode, .signal
+├── PayloadTooLarge            an encoded message is over max_message_bytes (also a ValueError)
+├── CodecError                 bytes that are not a valid gridgen message (also a ValueError)
+├── ModelNotFoundError         a model could not be found locally or on the hub (also a FileNotFoundError)
+└── Cancelled                  raised *inside workers* by check_cancelled() when the host cancelled
 ```
 
 Errors from a rank keep the remote exception's type name, message and formatted
 traceback as data (``remote_type``, ``remote_message``, ``remote_traceback``):
 nothing from a worker is unpickled, so the original class is never rebuilt on the
-host.
+host. One exception: a worker that raises :class:`InvalidRequestError` reaches the
+caller as a :class:`WorkerError` that is *also* an :class:`InvalidRequestError`, so
+``except InvalidRequestError`` catches bad input wherever it was found.
 """
 
 from __future__ import annotations
 
 import signal as _signal
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "Cancelled",
     "CodecError",
     "GridgenError",
+    "InvalidRequestError",
     "ModelNotFoundError",
     "PayloadTooLarge",
     "QueueFull",
     "RequestCancelled",
+    "RequestError",
     "RequestTimeout",
     "RunnerClosed",
+    "RunnerError",
     "StartupError",
     "StartupTimeout",
     "WorkerDiedError",
     "WorkerError",
+    "WorkerFailure",
 ]
 
 
@@ -47,14 +59,82 @@ class GridgenError(Exception):
     """Base class of every error gridgen raises."""
 
 
-class WorkerError(GridgenError):
+# -- errors of one request ---------------------------------------------------------------
+
+
+class RequestError(GridgenError):
+    """One request failed for a reason of its own; other requests are unaffected.
+
+    Attributes:
+        request_id: the request's id (``handle.id``), or None when it never got one
+            (rejected before queueing).
+    """
+
+    def __init__(self, message: str = "", *, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class InvalidRequestError(RequestError, ValueError):
+    """A request broke one or more rules; ``.errors`` lists them (each with ``field``,
+    ``rule`` and ``message``).
+
+    ``str()`` names every field and rule, e.g.
+    ``invalid request: width: Input should be a multiple of 8 (got 100)``.
+    """
+
+    def __init__(self, errors: Sequence[Any], *, request_id: int | None = None) -> None:
+        self.errors = list(errors)
+        details = "; ".join(f"{e.field}: {e.message}" for e in self.errors)
+        super().__init__(f"invalid request: {details}", request_id=request_id)
+
+    @property
+    def fields(self) -> list[str]:
+        """The names of the fields at fault, in order, each once."""
+        return list(dict.fromkeys(str(e.field) for e in self.errors))
+
+
+class QueueFull(RequestError):
+    """The runner's queue already holds ``max_queue`` waiting requests; this one was not queued."""
+
+
+class RequestTimeout(RequestError, TimeoutError):
+    """The request's time limit (counted from submission) passed; it was cancelled on every rank."""
+
+
+class RequestCancelled(RequestError):
+    """The request was cancelled: by the caller, or by the runner (stop, restart) before it completed."""
+
+
+# -- errors of the runner ------------------------------------------------------------------
+
+
+class RunnerError(GridgenError):
+    """The runner as a whole cannot serve requests."""
+
+
+class RunnerClosed(RunnerError):
+    """The runner is stopped or stopping, or was never started."""
+
+
+# -- errors of a worker --------------------------------------------------------------------
+
+
+class WorkerFailure(GridgenError):
+    """A worker failed: a rank raised, or a worker process died. ``.rank`` names it."""
+
+    rank: int | None
+
+
+class WorkerError(WorkerFailure):
     """An exception raised by user code on one rank.
 
     Attributes:
-        rank: the rank that raised.
+        rank: the rank that raised (None only when no single rank is to blame).
         remote_type: the qualified name of the remote exception's class, e.g. ``"ValueError"``.
         remote_message: ``str()`` of the remote exception.
         remote_traceback: the remote traceback, formatted as text.
+        request_id: the request it failed, None for errors outside a request (startup).
     """
 
     def __init__(
@@ -65,31 +145,52 @@ class WorkerError(GridgenError):
         remote_type: str = "",
         remote_message: str = "",
         remote_traceback: str = "",
+        request_id: int | None = None,
     ) -> None:
-        super().__init__(message)
+        Exception.__init__(self, message)
         self.rank = rank
         self.remote_type = remote_type
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
+        self.request_id = request_id
 
     @classmethod
-    def from_remote(cls, rank: int, info: dict[str, str], during: str = "request") -> WorkerError:
+    def from_remote(
+        cls,
+        rank: int,
+        info: Mapping[str, Any],
+        during: str = "request",
+        request_id: int | None = None,
+    ) -> WorkerError:
+        """Build the error from the error info a rank sent (see :mod:`gridgen._protocol`)."""
         remote_type = str(info.get("type", "Exception"))
         remote_message = str(info.get("message", ""))
         text = f"rank {rank} raised {remote_type} during {during}: {remote_message}"
-        return cls(
+        target = cls
+        if cls is WorkerError and info.get("invalid_request"):
+            target = _RemoteInvalidRequest
+        return target(
             text,
             rank=rank,
             remote_type=remote_type,
             remote_message=remote_message,
             remote_traceback=str(info.get("traceback", "")),
+            request_id=request_id,
         )
 
     def __str__(self) -> str:
-        base = super().__str__()
+        base = str(self.args[0]) if self.args else ""
         if self.remote_traceback:
             return f"{base}\n\nRemote traceback (rank {self.rank}):\n{self.remote_traceback.rstrip()}"
         return base
+
+
+class _RemoteInvalidRequest(WorkerError, InvalidRequestError):
+    """An InvalidRequestError raised on a rank: both a WorkerError and an InvalidRequestError."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        WorkerError.__init__(self, message, **kwargs)
+        self.errors = []
 
 
 class StartupError(WorkerError):
@@ -112,7 +213,7 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
-class WorkerDiedError(GridgenError):
+class WorkerDiedError(WorkerFailure):
     """A worker process died. The group is unusable until ``restart()`` (or ``auto_restart``).
 
     Attributes:
@@ -136,20 +237,7 @@ class WorkerDiedError(GridgenError):
         super().__init__(message)
 
 
-class QueueFull(GridgenError):
-    """The runner's queue already holds ``max_queue`` waiting requests; this one was not queued."""
-
-
-class RunnerClosed(GridgenError):
-    """The runner is stopped or stopping, or was never started."""
-
-
-class RequestTimeout(GridgenError, TimeoutError):
-    """The request's time limit (counted from submission) passed; it was cancelled on every rank."""
-
-
-class RequestCancelled(GridgenError):
-    """The runner dropped the request (it was stopping or restarting) before it completed."""
+# -- wire and environment ------------------------------------------------------------------
 
 
 class PayloadTooLarge(GridgenError, ValueError):

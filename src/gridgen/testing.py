@@ -28,8 +28,11 @@ Ops (``on_rank``: the rank that misbehaves, None for every rank):
 * ``allreduce``: all-reduces ``rank + 1`` and returns the sum.
 * ``steps``: ``steps`` iterations of ``delay`` seconds, each ending with the collective
   ``should_stop()``; streams ``{"step": i}`` from rank 0; returns ``{"completed": n}``.
+* ``last_steps``: what this rank's last ``steps`` request saw: ``{"completed": n,
+  "cancelled": bool}`` (``cancelled``: the rank's cancel flag when that request ended).
 * ``raise``: ``on_rank`` raises ``ValueError(message)``; the others enter an all-reduce
-  (so they hang in a collective, as real worker code would).
+  (so they hang in a collective, as real worker code would), or return at once when
+  ``peers`` is ``"return"``.
 * ``hang``: ``on_rank`` sleeps ``seconds`` (default: forever); the others enter an all-reduce.
 * ``exit``: ``on_rank`` calls ``os._exit(code)``; the others enter an all-reduce.
 * ``kill``: ``on_rank`` sends itself ``signal`` (default SIGKILL); the others enter an all-reduce.
@@ -73,6 +76,7 @@ class ProbeWorker(DistributedWorker):
         self.setup_kwargs = kwargs
         self.teardown_marker = teardown_marker
         self.calls = 0
+        self.last_steps: dict[str, Any] | None = None
         if ignore_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if fail_on_rank is not None and self.rank == fail_on_rank:
@@ -132,7 +136,10 @@ class ProbeWorker(DistributedWorker):
                     self.add_streaming_result({"step": completed})
                 if self.should_stop():
                     break
-            return {"completed": completed, "cancelled": self.cancelled}
+            self.last_steps = {"completed": completed, "cancelled": self.cancelled}
+            return dict(self.last_steps)
+        if op == "last_steps":
+            return self.last_steps
         if op in ("raise", "hang", "exit", "kill", "alloc"):
             return self._misbehave(op, on_rank, payload)
         if op == "print":
@@ -145,7 +152,8 @@ class ProbeWorker(DistributedWorker):
 
     def _misbehave(self, op: str, on_rank: int | None, payload: dict[str, Any]) -> Any:
         if not self._targeted(on_rank):
-            self._wait_in_collective()
+            if payload.get("peers") != "return":
+                self._wait_in_collective()
             return {"rank": self.rank}
         if op == "raise":
             raise ValueError(payload.get("message", f"raised on purpose on rank {self.rank}"))

@@ -12,9 +12,23 @@ if TYPE_CHECKING:
     import torch
     import torch.distributed
 
-__all__ = ["DistributedWorker"]
+__all__ = ["DistributedWorker", "WorkerContext"]
 
 StreamSink = Callable[[Any], None]
+
+
+class WorkerContext:
+    """What the worker process gives a worker: the one object the runtime shares with it.
+
+    The worker process (:mod:`gridgen._worker_main`) owns it and updates it between
+    requests; the worker only reads it. A worker built without a runner has none.
+    """
+
+    def __init__(self, emit: StreamSink, control_group: Any) -> None:
+        self.emit = emit  # sends a streamed item of the running request
+        self.control_group = control_group  # the CPU group for collective cancellation checks
+        self.cancel = threading.Event()  # set once the host cancelled the running request
+        self.request_id: int | None = None
 
 
 class DistributedWorker:
@@ -46,12 +60,25 @@ class DistributedWorker:
         self.world_size = world_size
         self._device_spec = device
         self._device: torch.device | None = None
-        self._cancel = threading.Event()
-        self._sink: StreamSink | None = None
-        self._control_group: Any = None
-        self._distributed = False
-        self._request_id: int | None = None
+        self._context: WorkerContext | None = None
+        self._local_cancel = threading.Event()
         self.streamed: list[Any] = []
+
+    def _attach(self, context: WorkerContext) -> None:
+        """Called once by the worker process, before ``setup``."""
+        self._context = context
+
+    @property
+    def _distributed(self) -> bool:
+        return self._context is not None
+
+    @property
+    def _cancel(self) -> threading.Event:
+        return self._local_cancel if self._context is None else self._context.cancel
+
+    @property
+    def _request_id(self) -> int | None:
+        return None if self._context is None else self._context.request_id
 
     # -- what users override -------------------------------------------------
 
@@ -86,10 +113,10 @@ class DistributedWorker:
         When the caller used ``invoke`` (not streaming), items are dropped.
         """
         del as_text_event
-        if self._sink is None:
+        if self._context is None:
             self.streamed.append(result)
         else:
-            self._sink(result)
+            self._context.emit(result)
 
     @property
     def cancelled(self) -> bool:
@@ -121,7 +148,8 @@ class DistributedWorker:
         import torch.distributed as dist
 
         flag = torch.tensor([1 if local else 0], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._control_group)
+        group = None if self._context is None else self._context.control_group
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
         stop = bool(flag.item())
         if stop:
             self._cancel.set()

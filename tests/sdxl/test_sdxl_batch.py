@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sdxl_helpers import A, B, C, arrays, close, pixels
 
 from gridgen import Batch, Cancelled
 from gridgen.sdxl import InvalidRequestError, SDXLWorker
+
+from helpers.sdxl import A, B, C, arrays, close, pixels
 
 
 @pytest.fixture(scope="module")

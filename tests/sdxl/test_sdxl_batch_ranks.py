@@ -8,12 +8,12 @@ import concurrent.futures
 from typing import Any
 
 import pytest
-from sdxl_helpers import A, B, C, arrays, close
 
 from gridgen import Batch, Cancelled
 from gridgen.sdxl import SDXLWorker
 
-from gloo_helpers import on_ranks
+from helpers.gloo import on_ranks
+from helpers.sdxl import A, B, C, arrays, close
 
 
 def scenarios(rank: int) -> dict[str, Any]:

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sdxl_helpers import SMALL, A, B, C, arrays, close
 
 from gridgen import DistributedRunner, RequestCancelled, RequestTimeout
 from gridgen.sdxl import SDXLWorker
 
-from runtime_helpers import LiveRunner, live
+from helpers.runtime import LiveRunner, live
+from helpers.sdxl import SMALL, A, B, C, arrays, close
 
 LONG = {**SMALL, "width": 256, "height": 256, "num_inference_steps": 150, "preview_every": 1}
 """Many seconds on two CPU ranks, so a cancel or a time limit lands mid-run."""

@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sdxl_helpers import SMALL, pixels
 
 from gridgen import Cancelled
+
+from helpers.sdxl import SMALL, pixels
 
 LONG = {**SMALL, "width": 256, "height": 256, "num_inference_steps": 150, "preview_every": 1}
 """150 steps at 256x256: many seconds when run to the end, so an early stop is visible."""

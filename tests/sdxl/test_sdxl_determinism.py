@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sdxl_helpers import SMALL, pixels
+
+from helpers.sdxl import SMALL, pixels
 
 
 def _images(result: dict[str, Any]) -> list[np.ndarray[Any, Any]]:

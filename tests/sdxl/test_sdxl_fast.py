@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gridgen.images import EncodedImage
 from gridgen.sdxl import SDXLWorker
 from gridgen.sdxl.fast import GraphedUNet, optimize_pipeline
 
@@ -53,5 +54,8 @@ def test_deferred_encoding_returns_a_future(tiny_cache: str) -> None:
     assert isinstance(result, concurrent.futures.Future)
     done = result.result(timeout=60)
     assert done["num_images"] == 2 and len(done["images"]) == 2
-    assert done["timings"]["encode"] >= 0
+    assert done["timings"]["encode"] > 0  # the encoding ran, in the future's thread
+    for image in done["images"]:  # and produced real image files of the requested size
+        assert isinstance(image, EncodedImage)
+        assert image.open().size == (done["width"], done["height"])
     worker.teardown()

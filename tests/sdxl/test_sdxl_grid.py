@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sdxl_helpers import SMALL, pixels, tile
+
+from helpers.sdxl import SMALL, pixels, tile
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7])

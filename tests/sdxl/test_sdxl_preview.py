@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from sdxl_helpers import SMALL, pixels
 
 from gridgen.sdxl import SDXLWorker
 from gridgen.sdxl.preview import LinearPreview, TaesdPreview
+
+from helpers.sdxl import SMALL, pixels
 
 
 def _split(items: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:

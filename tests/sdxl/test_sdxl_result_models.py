@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from sdxl_helpers import SMALL, pixels
 
 from gridgen.sdxl import GenerateResult, PreviewEvent
 from gridgen.sdxl.request import image_to_data_url
+
+from helpers.sdxl import SMALL, pixels
 
 
 def _decode(url: str) -> tuple[str, Image.Image]:

@@ -1,4 +1,4 @@
-"""The seed's worker runs on gridgen with only its import line changed (tests/seed_app.py).
+"""The seed's worker runs on gridgen with only its import line changed (tests/helpers/seed_app.py).
 
 Plays ``ExampleDistributedApp``: ``setup`` (start + warm-up invoke), ``run`` (invoke) and
 ``stream`` (``as_text_events=True``, the bytes a ``StreamingResponse`` would send).
@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from seed_app import (  # type: ignore[import-not-found]
+from helpers.seed_app import (  # type: ignore[import-not-found]
     DistributedRunner,
     ExampleDistributedWorker,
     ExampleRequest,

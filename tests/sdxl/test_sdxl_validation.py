@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sdxl_helpers import SMALL
 
 from gridgen import WorkerError
 from gridgen.sdxl import GenerateRequest, InvalidRequestError, validate_request
+
+from helpers.sdxl import SMALL
 
 
 def test_defaults() -> None:

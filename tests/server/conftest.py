@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server_helpers import LiveServer, ProbeRequest
+from helpers.server import LiveServer, ProbeRequest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for a model hub
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

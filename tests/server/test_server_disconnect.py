@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from server_helpers import SMALL, LiveServer, sse_events
+from helpers.server import SMALL, LiveServer, sse_events
 
 LONG: dict[str, Any] = {"prompt": "a long one", "width": 512, "height": 512, "num_inference_steps": 40, "preview_every": 1, "seed": 1}
 """About 0.3 s per step on two CPU ranks: some 12 s if it were not cancelled."""

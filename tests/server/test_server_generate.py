@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server_helpers import SMALL, LiveServer, decode_data_url
+from helpers.server import SMALL, LiveServer, decode_data_url
 
 
 def test_generate_returns_the_grid_seeds_and_timings(sdxl_server: LiveServer) -> None:

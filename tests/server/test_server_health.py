@@ -10,7 +10,7 @@ from gridgen import DistributedRunner
 from gridgen.server import create_app
 from gridgen.testing import ProbeWorker
 
-from server_helpers import SMALL, LiveServer
+from helpers.server import SMALL, LiveServer
 
 
 def test_health_and_ready_on_a_started_service(sdxl_server: LiveServer) -> None:

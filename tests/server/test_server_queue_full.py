@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from server_helpers import LiveServer
+from helpers.server import LiveServer
 
 
 def test_full_queue_is_503_with_retry_after(probe_server: LiveServer) -> None:

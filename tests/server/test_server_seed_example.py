@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from server_helpers import LiveServer, decode_data_url, sse_events
+from helpers.server import LiveServer, decode_data_url, sse_events
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from server_helpers import SMALL, LiveServer, decode_data_url, sse_events, stream_events
+from helpers.server import SMALL, LiveServer, decode_data_url, sse_events, stream_events
 
 
 def test_events_arrive_in_order_with_their_fields(sdxl_server: LiveServer) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server_helpers import LiveServer, stream_events
+from helpers.server import LiveServer, stream_events
 
 
 def test_a_rank_that_raises_is_a_500_and_the_next_request_succeeds(probe_server: LiveServer) -> None:

@@ -35,16 +35,15 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import tempfile
-import threading
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 from ..errors import ModelNotFoundError
+from ._hub import hub_reachable as _hub_reachable
+from ._tokenizer import local_tokenizer, token_ids, write_tokenizer_files
 
 if TYPE_CHECKING:
     import torch
@@ -75,9 +74,6 @@ RANDOM_MODEL = "sdxl-random"
 
 _TINY_DIRNAME = "tiny-sdxl-v1"
 _TINY_SEED = 1234
-_BOS = "<|startoftext|>"
-_EOS = "<|endoftext|>"
-_HUB_PROBE_TIMEOUT_S = 2.0
 
 
 # -- small helpers -----------------------------------------------------------------
@@ -133,39 +129,6 @@ def _kwargs(section: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if not k.startswith("_") and k != "note"}
 
 
-def _bytes_to_unicode() -> list[str]:
-    """The 256 printable stand-ins GPT-2/CLIP byte-level BPE uses for bytes, in byte order."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("\xa1"), ord("\xac") + 1),
-        *range(ord("\xae"), ord("\xff") + 1),
-    ]
-    table: dict[int, int] = {b: b for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = 256 + extra
-            extra += 1
-    return [chr(table[b]) for b in range(256)]
-
-
-def write_tokenizer_files(directory: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write a byte-level CLIP ``vocab.json`` (514 tokens) and an empty ``merges.txt``.
-
-    Ids: 0..255 the bytes, 256..511 the bytes ending a word (``</w>``), 512 ``<|startoftext|>``,
-    513 ``<|endoftext|>``. Returns ``(vocab_path, merges_path)``.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    symbols = _bytes_to_unicode()
-    tokens = [*symbols, *(s + "</w>" for s in symbols), _BOS, _EOS]
-    vocab_path = directory / "vocab.json"
-    merges_path = directory / "merges.txt"
-    vocab_path.write_text(json.dumps({t: i for i, t in enumerate(tokens)}), "utf-8")
-    merges_path.write_text("#version: 0.2\n", "utf-8")
-    return vocab_path, merges_path
-
-
 def _diffusers() -> Any:
     """diffusers, typed loosely: its classes are partly annotated and register modules at run time."""
     import diffusers
@@ -177,21 +140,6 @@ def _transformers() -> Any:
     import transformers
 
     return transformers
-
-
-def _local_tokenizer(directory: Path) -> Any:
-    vocab, merges = write_tokenizer_files(directory)
-    return _transformers().CLIPTokenizer(
-        str(vocab), str(merges), pad_token=_EOS, model_max_length=77
-    )
-
-
-def _token_ids(tokenizer: Any) -> dict[str, int]:
-    return {
-        "bos_token_id": int(tokenizer.bos_token_id),
-        "eos_token_id": int(tokenizer.eos_token_id),
-        "pad_token_id": int(tokenizer.pad_token_id),
-    }
 
 
 @contextlib.contextmanager
@@ -234,8 +182,8 @@ def build_tiny_sdxl() -> StableDiffusionXLPipeline:
     """
     d, t = _diffusers(), _transformers()
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = _local_tokenizer(Path(tmp))
-    ids = _token_ids(tokenizer)
+        tokenizer = local_tokenizer(Path(tmp))
+    ids = token_ids(tokenizer)
     text_config: dict[str, Any] = {
         "hidden_size": 32,
         "intermediate_size": 37,
@@ -369,8 +317,8 @@ def build_random_sdxl(
     target = torch.device(device)
     torch_dtype = resolve_dtype(dtype, target)
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = _local_tokenizer(Path(tmp))
-    ids = _token_ids(tokenizer)
+        tokenizer = local_tokenizer(Path(tmp))
+    ids = token_ids(tokenizer)
     with torch.device(target):
         unet = d.UNet2DConditionModel(**_kwargs(cfg["unet"])).to(torch_dtype)
         vae = d.AutoencoderKL(**_kwargs(cfg["vae"])).to(torch_dtype)
@@ -407,32 +355,6 @@ def _condition_init(module: Any, generator: Any) -> None:
 
 
 # -- loading ------------------------------------------------------------------------
-
-
-def _hub_reachable(timeout: float = _HUB_PROBE_TIMEOUT_S) -> bool:
-    """False when offline mode is set or the hub's host does not accept a TCP connection quickly.
-
-    The probe (DNS included) runs in a daemon thread so a resolver that hangs cannot
-    block the caller longer than ``timeout``.
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = url.hostname or "huggingface.co"
-    port = url.port or (80 if url.scheme == "http" else 443)
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, name="gridgen-hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
 
 
 def _looks_like_path(model: str) -> bool:

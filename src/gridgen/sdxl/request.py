@@ -7,12 +7,15 @@ no rank is left waiting in a collective.
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import InvalidRequestError
+from ..grid import MAX_GRID_IMAGES
+from ..images import EncodedImage, ImageFormat, image_data_url, sniff
 
 __all__ = [
     "MAX_IMAGES",
@@ -27,11 +30,10 @@ __all__ = [
     "validate_request",
 ]
 
-MAX_IMAGES = 64
+MAX_IMAGES = MAX_GRID_IMAGES  # every image of a request fits in its one grid
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
 
-ImageFormat = Literal["png", "jpeg", "webp"]
 OutputKind = Literal["grid", "images", "both"]
 
 
@@ -109,34 +111,6 @@ class FieldError(BaseModel):
     field: str
     rule: str
     message: str
-
-
-class InvalidRequestError(ValueError):
-    """A request broke one or more rules; ``.errors`` lists them (field, rule, message).
-
-    ``str()`` names every field and rule, e.g.
-    ``invalid request: width: Input should be a multiple of 8 (got 100)``.
-    """
-
-    def __init__(self, errors: list[FieldError]) -> None:
-        self.errors = errors
-        details = "; ".join(f"{e.field}: {e.message}" for e in errors)
-        super().__init__(f"invalid request: {details}")
-
-    @property
-    def fields(self) -> list[str]:
-        """The names of the fields at fault, in order."""
-        return [e.field for e in _unique_fields(self.errors)]
-
-
-def _unique_fields(errors: list[FieldError]) -> list[FieldError]:
-    seen: set[str] = set()
-    out: list[FieldError] = []
-    for error in errors:
-        if error.field not in seen:
-            seen.add(error.field)
-            out.append(error)
-    return out
 
 
 def _short_repr(value: Any, limit: int = 60) -> str:
@@ -242,24 +216,11 @@ class PreviewEvent(BaseModel):
     preview_image: str | None = None
 
 
-_MIME = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
-
-
 def image_to_data_url(image: Any) -> str:
-    """A ``data:image/...;base64,`` URL for an encoded image (``.data`` + ``.format``),
-    raw PNG/JPEG/WebP bytes, or a PIL image (encoded as PNG)."""
-    data: bytes
-    fmt: str
-    if hasattr(image, "data") and hasattr(image, "format") and isinstance(image.data, bytes):
-        data, fmt = image.data, str(image.format).lower()
-    elif isinstance(image, bytes | bytearray | memoryview):
-        data = bytes(image)
-        fmt = "png" if data.startswith(b"\x89PNG") else "webp" if data[8:12] == b"WEBP" else "jpeg"
-    elif hasattr(image, "save"):
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        data, fmt = buffer.getvalue(), "png"
-    else:
+    """A ``data:image/...;base64,`` URL for an EncodedImage, raw PNG/JPEG/WebP bytes, or a
+    PIL image (see :func:`gridgen.images.image_data_url`)."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        image = sniff(bytes(image))
+    if not isinstance(image, EncodedImage | Image.Image):
         raise TypeError(f"not an image: {type(image).__name__}")
-    mime = _MIME.get(fmt, f"image/{fmt}")
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    return image_data_url(image)

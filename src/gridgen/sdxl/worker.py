@@ -99,7 +99,7 @@ class SDXLWorker(DistributedWorker):
             "timings": {"setup", "denoise", "decode", "gather", "encode", "total"},  # seconds
         }
 
-    ``EncodedImage`` (from ``gridgen._codec``) holds ``data`` (bytes) and ``format``
+    ``EncodedImage`` (from ``gridgen.images``) holds ``data`` (bytes) and ``format``
     (``"png"``, ``"jpeg"`` or ``"webp"``). The other ranks return ``{}``. Streaming with
     ``preview_every > 0`` sends ``{"step", "total_steps", "progress", "preview_image"}``
     items from rank 0, ``preview_image`` being a PIL image of the preview grid (left out
@@ -532,6 +532,6 @@ def _dist_ready() -> bool:
 
 
 def _encoder() -> Any:
-    from .._codec import encode_image
+    from ..images import encode_image
 
     return encode_image

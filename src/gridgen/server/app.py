@@ -38,7 +38,7 @@ body fails the request model                   422     FastAPI's body: ``detail[
                                                        ``Retry-After`` too
 ``WorkerError`` (a rank raised)                500     ``rank``, ``remote_type``; the remote
                                                        traceback goes to the log, not the client
-``WorkerError`` from ``InvalidRequestError``   422     the worker rejected a field
+``InvalidRequestError`` (host or a rank)       422     a field broke a rule
 ``WorkerDiedError``                            500     ``rank``, ``exitcode``, ``signal``
 ``RequestTimeout``                             504
 ``PayloadTooLarge``                            413
@@ -63,14 +63,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 from starlette.types import Message
 
-from .._codec import get_encoded_image, to_jsonable
+from .._json import to_jsonable
 from ..errors import (
     GridgenError,
+    InvalidRequestError,
     PayloadTooLarge,
     QueueFull,
     RequestCancelled,
@@ -79,6 +79,7 @@ from ..errors import (
     WorkerDiedError,
     WorkerError,
 )
+from ..images import keep_encoded
 from ..runner import DistributedRunner, RequestHandle
 from ..sdxl.request import GenerateRequest, GenerateResult
 from .sse import request_events
@@ -115,7 +116,9 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
         body["remote_type"] = exc.remote_type
         # str(WorkerError) carries the remote traceback: keep that in the server log.
         body["message"] = exc.args[0] if exc.args else exc.remote_message
-        status = 422 if exc.remote_type.rsplit(".", 1)[-1] == "InvalidRequestError" else 500
+        status = 422 if isinstance(exc, InvalidRequestError) else 500
+    elif isinstance(exc, InvalidRequestError):
+        status = 422
     elif isinstance(exc, WorkerDiedError):
         body.update(rank=exc.rank, exitcode=exc.exitcode, signal=exc.signal)
         status = 500
@@ -368,7 +371,7 @@ def _result_converter(response_model: Any) -> Callable[[Any], Any]:
 
         def convert(result: Any) -> Any:
             if isinstance(result, dict):
-                result = {key: _keep_encoded(value) for key, value in result.items()}
+                result = {key: keep_encoded(value) for key, value in result.items()}
             return from_worker(result).model_dump(mode="json")
 
         return convert
@@ -377,17 +380,6 @@ def _result_converter(response_model: Any) -> Callable[[Any], Any]:
         return response_model.model_validate(to_jsonable(result)).model_dump(mode="json")
 
     return validate
-
-
-def _keep_encoded(value: Any) -> Any:
-    """Images off the wire as their original encoded bytes, so that converting them to a
-    data URL keeps the format the worker chose (JPEG stays JPEG) and skips re-encoding."""
-    if isinstance(value, list):
-        return [_keep_encoded(item) for item in value]
-    if isinstance(value, Image.Image):
-        encoded = get_encoded_image(value)
-        return value if encoded is None else encoded
-    return value
 
 
 def _version() -> str:

@@ -23,14 +23,14 @@ from typing import Any
 
 from sse_starlette import ServerSentEvent
 
-from .._codec import to_jsonable
+from .._json import to_jsonable
+from .._requests import StreamResult
 from ..runner import RequestHandle
 
 __all__ = ["request_events"]
 
 logger = logging.getLogger("gridgen.server")
 
-_NO_ITEM = object()
 
 
 def _json(data: Any) -> str:
@@ -40,25 +40,9 @@ def _json(data: Any) -> str:
 async def _items_then_result(
     handle: RequestHandle, idle_timeout: float | None
 ) -> AsyncIterator[tuple[bool, Any]]:
-    """``(is_result, value)`` for each streamed item, then ``(True, result)``.
-
-    ``handle.events()`` yields the items and then the result with no marker between
-    them. An item that arrives while the request is still running is an item; once
-    the request is done, everything left is already buffered, so holding the last
-    value back until the iterator ends costs no latency and tells which one is the
-    result.
-    """
-    held: Any = _NO_ITEM
-    async for value in handle.events(idle_timeout=idle_timeout):
-        if held is not _NO_ITEM:
-            yield False, held
-            held = _NO_ITEM
-        if handle.done():
-            held = value
-        else:
-            yield False, value
-    if held is not _NO_ITEM:
-        yield True, held
+    """``(is_result, value)`` for each streamed item, then ``(True, result)``."""
+    async for event in handle.updates(idle_timeout=idle_timeout):
+        yield isinstance(event, StreamResult), event.value
 
 
 async def request_events(

@@ -1,0 +1,292 @@
+"""Dispatch: takes requests off the queue and runs each on the whole group.
+
+For one request: broadcast the ``call`` frame to every rank, route what the ranks
+report to the request (:class:`~gridgen._requests.Request` decides the verdict), and
+time the two grace periods that end in a rebuild of the group:
+
+* a rank raised: the other ranks are told to cancel; if they have not all reported
+  within ``error_grace`` seconds they are assumed stuck in a collective;
+* a cancelled or timed-out running request whose ranks do not stop within
+  ``cancel_grace`` seconds.
+
+A rank that says its error escaped from a collective (``in_collective`` in the error
+info) poisons the group even when every rank answered: the group is rebuilt before the
+next request. The supervisor does the rebuilding; this module only decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from typing import Any
+
+from ._control import ControlSocket
+from ._options import RunnerOptions, normalize_payload
+from ._protocol import ErrorInfo, Kind, Message, pack, pack_call
+from ._requests import Request, RequestQueue, RequestState
+from ._supervisor import Supervisor
+from .errors import GridgenError, RequestCancelled, RunnerClosed, WorkerDiedError, WorkerError
+
+__all__ = ["Dispatcher"]
+
+logger = logging.getLogger("gridgen.runner")
+
+_DEATH_GRACE = 0.2  # seconds a rank's error waits for news of another rank's death
+
+
+class Dispatcher:
+    """Owns the queue, the requests in flight and the loop that runs them one at a time."""
+
+    def __init__(self, options: RunnerOptions, control: ControlSocket, supervisor: Supervisor) -> None:
+        self.options = options
+        self.control = control
+        self.supervisor = supervisor
+        self.world_size = supervisor.world_size
+        self.queue = RequestQueue(options.max_queue)
+        self.current: Request | None = None
+        self._requests: dict[int, Request] = {}  # queued, running, or with a result still due
+        self._ids = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- submit and cancel ------------------------------------------------------------
+
+    def submit(self, payload: Any, *, streaming: bool, timeout: float | None) -> Request:
+        """Queue a request; every check (room, payload, encoding) happens before it is queued."""
+        self.queue.check_room(group_busy=self.current is not None)
+        payload = normalize_payload(payload)
+        request_id = next(self._ids)
+        frame = pack_call(request_id, streaming, payload, max_bytes=self.options.max_message_bytes)
+        loop = asyncio.get_running_loop()
+        limit = self.options.request_timeout if timeout is None else timeout
+        request = Request(
+            request_id,
+            frame,
+            streaming=streaming,
+            deadline=None if limit is None else loop.time() + limit,
+            buffer=self.options.stream_buffer,
+            world_size=self.world_size,
+            loop=loop,
+        )
+        self._requests[request_id] = request
+        self.queue.put(request)
+        return request
+
+    def cancel(self, request: Request, error: BaseException) -> None:
+        """Cancel a request: drop it if queued, else tell every rank. The caller gets ``error``."""
+        if request.state is RequestState.QUEUED:
+            self.queue.remove(request)
+            self._requests.pop(request.id, None)
+            request.finish(error=error)
+            request.free_ranks()
+            return
+        if request.ranks_free:
+            # Every rank is free already; only a deferred result was due: stop waiting for it.
+            request.finish(error=error)
+            self._requests.pop(request.id, None)
+            return
+        if not request.finished and request.mark_cancel_sent(asyncio.get_running_loop().time()):
+            request.finish(error=error)
+            self._broadcast(pack(Kind.CANCEL, request.id))
+            logger.info("request %d cancelled: %s", request.id, error)
+
+    def _broadcast(self, frame: bytes) -> None:
+        self.control.broadcast(self.supervisor.generation, self.world_size, frame)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="gridgen-dispatcher")
+
+    async def _loop(self) -> None:
+        while True:
+            request = await self._next_request()
+            if request is None:
+                return
+            if request.finished and not request.internal:
+                continue  # cancelled while waiting its turn
+            if not await self._await_healthy(request):
+                continue
+            await self.run(request)
+
+    async def _next_request(self) -> Request | None:
+        queue = self.queue
+        while not len(queue):
+            if self._closing:
+                return None
+            queue.wake.clear()
+            interval = self.options.keepalive_interval
+            if interval is not None and self.supervisor.health == "ready":
+                try:
+                    await asyncio.wait_for(queue.wake.wait(), interval)
+                except TimeoutError:
+                    await self._keepalive()
+            else:
+                await queue.wake.wait()
+        return queue.pop()
+
+    async def _await_healthy(self, request: Request) -> bool:
+        """Wait out a restart; fail the request if the group is dead or the runner stopping."""
+        supervisor = self.supervisor
+        while supervisor.health != "ready":
+            if self._closing or supervisor.health == "closed":
+                request.finish(error=RunnerClosed("the runner stopped before this request ran"))
+                return False
+            if supervisor.health == "dead":
+                assert supervisor.dead_error is not None
+                request.finish(error=supervisor.dead_error)
+                return False
+            await supervisor.health_changed.wait()
+            if request.finished:
+                return False
+        return True
+
+    async def _keepalive(self) -> None:
+        payload = self.options.keepalive_payload
+        assert payload is not None
+        request_id = next(self._ids)
+        frame = pack_call(request_id, False, payload, max_bytes=self.options.max_message_bytes)
+        request = Request(
+            request_id,
+            frame,
+            streaming=False,
+            deadline=None,
+            buffer=1,
+            world_size=self.world_size,
+            loop=asyncio.get_running_loop(),
+            internal=True,
+        )
+        self._requests[request_id] = request
+        logger.debug("keepalive request %d", request_id)
+        await self.run(request)
+
+    async def run(self, request: Request) -> None:
+        """Run one request on the group until every rank is free of it (or the group is rebuilt)."""
+        loop = asyncio.get_running_loop()
+        request.start()
+        self.current = request
+        try:
+            self._broadcast(request.frame)
+            while not request.ranks_free:
+                timeout = None
+                if request.first_error_at is not None:
+                    timeout = request.first_error_at + self.options.error_grace - loop.time()
+                elif request.cancel_at is not None:
+                    timeout = request.cancel_at + self.options.cancel_grace - loop.time()
+                request.changed.clear()
+                try:
+                    await asyncio.wait_for(request.changed.wait(), timeout)
+                except TimeoutError:
+                    await self._rebuild_stuck(request)
+                    break
+            else:
+                if request.collective_failed and self.supervisor.health == "ready":
+                    # Every rank answered, but a collective was aborted (e.g. it timed out
+                    # before error_grace ran out): the group is poisoned all the same.
+                    await self._rebuild(f"a collective failed during request {request.id}")
+        finally:
+            self.current = None
+            if request.finished:
+                self._requests.pop(request.id, None)
+
+    async def _rebuild_stuck(self, request: Request) -> None:
+        stuck = sorted(set(range(self.world_size)) - request.released)
+        errored = request.first_error_at is not None
+        why = "a rank raised" if errored else "the request was cancelled"
+        logger.warning(
+            "request %d: %s and ranks %s did not finish within %.1fs; rebuilding the group",
+            request.id, why, stuck, self.options.error_grace if errored else self.options.cancel_grace,
+        )
+        await self._rebuild(f"ranks {stuck} stuck after {why}")
+
+    async def _rebuild(self, why: str) -> None:
+        with contextlib.suppress(GridgenError):  # a failed restart leaves the group "dead"
+            await self.supervisor.restart(why, None)
+
+    # -- what the ranks report ------------------------------------------------------------
+
+    def on_message(self, rank: int, message: Message) -> None:
+        request = self._requests.get(message.request_id)
+        if request is None:
+            return
+        kind = message.kind
+        if kind is Kind.ITEM:
+            request.push(message.data)
+        elif kind is Kind.RELEASED:
+            request.report_released(rank)
+        elif kind is Kind.DONE:
+            request.report_done(rank, message.data)
+        elif kind is Kind.CANCELLED:
+            request.report_cancelled(rank)
+        elif kind is Kind.ERROR:
+            self._on_error(request, rank, ErrorInfo.from_wire(message.data))
+        if request.all_reported:
+            self._requests.pop(request.id, None)
+
+    def _on_error(self, request: Request, rank: int, info: ErrorInfo) -> None:
+        error = WorkerError.from_remote(rank, info.to_wire(), request_id=request.id)
+        loop = asyncio.get_running_loop()
+        if rank in request.reported:
+            return
+        logger.error("request %d failed on rank %d: %s", request.id, rank, error.remote_message, extra={"rank": rank})
+        if not request.report_error(rank, error, info.in_collective, loop.time()):
+            return
+        if not request.all_released:
+            # Cooperative ranks stop early; stuck ones are handled by error_grace.
+            self._broadcast(pack(Kind.CANCEL, request.id))
+            # A rank's error is often the echo of another rank's death (gloo reports
+            # "connection reset" before the dead process's sentinel fires): give the
+            # sentinel a moment so the caller learns the cause, not the symptom.
+            loop.call_later(_DEATH_GRACE, self._surface_error, request, error)
+        elif not request.finished:
+            request.finish(error=error)
+
+    def _surface_error(self, request: Request, error: WorkerError) -> None:
+        if request.finished:
+            return
+        dead = self.supervisor.dead_rank()
+        if dead is not None:
+            rank, exitcode = dead
+            request.finish(error=WorkerDiedError(rank, exitcode, f"{error.remote_type} on rank {error.rank} followed"))
+            return
+        request.finish(error=error)
+
+    def fail_unfinished(self, error: GridgenError) -> None:
+        """Fail the running request and those whose deferred results are still due."""
+        for request in list(self._requests.values()):
+            if request.state is RequestState.QUEUED:
+                continue
+            request.finish(error=error)
+            if not request.ranks_free:
+                request.free_ranks()
+            self._requests.pop(request.id, None)
+
+    # -- stop -------------------------------------------------------------------------
+
+    async def stop(self, grace: float) -> bool:
+        """Fail what is queued, let the running request finish for ``grace`` seconds, then wait
+        as long for deferred results. Returns True when a running request was abandoned."""
+        self._closing = True
+        for request in self.queue.drain():
+            self._requests.pop(request.id, None)
+            request.finish(error=RunnerClosed("the runner stopped before this request ran"))
+        abandoned = False
+        if self._task is not None:
+            done, _ = await asyncio.wait({self._task}, timeout=grace)
+            if not done:
+                current = self.current
+                if current is not None:
+                    logger.warning("stop(): request %d still running after %.1fs; abandoning it", current.id, grace)
+                    current.finish(error=RequestCancelled("the runner stopped while this request ran"))
+                    abandoned = True
+                self._task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._task
+        pending = [r.future for r in self._requests.values() if r.state is not RequestState.QUEUED and not r.finished]
+        if pending and not abandoned:
+            # deferred results (e.g. images being encoded) still on their way
+            await asyncio.wait(pending, timeout=grace)
+        self.fail_unfinished(RequestCancelled("the runner stopped before this result arrived"))
+        return abandoned

@@ -1,0 +1,66 @@
+"""The runner's settings, checked once when the runner is built.
+
+Every other owner reads its limits from one :class:`RunnerOptions` and never
+validates them again. What each setting means is documented on
+:class:`gridgen.DistributedRunner`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["RunnerOptions", "normalize_payload"]
+
+
+@dataclass
+class RunnerOptions:
+    """The settings of one runner (see :class:`gridgen.DistributedRunner` for each)."""
+
+    max_queue: int = 64
+    request_timeout: float | None = None
+    stream_idle_timeout: float | None = None
+    error_grace: float = 5.0
+    cancel_grace: float = 30.0
+    auto_restart: bool = False
+    keepalive_payload: dict[str, Any] | None = None
+    keepalive_interval: float | None = None
+    max_message_bytes: int = 256 * 1024 * 1024
+    stream_buffer: int = 64
+    collective_timeout: float = 600.0
+    stop_grace: float = 30.0
+    start_timeout: float | None = None
+    prefix_output: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
+        if self.stream_buffer < 1:
+            raise ValueError(f"stream_buffer must be >= 1, got {self.stream_buffer}")
+        if (self.keepalive_payload is None) != (self.keepalive_interval is None):
+            raise ValueError("keepalive_payload and keepalive_interval go together")
+        if self.keepalive_interval is not None and self.keepalive_interval <= 0:
+            raise ValueError(f"keepalive_interval must be > 0, got {self.keepalive_interval}")
+        if self.keepalive_payload is not None:
+            self.keepalive_payload = normalize_payload(self.keepalive_payload)
+        for name in ("error_grace", "cancel_grace", "stop_grace", "collective_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_message_bytes < 1:
+            raise ValueError(f"max_message_bytes must be >= 1, got {self.max_message_bytes}")
+
+
+def normalize_payload(payload: Any) -> dict[str, Any]:
+    """A request payload as the dict of keyword arguments ``__call__`` gets (pydantic models
+    are dumped); raise TypeError/ValueError naming the rule it breaks."""
+    if hasattr(payload, "model_dump") and not isinstance(payload, Mapping):
+        payload = payload.model_dump()
+    if not isinstance(payload, Mapping):
+        raise TypeError(f"payload must be a dict of keyword arguments, got {type(payload).__name__}")
+    for key in payload:
+        if not isinstance(key, str):
+            raise TypeError(f"payload keys must be str (they become keyword arguments), got {key!r}")
+    if "streaming" in payload:
+        raise ValueError("payload key 'streaming' is reserved: use runner.stream() to stream")
+    return dict(payload)

@@ -1,0 +1,420 @@
+"""What runs inside each worker process: the entry point the host spawns.
+
+The user's worker object sees the runtime only through its :class:`~gridgen.worker.WorkerContext`
+(the running request's id, the cancel flag, the stream sink, the CPU control group).
+
+Two threads:
+
+* the **main thread** runs user code (``setup``, ``__call__``, ``teardown``)
+  after ``torch.cuda.set_device`` on that same thread;
+* the **I/O thread** owns the DEALER socket (ZeroMQ sockets are not
+  thread-safe): it receives commands, forwards outgoing frames that the main
+  thread hands it over an ``inproc`` PAIR socket, sets the cancel flag, and
+  watches the host's death through ``multiprocessing.parent_process().sentinel``
+  (readable once the host is gone, however it died).
+
+Nothing here sleeps to poll: both threads block on ``zmq.Poller`` or a queue.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import logging
+import multiprocessing
+import os
+import queue
+import shutil
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import zmq
+
+from ._protocol import HOST_KINDS, ErrorInfo, Kind, pack, parse, routing_id
+from .errors import Cancelled
+from .worker import DistributedWorker, WorkerContext
+
+logger = logging.getLogger("gridgen.worker")
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker process needs; sent over the private spawn pipe (pickle is fine there)."""
+
+    worker_cls: type[DistributedWorker]
+    rank: int
+    world_size: int
+    device: str
+    backend: str
+    address: str
+    session_key: bytes
+    generation: int
+    store_path: str
+    runner_dir: str
+    setup_kwargs: dict[str, Any] = field(default_factory=dict)
+    collective_timeout: float = 600.0
+    max_message_bytes: int | None = None
+    log_level: int = logging.WARNING
+    prefix_output: bool = True
+
+
+_OUT_HWM = 16  # frames queued per hop on the way out (main thread -> I/O thread -> host)
+_HOST_DEAD_EXIT = 70  # exit code when the host vanished; the host never reads it, it is for ps/logs
+
+
+class _WorkerIO:
+    """The I/O thread and its sockets. ``send`` may be called from any thread."""
+
+    def __init__(self, spec: WorkerSpec, on_cancel: Any) -> None:
+        self._spec = spec
+        self._on_cancel = on_cancel
+        self.commands: queue.Queue[tuple[Kind, int, Any]] = queue.Queue()
+        self._ctx = zmq.Context()
+        self._dealer = self._ctx.socket(zmq.DEALER)
+        self._dealer.setsockopt(zmq.ROUTING_ID, routing_id(spec.generation, spec.rank))
+        self._dealer.setsockopt(zmq.LINGER, 5000)
+        if spec.max_message_bytes is not None:
+            self._dealer.setsockopt(zmq.MAXMSGSIZE, spec.max_message_bytes + 1024)
+        self._dealer.connect(spec.address)
+        # Few frames in flight: a producer faster than the host reads (big stream items)
+        # waits in add_streaming_result instead of queueing without bound in this process.
+        self._dealer.setsockopt(zmq.SNDHWM, _OUT_HWM)
+        endpoint = f"inproc://gridgen-out-{id(self)}"
+        self._out_recv = self._ctx.socket(zmq.PAIR)
+        self._out_recv.setsockopt(zmq.RCVHWM, _OUT_HWM)
+        self._out_recv.bind(endpoint)
+        self._out_send = self._ctx.socket(zmq.PAIR)
+        self._out_send.setsockopt(zmq.SNDHWM, _OUT_HWM)
+        self._out_send.connect(endpoint)
+        self._send_lock = threading.Lock()
+        parent = multiprocessing.parent_process()
+        self._parent_sentinel: int | None = parent.sentinel if parent is not None else None
+        self._thread = threading.Thread(target=self._run, name="gridgen-io", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def send(self, kind: Kind, request_id: int, data: Any = None) -> None:
+        self.send_frame(pack(kind, request_id, data, max_bytes=self._spec.max_message_bytes))
+
+    def send_error(self, kind: Kind, request_id: int, exc: BaseException) -> None:
+        self.send(kind, request_id, ErrorInfo.from_exception(exc).to_wire())
+
+    def send_frame(self, frame: bytes) -> None:
+        with self._send_lock:
+            self._out_send.send(frame)
+
+    def close(self) -> None:
+        """Flush what was sent, stop the I/O thread, close the sockets."""
+        with self._send_lock:
+            self._out_send.send(b"")  # the empty frame tells the I/O thread to finish
+        self._thread.join(timeout=10)
+        self._out_send.close(linger=0)
+        self._ctx.term()
+
+    def _host_died(self) -> None:
+        # The host is gone (even SIGKILL closes its end of the parent pipe). Nobody
+        # will remove the runner's private directory, so the workers do it.
+        shutil.rmtree(self._spec.runner_dir, ignore_errors=True)
+        os._exit(_HOST_DEAD_EXIT)
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._dealer, zmq.POLLIN)
+        poller.register(self._out_recv, zmq.POLLIN)
+        if self._parent_sentinel is not None:
+            poller.register(self._parent_sentinel, zmq.POLLIN)
+        key = self._spec.session_key
+        while True:
+            events = dict(poller.poll())
+            if self._parent_sentinel is not None and self._parent_sentinel in events:
+                self._host_died()
+            if self._out_recv in events:
+                while True:
+                    try:
+                        frame = self._out_recv.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if not frame:
+                        self._out_recv.close(linger=0)
+                        self._dealer.close()  # LINGER lets queued frames reach the host
+                        return
+                    self._send_out([key, frame])
+            if self._dealer in events:
+                self._receive_all()
+
+    def _receive_all(self) -> None:
+        while True:
+            try:
+                raw = self._dealer.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(raw)
+
+    def _send_out(self, frames: list[bytes]) -> None:
+        """Send to the host, waiting while it does not take messages (it is behind, or gone).
+
+        A blocking send would wait forever once the host is dead (a DEALER without a peer
+        blocks), and this thread would never see the host's death: keep watching for it,
+        and for cancels, while waiting.
+        """
+        while True:
+            try:
+                self._dealer.send_multipart(frames, flags=zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+            poller = zmq.Poller()
+            poller.register(self._dealer, zmq.POLLIN | zmq.POLLOUT)
+            if self._parent_sentinel is not None:
+                poller.register(self._parent_sentinel, zmq.POLLIN)
+            events = dict(poller.poll())
+            if self._parent_sentinel is not None and self._parent_sentinel in events:
+                self._host_died()
+            if events.get(self._dealer, 0) & zmq.POLLIN:
+                self._receive_all()
+
+    def _handle(self, raw: bytes) -> None:
+        try:
+            message = parse(raw, HOST_KINDS)
+        except ValueError as exc:  # CodecError is a ValueError
+            logger.warning("dropped a malformed control message: %s", exc)
+            return
+        if message.kind is Kind.CANCEL:
+            self._on_cancel(message.request_id)
+        else:
+            self.commands.put((message.kind, message.request_id, message.data))
+
+
+class _WorkerRuntime:
+    """The main thread's side: owns the user's worker object and the context it reads."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.io = _WorkerIO(spec, self._on_cancel)
+        self.context: WorkerContext | None = None
+        self._lock = threading.Lock()
+        self._cancelled_ids: set[int] = set()
+        self._streaming = False
+
+    # Called on the I/O thread.
+    def _on_cancel(self, request_id: int) -> None:
+        with self._lock:
+            self._cancelled_ids.add(request_id)
+            context = self.context
+            if context is not None and context.request_id == request_id:
+                context.cancel.set()
+
+    def _emit(self, item: Any) -> None:
+        context = self.context
+        request_id = None if context is None else context.request_id
+        if request_id is None or not self._streaming:
+            return
+        self.io.send(Kind.ITEM, request_id, item)
+
+    def _init_distributed(self) -> Any:
+        import torch
+        import torch.distributed as dist
+
+        spec = self.spec
+        if spec.device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(spec.device))
+        else:
+            _share_cpu_cores(spec.world_size)
+        store = dist.FileStore(spec.store_path, spec.world_size)  # type: ignore[attr-defined]
+        dist.init_process_group(
+            backend=spec.backend,
+            store=store,
+            rank=spec.rank,
+            world_size=spec.world_size,
+            timeout=timedelta(seconds=spec.collective_timeout),
+        )
+        if spec.backend == "gloo":
+            return None  # the default group is already a CPU group
+        # Cancellation checks all-reduce a flag over a CPU group so they never sync the GPU.
+        return dist.new_group(backend="gloo", timeout=timedelta(seconds=spec.collective_timeout))
+
+    def run(self) -> int:
+        spec = self.spec
+        self.io.start()
+        self.io.send(Kind.HELLO, 0, {"pid": os.getpid()})
+        try:
+            self.context = WorkerContext(self._emit, self._init_distributed())
+            worker = spec.worker_cls(rank=spec.rank, world_size=spec.world_size, device=spec.device)
+            worker._attach(self.context)
+            worker.setup(**spec.setup_kwargs)
+        except Exception as exc:
+            logger.error("setup failed on rank %d", spec.rank, exc_info=True)
+            self.io.send_error(Kind.SETUP_ERROR, 0, exc)
+            self.io.close()
+            return 1
+        self.io.send(Kind.READY, 0)
+        while True:
+            kind, request_id, data = self.io.commands.get()
+            if kind is Kind.SHUTDOWN:
+                break
+            self._call(worker, request_id, data)
+        try:
+            worker.teardown()
+        except Exception:
+            logger.exception("teardown failed on rank %d", spec.rank)
+        self.io.close()
+        return 0
+
+    def _call(self, worker: DistributedWorker, request_id: int, data: Any) -> None:
+        context = self.context
+        assert context is not None
+        streaming, payload = data[0], data[1]
+        with self._lock:
+            context.request_id = request_id
+            self._streaming = streaming
+            context.cancel.clear()
+            if request_id in self._cancelled_ids:
+                context.cancel.set()
+        try:
+            result = worker(streaming=streaming, **payload)
+        except Cancelled:
+            self.io.send(Kind.CANCELLED, request_id)
+        except Exception as exc:
+            self.io.send_error(Kind.ERROR, request_id, exc)
+        else:
+            if isinstance(result, concurrent.futures.Future):
+                # The rank is free now (its GPU work is done); the value follows when the
+                # future resolves, e.g. image encoding in a thread, overlapped with the next request.
+                self.io.send(Kind.RELEASED, request_id)
+                result.add_done_callback(functools.partial(self._deliver, request_id))
+            else:
+                self._send_result(request_id, result)
+        finally:
+            with self._lock:
+                context.request_id = None
+                self._cancelled_ids.discard(request_id)
+                # Cancels for requests older than this one can never matter again.
+                self._cancelled_ids = {i for i in self._cancelled_ids if i > request_id}
+
+    def _send_result(self, request_id: int, result: Any) -> None:
+        try:
+            # Only rank 0's value is returned to the caller; the others are not even encoded.
+            self.io.send(Kind.DONE, request_id, result if self.spec.rank == 0 else None)
+        except Exception as exc:  # an unsupported type or a too-large result
+            self.io.send_error(Kind.ERROR, request_id, exc)
+
+    def _deliver(self, request_id: int, future: concurrent.futures.Future[Any]) -> None:
+        if future.cancelled():
+            self.io.send(Kind.CANCELLED, request_id)
+            return
+        error = future.exception()
+        if error is None:
+            self._send_result(request_id, future.result())
+        elif isinstance(error, Cancelled):
+            self.io.send(Kind.CANCELLED, request_id)
+        else:
+            self.io.send_error(Kind.ERROR, request_id, error)
+
+
+def _share_cpu_cores(world_size: int) -> None:
+    """Give each CPU rank its share of the cores, as torchrun does with OMP_NUM_THREADS.
+
+    Each process would otherwise start one thread per core; several ranks on one machine
+    then oversubscribe the cores, and since ranks step in lockstep through collectives,
+    small CPU requests run 10 to 50 times slower. An explicit OMP_NUM_THREADS wins.
+    """
+    if world_size <= 1 or os.environ.get("OMP_NUM_THREADS"):
+        return
+    import torch
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    threads = max(1, cores // world_size)
+    if torch.get_num_threads() > threads:
+        torch.set_num_threads(threads)
+
+
+class _RankRecordFactory:
+    """Adds ``record.rank`` to every log record made in this process."""
+
+    def __init__(self, rank: int) -> None:
+        self._rank = rank
+        self._base = logging.getLogRecordFactory()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self._base(*args, **kwargs)
+        record.rank = self._rank
+        return record
+
+
+def _configure_logging(rank: int, level: int) -> None:
+    logging.setLogRecordFactory(_RankRecordFactory(rank))
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s [rank %(rank)s]: %(message)s"))
+        root.addHandler(handler)
+    logging.getLogger("gridgen").setLevel(level)
+
+
+def _prefix_output(rank: int) -> list[threading.Thread]:
+    """Route this process's fd 1 and 2 through threads that prefix each line with the rank.
+
+    Done at the file-descriptor level so output from C extensions (NCCL, CUDA) is prefixed too.
+    """
+    prefix = b"[rank %d] " % rank
+    pumps = []
+    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+        stream.flush()
+        target = os.dup(fd)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, fd)
+        os.close(write_end)
+
+        def pump(read_end: int = read_end, target: int = target) -> None:
+            with os.fdopen(read_end, "rb", buffering=0) as source:
+                pending = b""
+                while chunk := source.read(65536):
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    if lines:
+                        os.write(target, b"".join(prefix + line + b"\n" for line in lines))
+                if pending:
+                    os.write(target, prefix + pending + b"\n")
+
+        thread = threading.Thread(target=pump, name=f"gridgen-fd{fd}", daemon=True)
+        thread.start()
+        pumps.append(thread)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    return pumps
+
+
+def _drain_output(pumps: list[threading.Thread]) -> None:
+    """Close fds 1 and 2 so the pump threads see EOF, and let them write their last lines."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    for thread in pumps:
+        thread.join(timeout=2)
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """The target of each spawned worker process."""
+    # Ctrl-C in a terminal reaches the whole process group; the host decides how workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pumps = _prefix_output(spec.rank) if spec.prefix_output else []
+    _configure_logging(spec.rank, spec.log_level)
+    if spec.backend == "gloo":
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    else:
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    code = _WorkerRuntime(spec).run()
+    _drain_output(pumps)
+    # Skip interpreter teardown: torch.distributed and CUDA destructors can hang at exit.
+    os._exit(code)

@@ -1,0 +1,20 @@
+"""Worker output and logs carry the rank."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers.runtime import live
+
+
+def test_worker_output_is_prefixed_with_the_rank(capfd: pytest.CaptureFixture[str]) -> None:
+    # The runner starts inside the test so its workers inherit capfd's file descriptors.
+    with live() as rt:
+        rt.sync.invoke({"op": "print", "message": "hello-from-worker"})
+    # Leaving `with` stopped the runner, which waits for the ranks to exit, and each rank
+    # drains its prefix pumps (the threads writing the prefixed lines) before it exits.
+    out, err = capfd.readouterr()
+    assert "[rank 0] hello-from-worker" in out
+    assert "[rank 1] hello-from-worker" in out
+    assert "[rank 0] hello-from-worker" in err
+    assert "[rank 1] WARNING gridgen.testing [rank 1]: hello-from-worker" in err
