@@ -83,6 +83,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any
         assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
+    while not runner.ready:  # the app starts its runner in the background
+        assert runner.state in ("new", "starting"), runner.state
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.05)
     try:
         yield f"http://127.0.0.1:{port}/", runner
     finally:

@@ -7,16 +7,21 @@ Quick start, on CPU with the built-in tiny model (random weights: the images are
 
 Heavy imports (torch, diffusers, FastAPI) happen after the arguments are parsed and the
 request is validated, so ``--help`` and input errors answer at once. Exit status: 0 done,
-1 failed while running, 2 bad arguments or request (nothing was started), 130 interrupted.
+1 failed while running, 2 bad arguments, request, output path, model, device or port
+(found before any worker starts), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import ipaddress
+import logging
 import os
+import socket
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,7 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
         "over the workers, and write them as one grid image. The request is checked before "
         "any worker starts. Unset options take the request's defaults: one image per worker, "
         "1024x1024, 20 steps, guidance 5.0, a random seed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     gen.add_argument("prompt", metavar="PROMPT", help="what to draw")
     req = gen.add_argument_group("request")
@@ -145,15 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     out = gen.add_argument_group("output")
     out.add_argument(
         "-o", "--output", default="grid.png", metavar="FILE",
-        help="grid image to write; the extension picks the format (.png, .jpg, .webp)",
+        help="grid image to write; the extension picks the format (.png, .jpg, .webp); "
+        "missing folders are created (default: %(default)s)",
     )
     out.add_argument(
         "--save-dir", default=None, metavar="DIR",
-        help="also write each image to DIR as NN-seedS.<ext>",
+        help="also write each image to DIR as NN-seedS.<ext> (created if missing)",
     )
     out.add_argument(
         "--preview-every", type=int, default=1, metavar="K",
-        help="progress updates every K steps (0: no progress bar)",
+        help="progress updates every K steps (0: no progress bar; default: %(default)s)",
     )
     _add_runner_options(gen)
     gen.set_defaults(handler=_generate)
@@ -163,18 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the HTTP API and the playground page",
         description="Start the workers and serve POST /generate, POST /stream (server-sent "
         "events), GET /health, GET /ready and the playground page at / with uvicorn. The "
-        "service has no authentication: keep it on loopback or behind a proxy that has.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "service has no authentication: keep it on loopback or behind a proxy that has. The "
+        "port is bound first, so /health answers while the workers start.",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=_port, default=8000, help="port to listen on (0: any free one)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument(
+        "--port", type=_port, default=8000, help="port to listen on (0: any free one; default: %(default)s)"
+    )
     serve.add_argument(
         "--max-queue", type=int, default=16, metavar="N",
-        help="requests allowed to wait behind the running one; past it: 503 with Retry-After",
+        help="requests allowed to wait behind the running one; past it: 503 with Retry-After "
+        "(default: %(default)s)",
     )
     serve.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
-        help="uvicorn and gridgen log level",
+        help="uvicorn and gridgen log level (default: %(default)s)",
     )
     _add_runner_options(serve)
     serve.set_defaults(handler=_serve)
@@ -234,15 +242,68 @@ def _validate(payload: dict[str, Any]) -> None:
 
 
 def _check_model(model: str | None) -> None:
-    """A model given as a path (absolute, ./, ../ or ~) must exist: say so before starting workers."""
+    """The model must be a folder, in the Hugging Face cache or on a reachable hub: say so
+    before starting workers (loading it in every worker would fail the same way, later)."""
     if model and model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
         raise UsageError(f"--model: no such folder: {model}")
+    from .sdxl.models import ModelNotFoundError, check_model
+
+    try:
+        check_model(model or _default_model())
+    except ModelNotFoundError as exc:
+        raise UsageError(f"--model: {exc}") from None
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """``--device cuda`` needs CUDA, and each worker its own GPU: usage errors, not crashes."""
+    if args.device == "cpu":
+        return
+    import torch
+
+    count = int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    if args.device == "cuda" and count == 0:
+        raise UsageError("--device cuda: no CUDA device is visible here; use --device cpu (or leave --device out)")
+    if count and args.workers is not None and args.workers > count:
+        raise UsageError(
+            f"--workers {args.workers}: only {count} CUDA device(s) are visible (one worker per GPU); "
+            "use fewer --workers or --device cpu"
+        )
+
+
+def _check_folder(option: str, folder: Path) -> None:
+    """Create ``folder`` if missing and prove a file can be written in it, or explain why not."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UsageError(f"{option}: cannot write to {folder}: {existing} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot write to {folder}: {exc.strerror or exc}") from None
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """The output paths, before the minutes of generation that would be lost on a bad one."""
+    output = Path(args.output)
+    if output.is_dir():
+        raise UsageError(f"-o/--output: {output} is a folder; name the grid file, e.g. {output / 'grid.png'}")
+    _check_folder("-o/--output", output.parent)
+    if output.exists() and not os.access(output, os.W_OK):
+        raise UsageError(f"-o/--output: cannot write to {output}: permission denied")
+    if args.save_dir:
+        _check_folder("--save-dir", Path(args.save_dir))
 
 
 def _quiet_workers(verbose: bool) -> None:
     if not verbose:
         for key, value in _QUIET_ENV.items():
             os.environ.setdefault(key, value)
+
+
+def _describe(devices: Sequence[str]) -> str:
+    """``cpu`` for two CPU workers, not ``cpu, cpu``; ``cuda:0, cuda:1`` for two GPUs."""
+    return devices[0] if len(set(devices)) == 1 else ", ".join(devices)
 
 
 async def _run_generate(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
@@ -262,8 +323,7 @@ async def _run_generate(args: argparse.Namespace, payload: dict[str, Any]) -> di
         setup_kwargs={"model": model, "preview": None},
         prefix_output=True,
     )
-    devices = ", ".join(runner.devices)
-    _err(f"gridgen: starting {runner.world_size} worker(s) on {devices} with model {model!r}...")
+    _err(f"gridgen: starting {runner.world_size} worker(s) on {_describe(runner.devices)} with model {model!r}...")
     started = time.perf_counter()
     async with runner:
         startup = time.perf_counter() - started
@@ -299,14 +359,11 @@ def _default_model() -> str:
 
 def _write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> list[Path]:
     written = []
-    output = Path(args.output)
-    if output.parent != Path():
-        output.parent.mkdir(parents=True, exist_ok=True)
+    output = Path(args.output)  # its folder, and --save-dir, exist: _check_outputs made them
     output.write_bytes(_image_bytes(result["grid"]))
     written.append(output)
     if args.save_dir:
         folder = Path(args.save_dir)
-        folder.mkdir(parents=True, exist_ok=True)
         ext = _EXTENSIONS[_FORMATS[output.suffix.lower()]]
         for i, (image, seed) in enumerate(zip(result["images"], result["seeds"], strict=True)):
             path = folder / f"{i:02d}-seed{seed}.{ext}"
@@ -347,8 +404,13 @@ def _summary(result: dict[str, Any], written: list[Path]) -> str:
 def _generate(args: argparse.Namespace) -> int:
     payload = _request_payload(args)
     _validate(payload)  # exit 2 here, before any worker starts
+    _check_outputs(args)
+    _check_device(args)
     _check_model(args.model)
     _quiet_workers(args.verbose)
+    if not args.verbose:
+        # The CLI reports a failure in one line; the workers' logged tracebacks are --verbose.
+        logging.getLogger("gridgen").setLevel(logging.CRITICAL)
     result = asyncio.run(_run_generate(args, payload))
     written = _write_outputs(args, result)
     print(_summary(result, written), flush=True)
@@ -361,10 +423,10 @@ def _generate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     if args.max_queue < 0:
         raise UsageError(f"--max-queue: must be 0 or more, got {args.max_queue}")
+    _check_device(args)
     _check_model(args.model)
+    listener = _listen(args.host, args.port)  # before any worker: a busy port fails at once
     _quiet_workers(args.verbose)
-    import logging
-
     import uvicorn
 
     from .runner import DistributedRunner
@@ -385,13 +447,43 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         auto_restart=True,  # a worker that died is respawned; the service keeps serving
     )
-    app = create_app(runner, title=f"gridgen · {model}")
+    server: Any = None
+    failures: list[BaseException] = []
+
+    def start_failed(exc: BaseException) -> None:
+        failures.append(exc)
+        server.should_exit = True
+
+    app = create_app(runner, title=f"gridgen · {model}", on_start_failed=start_failed)
+    port = listener.getsockname()[1]
     _err(
-        f"gridgen: starting {runner.world_size} worker(s) on {', '.join(runner.devices)} "
-        f"with model {model!r}; serving on http://{_url_host(args.host)}:{args.port}/ once ready"
+        f"gridgen: listening on http://{_url_host(args.host)}:{port}/ (GET /ready: 503 until the "
+        f"workers are ready); starting {runner.world_size} worker(s) on {_describe(runner.devices)} "
+        f"with model {model!r}"
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
+    server.run(sockets=[listener])
+    if failures:
+        raise failures[0]
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A bound listening socket for uvicorn, or a usage error that names the option."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError as exc:
+        raise UsageError(f"--host {host}: cannot resolve it: {exc}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        hint = "; pick another --port (0: any free one)" if exc.errno == errno.EADDRINUSE else ""
+        raise UsageError(f"--host/--port: cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
+    return sock
 
 
 def _is_loopback(host: str) -> bool:

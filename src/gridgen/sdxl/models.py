@@ -60,6 +60,7 @@ __all__ = [
     "build_tiny_sdxl",
     "build_tiny_taesd",
     "cache_dir",
+    "check_model",
     "ensure_tiny_sdxl",
     "load_pipeline",
     "load_preview_decoder",
@@ -445,14 +446,41 @@ def _looks_like_path(model: str) -> bool:
 
 def _not_found(what: str, model: str, reason: str, example: str) -> ModelNotFoundError:
     if what == "model":
-        fallback = 'or run with model="tiny" (a built-in tiny SDXL with random weights that needs no download)'
+        fallback = (
+            'or use the built-in tiny SDXL with random weights that needs no download (model="tiny"; '
+            "on the command line: --model tiny)"
+        )
     else:
         fallback = 'or use preview="linear" (a latent-to-RGB approximation that needs no weights)'
     return ModelNotFoundError(
         f"cannot load {what} {model!r}: {reason}. To fix it: pass the path of a local folder "
         f"that holds it (a diffusers save_pretrained layout), or download it on a machine with "
-        f"network (`huggingface-cli download {example}`) and copy the Hugging Face cache here, "
+        f"network (`hf download {example}`) and copy the Hugging Face cache here, "
         f"{fallback}."
+    )
+
+
+def check_model(model: str) -> None:
+    """Raise :class:`ModelNotFoundError` now if loading ``model`` would fail for want of it.
+
+    A cheap look on the host before any worker starts: a built-in name, a folder that
+    exists, a hub id whose ``model_index.json`` is in the Hugging Face cache, or a
+    reachable hub pass; what loading finds wrong beyond that still fails in the workers.
+    """
+    if model in (TINY_MODEL, RANDOM_MODEL) or os.path.isdir(os.path.expanduser(model)):
+        return
+    if _looks_like_path(model):
+        raise _not_found("model", model, "no such folder", DEFAULT_MODEL)
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(model, "model_index.json"), str) or _hub_reachable():
+        return
+    raise _not_found(
+        "model",
+        model,
+        "it is neither a local folder nor in the Hugging Face cache, and the hub cannot be "
+        "reached (offline, or HF_HUB_OFFLINE=1)",
+        model,
     )
 
 

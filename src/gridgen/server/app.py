@@ -14,10 +14,12 @@ Endpoints
     (or ``error``) events, described in :mod:`gridgen.server.sse`. Closing the connection
     cancels the request on every rank, within one diffusion step for the SDXL worker.
 ``GET /health``
-    ``200 {"status": "ok"}`` while the process serves HTTP.
+    ``200 {"status": "ok"}`` while the process serves HTTP, from the moment it listens:
+    the app starts its runner in the background, so this answers while workers start.
 ``GET /ready``
     ``200 {"ready": true, ...}`` when the runner takes requests, else ``503`` with its
-    ``state`` (``new``, ``starting``, ``restarting``, ``dead``, ``stopping``, ``stopped``).
+    ``state`` (``new``, ``starting``, ``restarting``, ``dead``, ``stopping``, ``stopped``,
+    or ``failed`` with an ``error`` when the app could not start it).
 ``GET /``
     The playground page (plain HTML and JavaScript shipped in the package).
 
@@ -105,6 +107,7 @@ class ReadyResponse(BaseModel):
     world_size: int
     queue_size: int
     max_queue: int
+    error: str | None = None
 
 
 def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
@@ -208,12 +211,15 @@ def create_app(
     title: str = "gridgen",
     manage_runner: bool = True,
     stream_ping: float = 15.0,
+    on_start_failed: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``runner`` (endpoints and errors: see the module docstring).
 
     Args:
-        runner: the runner to serve. With ``manage_runner`` the app's lifespan starts it
-            (if it is new) and stops it; run the app in the same event loop as the runner.
+        runner: the runner to serve, new or already started. With ``manage_runner`` the
+            app's lifespan starts it in the background if it is new (the server listens at
+            once; ``/ready`` says 503 until the workers are ready) and stops it at shutdown;
+            run the app in the same event loop as the runner.
         request_model: the pydantic model of the ``/generate`` and ``/stream`` body; the
             runner gets ``model_dump(mode="json")`` as its payload.
         response_model: the model of the result: one with a ``from_worker(result)``
@@ -223,6 +229,8 @@ def create_app(
         title: the OpenAPI title and the playground heading.
         manage_runner: start and stop the runner in the app's lifespan.
         stream_ping: seconds between SSE keep-alive comments on ``/stream`` (0: none).
+        on_start_failed: called with the error if starting the runner in the background
+            fails (the error is also logged and ``/ready`` reports ``failed``).
     """
     if response_model is _DEFAULT:
         is_sdxl = isinstance(request_model, type) and issubclass(request_model, GenerateRequest)
@@ -230,14 +238,28 @@ def create_app(
     convert_result = _result_converter(response_model)
     pace = _Pace()
 
+    start_error: list[BaseException] = []
+
+    async def start_runner() -> None:
+        try:
+            await runner.start()
+        except Exception as exc:
+            logger.error("the workers failed to start: %s", exc)
+            start_error.append(exc)
+            if on_start_failed is not None:
+                on_start_failed(exc)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        started_here = manage_runner and runner.state == "new"
-        if started_here:
-            await runner.start()
+        # In the background: the server listens (and /health answers) while workers start.
+        starting = asyncio.ensure_future(start_runner()) if manage_runner and runner.state == "new" else None
         try:
             yield
         finally:
+            if starting is not None and not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
             if manage_runner:
                 await runner.stop()
 
@@ -341,15 +363,19 @@ def create_app(
         summary="The runner takes requests",
     )
     async def ready() -> JSONResponse:
+        failed = bool(start_error) and runner.state == "new"
         body = ReadyResponse(
             ready=runner.ready,
-            state=runner.state,
+            state="failed" if failed else runner.state,
             world_size=runner.world_size,
             queue_size=runner.queue_size,
             max_queue=runner.max_queue,
+            error=str(start_error[0]).split("\n", 1)[0] if failed else None,
         )
         headers = None if runner.ready else {"Retry-After": str(pace.retry_after())}
-        return JSONResponse(body.model_dump(), status_code=200 if runner.ready else 503, headers=headers)
+        return JSONResponse(
+            body.model_dump(exclude_none=True), status_code=200 if runner.ready else 503, headers=headers
+        )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
