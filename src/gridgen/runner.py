@@ -337,7 +337,8 @@ class DistributedRunner(Generic[W]):
         self._ctx: zmq.asyncio.Context | None = None
         self._router: zmq.asyncio.Socket | None = None
         self._group: WorkerGroup | None = None
-        self._generation = 0
+        self._generation = 0  # +1 per spawned and per retired group: not a restart count
+        self._restarts = 0
         self._members: dict[bytes, tuple[int, int]] = {}
         self._ready_ranks: set[int] = set()
         self._startup: asyncio.Future[None] | None = None
@@ -961,7 +962,8 @@ class DistributedRunner(Generic[W]):
         self._dead = None
         if self._state == "restarting":
             self._set_state("ready")
-        logger.warning("worker group restarted (generation %d)", self._generation)
+        self._restarts += 1
+        logger.warning("worker group restarted (restart %d)", self._restarts)
 
     async def _retire_group(self, graceful: bool) -> None:
         """End the current group: ask nicely (shutdown -> teardown) if ``graceful``, then terminate."""
