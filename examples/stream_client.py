@@ -37,7 +37,7 @@ def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
             event, data = "message", list[str]()
             continue
         if line.startswith(":"):
-            continue  # a comment (sse-starlette's keep-alive ping)
+            continue  # a comment (the server's keep-alive ping)
         field, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if field == "event":

@@ -75,7 +75,10 @@ def wait_ready(url: str, timeout: float = 150.0) -> None:
     """Poll ``GET /ready`` until 200: the app starts its runner in the background."""
     deadline = time.monotonic() + timeout
     while True:
-        state = httpx.get(f"{url}/ready", timeout=10).json()
+        response = httpx.get(f"{url}/ready", timeout=10)
+        if response.status_code == 404:
+            return  # not a create_app app (the seed example): its lifespan started the runner
+        state = response.json()
         if state["ready"]:
             return
         if state["state"] == "failed":

@@ -97,9 +97,12 @@ class GenerateRequest(BaseModel):
         mode="before",
     )
     @classmethod
-    def _no_booleans(cls, value: Any) -> Any:
+    def _numbers_only(cls, value: Any) -> Any:
+        # Strict on purpose (docs/sdxl.md): JSON has numbers, and "64" or true is a client bug.
         if isinstance(value, bool):
             raise ValueError("must be a number, not a boolean")
+        if isinstance(value, (str, bytes)):
+            raise ValueError(f"must be a number, not a string (write {value!s:.20} without quotes)")
         return value
 
 
