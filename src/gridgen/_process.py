@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from ._class_ref import by_value, main_not_rerun
 from ._worker_process import WorkerSpec, worker_main
 
 logger = logging.getLogger("gridgen.runner")
@@ -86,11 +87,13 @@ class WorkerGroup:
 
     def spawn(self) -> None:
         context = multiprocessing.get_context("spawn")  # CUDA forbids fork
-        for spec in self.specs:
+        packed = [by_value(spec, f"worker class {spec.worker_cls.__qualname__}") for spec in self.specs]
+        for spec, args in zip(self.specs, packed, strict=True):
             process = context.Process(
-                target=worker_main, args=(spec,), name=f"gridgen-g{spec.generation}-rank{spec.rank}"
+                target=worker_main, args=(args,), name=f"gridgen-g{spec.generation}-rank{spec.rank}"
             )
-            process.start()
+            with main_not_rerun():
+                process.start()
             self.processes.append(process)
 
     @property

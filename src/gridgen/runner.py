@@ -252,8 +252,8 @@ class DistributedRunner(Generic[W]):
     """Runs ``worker_cls`` in one process per rank and sends it requests.
 
     Args:
-        worker_cls: a :class:`DistributedWorker` subclass, importable by module path
-            (the spawn start method re-imports it in each process).
+        worker_cls: a :class:`DistributedWorker` subclass, from a module, a script or a
+            notebook cell (what the workers cannot import travels by value).
         world_size: number of ranks. Defaults to the number of ``devices``, else the
             visible GPUs, else 1.
         device: ``"cpu"`` (gloo), ``"cuda"`` (NCCL, ``cuda:0..W-1``) or None (CUDA when present).
@@ -879,12 +879,7 @@ class DistributedRunner(Generic[W]):
             group.spawn()
         except Exception as exc:
             await group.terminate(grace=1.0)
-            raise StartupError(
-                f"could not start the worker processes: {exc}. The worker class must be importable "
-                "by module path (define it in a module or under `if __name__ == '__main__':` guards "
-                "in a script, not interactively)",
-                rank=None,
-            ) from exc
+            raise StartupError(f"could not start the worker processes: {exc}", rank=None) from exc
         group.watch(self._loop, lambda rank, code: self._on_exit(generation, rank, code))
         try:
             await asyncio.wait_for(asyncio.shield(self._startup), timeout)
