@@ -85,6 +85,16 @@ def test_every_example_is_tested() -> None:
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
+def test_examples_are_quiet_by_default_and_verbose_on_request(env: dict[str, str], tmp_path: Path) -> None:
+    args = [str(EXAMPLES / "notebook_sync.py"), "-o", "sync.png"]
+    quiet = run(args, env, tmp_path)
+    noise = ("Loading pipeline components", "Loading weights", "accelerate", "[transformers]", "it/s]")
+    for text in noise:
+        assert text not in quiet.stderr and text not in quiet.stdout, text
+    loud = run(args, {**env, "GRIDGEN_VERBOSE": "1"}, tmp_path)
+    assert "Loading pipeline components" in loud.stderr
+
+
 def test_make_grid(env: dict[str, str], tmp_path: Path) -> None:
     proc = run(
         [str(EXAMPLES / "make_grid.py"), "a lighthouse at dawn", "-o", "grid.png"], env, tmp_path

@@ -296,9 +296,11 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _quiet_workers(verbose: bool) -> None:
-    if not verbose:
-        for key, value in _QUIET_ENV.items():
-            os.environ.setdefault(key, value)
+    if verbose:
+        os.environ["GRIDGEN_VERBOSE"] = "1"  # the model libraries' own output, in every worker
+        return
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def _describe(devices: Sequence[str]) -> str:

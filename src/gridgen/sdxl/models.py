@@ -169,15 +169,36 @@ def write_tokenizer_files(directory: str | os.PathLike[str]) -> tuple[Path, Path
 
 def _diffusers() -> Any:
     """diffusers, typed loosely: its classes are partly annotated and register modules at run time."""
+    _transformers()  # first: importing diffusers' pipelines logs transformers warnings
     import diffusers
 
+    _quiet(diffusers.utils.logging)
     return diffusers
 
 
 def _transformers() -> Any:
     import transformers
 
+    _quiet(transformers.utils.logging)
     return transformers
+
+
+def verbose() -> bool:
+    """Whether ``GRIDGEN_VERBOSE`` asks for the model libraries' own output (see :func:`_quiet`)."""
+    return os.environ.get("GRIDGEN_VERBOSE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _quiet(library_logging: Any) -> None:
+    """transformers and diffusers print warnings (``accelerate`` missing, ``torchvision``
+    missing...) and loading bars in every worker: errors only and no bars, unless
+    ``GRIDGEN_VERBOSE=1`` is set (the workers inherit it; ``gridgen --verbose`` sets it)."""
+    if verbose():
+        return
+    library_logging.set_verbosity_error()
+    library_logging.disable_progress_bar()
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
 
 
 def _local_tokenizer(directory: Path) -> Any:
