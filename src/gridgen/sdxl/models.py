@@ -196,7 +196,7 @@ def _quiet(library_logging: Any) -> None:
         return
     library_logging.set_verbosity_error()
     library_logging.disable_progress_bar()
-    from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils.tqdm import disable_progress_bars
 
     disable_progress_bars()
 
