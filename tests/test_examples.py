@@ -277,3 +277,17 @@ def test_quick_start_is_the_same_everywhere_and_parses() -> None:
         "cpu",
         "grid.png",
     )
+
+
+def test_stream_client_without_a_server_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "stream_client.py"), "a cat", "--url", f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"no server at http://127.0.0.1:{port}: start one first (gridgen serve --model tiny --device cpu) or pass --url"
+    ]
