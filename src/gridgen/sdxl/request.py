@@ -200,7 +200,8 @@ def validate_request(
 
 
 class Timings(BaseModel):
-    """Seconds spent, measured on rank 0. ``setup`` is the worker's one-off setup time."""
+    """Seconds spent, measured on rank 0. ``setup`` is the worker's one-off setup time, on
+    the first result after (re)starting only; ``None`` on every later one."""
 
     setup: float | None = None
     denoise: float

@@ -91,7 +91,8 @@ class SDXLWorker(DistributedWorker):
             "images": [EncodedImage, ...],  # when output is "images" or "both", index order
             "seeds": [seed, seed + 1, ...], # the seed of each image
             "width": int, "height": int, "num_images": int,
-            "timings": {"setup", "denoise", "decode", "gather", "encode", "total"},  # seconds
+            "timings": {"setup", "denoise", "decode", "gather", "encode", "total"},  # seconds;
+                                            # setup: on the first result after setup, else None
         }
 
     ``EncodedImage`` (from ``gridgen._codec``) holds ``data`` (bytes) and ``format``
@@ -255,7 +256,8 @@ class SDXLWorker(DistributedWorker):
 
         # 7. grid and encode (rank 0), in the background when deferred
         images = self._in_index_order(gathered, n)
-        setup_seconds = getattr(self, "setup_seconds", 0.0)
+        setup_seconds = getattr(self, "setup_seconds", None)
+        self.setup_seconds = None  # one-off: reported with the first result after setup only
 
         def finish() -> dict[str, Any]:
             result: dict[str, Any] = {
@@ -273,7 +275,7 @@ class SDXLWorker(DistributedWorker):
                 ]
             finished = time.perf_counter()
             result["timings"] = {
-                "setup": round(setup_seconds, 6),
+                "setup": None if setup_seconds is None else round(setup_seconds, 6),
                 "denoise": round(denoised - started, 6),
                 "decode": round(decoded - denoised, 6),
                 "gather": round(gather_done - decoded, 6),
