@@ -203,7 +203,7 @@ class SDXLWorker(DistributedWorker):
             )
             if isinstance(warm, concurrent.futures.Future):
                 warm.result()
-        self.setup_seconds = time.perf_counter() - started
+        self.setup_seconds: float | None = time.perf_counter() - started
 
     def teardown(self) -> None:
         """Let a deferred encoding finish, then stop the encoder thread."""
