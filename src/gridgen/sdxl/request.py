@@ -39,7 +39,8 @@ class GenerateRequest(BaseModel):
     """One SDXL generation request: ``num_images`` images of one prompt, one seed.
 
     Image ``i`` is generated from seed ``seed + i``, whichever rank makes it, so the same
-    request gives the same images on any number of GPUs.
+    request gives the same images on any number of GPUs, up to floating-point rounding
+    (a rank's batch size can move a few pixel values by one level; docs/sdxl.md).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
