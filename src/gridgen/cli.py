@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import ipaddress
 import logging
 import os
-import socket
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ._preflight import UsageError, check_device, check_model, check_outputs, listen
 
 __all__ = ["build_parser", "main"]
 
@@ -39,10 +38,6 @@ _QUIET_ENV = {
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "TQDM_DISABLE": "1",  # diffusers' "Loading pipeline components" bar has no switch of its own
 }
-
-
-class UsageError(Exception):
-    """Bad arguments or request: reported with exit status 2, before anything starts."""
 
 
 # -- arguments -------------------------------------------------------------------------
@@ -241,60 +236,6 @@ def _validate(payload: dict[str, Any]) -> None:
         raise UsageError("invalid request:\n" + "\n".join(lines)) from None
 
 
-def _check_model(model: str | None) -> None:
-    """The model must be a folder, in the Hugging Face cache or on a reachable hub: say so
-    before starting workers (loading it in every worker would fail the same way, later)."""
-    if model and model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
-        raise UsageError(f"--model: no such folder: {model}")
-    from .sdxl.models import ModelNotFoundError, check_model
-
-    try:
-        check_model(model or _default_model())
-    except ModelNotFoundError as exc:
-        raise UsageError(f"--model: {exc}") from None
-
-
-def _check_device(args: argparse.Namespace) -> None:
-    """``--device cuda`` needs CUDA, and each worker its own GPU: usage errors, not crashes."""
-    if args.device == "cpu":
-        return
-    import torch
-
-    count = int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
-    if args.device == "cuda" and count == 0:
-        raise UsageError("--device cuda: no CUDA device is visible here; use --device cpu (or leave --device out)")
-    if count and args.workers is not None and args.workers > count:
-        raise UsageError(
-            f"--workers {args.workers}: only {count} CUDA device(s) are visible (one worker per GPU); "
-            "use fewer --workers or --device cpu"
-        )
-
-
-def _check_folder(option: str, folder: Path) -> None:
-    """Create ``folder`` if missing and prove a file can be written in it, or explain why not."""
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise UsageError(f"{option}: cannot write to {folder}: {existing} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise UsageError(f"{option}: cannot write to {folder}: {exc.strerror or exc}") from None
-
-
-def _check_outputs(args: argparse.Namespace) -> None:
-    """The output paths, before the minutes of generation that would be lost on a bad one."""
-    output = Path(args.output)
-    if output.is_dir():
-        raise UsageError(f"-o/--output: {output} is a folder; name the grid file, e.g. {output / 'grid.png'}")
-    _check_folder("-o/--output", output.parent)
-    if output.exists() and not os.access(output, os.W_OK):
-        raise UsageError(f"-o/--output: cannot write to {output}: permission denied")
-    if args.save_dir:
-        _check_folder("--save-dir", Path(args.save_dir))
-
-
 def _quiet_workers(verbose: bool) -> None:
     if verbose:
         os.environ["GRIDGEN_VERBOSE"] = "1"  # the model libraries' own output, in every worker
@@ -406,9 +347,9 @@ def _summary(result: dict[str, Any], written: list[Path]) -> str:
 def _generate(args: argparse.Namespace) -> int:
     payload = _request_payload(args)
     _validate(payload)  # exit 2 here, before any worker starts
-    _check_outputs(args)
-    _check_device(args)
-    _check_model(args.model)
+    check_outputs(args)
+    check_device(args)
+    check_model(args.model)
     _quiet_workers(args.verbose)
     if not args.verbose:
         # The CLI reports a failure in one line; the workers' logged tracebacks are --verbose.
@@ -425,9 +366,9 @@ def _generate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     if args.max_queue < 0:
         raise UsageError(f"--max-queue: must be 0 or more, got {args.max_queue}")
-    _check_device(args)
-    _check_model(args.model)
-    listener = _listen(args.host, args.port)  # before any worker: a busy port fails at once
+    check_device(args)
+    check_model(args.model)
+    listener = listen(args.host, args.port)  # before any worker: a busy port fails at once
     _quiet_workers(args.verbose)
     import uvicorn
 
@@ -468,24 +409,6 @@ def _serve(args: argparse.Namespace) -> int:
     if failures:
         raise failures[0]
     return 0
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A bound listening socket for uvicorn, or a usage error that names the option."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except OSError as exc:
-        raise UsageError(f"--host {host}: cannot resolve it: {exc}") from None
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        hint = "; pick another --port (0: any free one)" if exc.errno == errno.EADDRINUSE else ""
-        raise UsageError(f"--host/--port: cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
-    return sock
 
 
 def _is_loopback(host: str) -> bool:
