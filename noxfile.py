@@ -37,7 +37,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def docs(session: nox.Session) -> None:
     _install(session, "docs,all")
-    session.run("mkdocs", "build", "--strict")
+    session.run("zensical", "build", "--strict", "--clean")
 
 
 @nox.session

@@ -37,7 +37,7 @@ def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
             event, data = "message", list[str]()
             continue
         if line.startswith(":"):
-            continue  # a comment (sse-starlette's keep-alive ping)
+            continue  # a comment (the server's keep-alive ping)
         field, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if field == "event":
@@ -58,6 +58,19 @@ def save_data_url(url: str, path_without_ext: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    try:
+        return stream(args)
+    except httpx.ConnectError:
+        print(
+            f"no server at {args.url}: start one first (gridgen serve --model tiny --device cpu) "
+            "or pass --url",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("prompt")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the service's base URL")
@@ -68,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-images", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--preview-every", type=int)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def stream(args: argparse.Namespace) -> int:
+    """POST the request to ``/stream`` and report and save what comes back."""
     body: dict[str, Any] = {"prompt": args.prompt}
     for key in ("width", "height", "num_inference_steps", "num_images", "seed", "preview_every"):
         if getattr(args, key) is not None:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from ._class_ref import WorkerNotSendable, by_value, main_not_rerun
 from ._control import ControlSocket
 from ._options import RunnerOptions
 from ._protocol import ErrorInfo, Kind, Message, pack
@@ -106,17 +107,19 @@ class WorkerGroup:
         """Start every rank's process; raise StartupError naming the rank that could not start."""
         context = multiprocessing.get_context("spawn")  # CUDA forbids fork
         for spec in self.specs:
+            try:
+                packed = by_value(spec, f"worker class {spec.worker_cls.__qualname__}")
+            except WorkerNotSendable as exc:
+                raise StartupError(f"could not start the worker processes: {exc}", rank=spec.rank) from exc
             process = context.Process(
-                target=worker_main, args=(spec,), name=f"gridgen-g{spec.generation}-rank{spec.rank}"
+                target=worker_main, args=(packed,), name=f"gridgen-g{spec.generation}-rank{spec.rank}"
             )
             try:
-                process.start()
+                with main_not_rerun():
+                    process.start()
             except Exception as exc:
                 raise StartupError(
-                    f"could not start the process of rank {spec.rank}: {exc}. The worker class must be "
-                    "importable by module path (define it in a module or under `if __name__ == "
-                    "'__main__':` guards in a script, not interactively)",
-                    rank=spec.rank,
+                    f"could not start the process of rank {spec.rank}: {exc}", rank=spec.rank
                 ) from exc
             self.processes.append(process)
 
@@ -261,7 +264,8 @@ class Supervisor:
         self.setup_kwargs: dict[str, Any] = {}
         self._on_lost = on_lost  # the group's unfinished requests are lost, with this error
         self.group: WorkerGroup | None = None
-        self.generation = 0
+        self.generation = 0  # +1 per spawned and per retired group: not a restart count
+        self.restarts = 0
         self.health = "starting"
         self.health_changed = asyncio.Event()
         self.dead_error: GridgenError | None = None
@@ -429,7 +433,8 @@ class Supervisor:
         self.dead_error = None
         if self.health == "restarting":
             self._set_health("ready")
-        logger.warning("worker group restarted (generation %d)", self.generation)
+        self.restarts += 1
+        logger.warning("worker group restarted (restart %d)", self.restarts)
 
     async def cancel_restart(self) -> None:
         if self._restarting is not None and not self._restarting.done():

@@ -22,6 +22,7 @@ import concurrent.futures
 import functools
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import queue
 import shutil
@@ -416,5 +417,11 @@ def worker_main(spec: WorkerSpec) -> None:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     code = _WorkerRuntime(spec).run()
     _drain_output(pumps)
+    # os._exit skips multiprocessing's exit finalizers, among them the unlinking of named
+    # semaphores made here (tqdm's default lock is one per worker): the host's resource
+    # tracker, which spawned workers share, would report each as leaked. Run them first.
+    run_finalizers = getattr(multiprocessing.util, "_run_finalizers", None)  # private, stable since 2.6
+    if run_finalizers is not None:
+        run_finalizers(0)
     # Skip interpreter teardown: torch.distributed and CUDA destructors can hang at exit.
     os._exit(code)

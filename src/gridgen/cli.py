@@ -7,7 +7,8 @@ Quick start, on CPU with the built-in tiny model (random weights: the images are
 
 Heavy imports (torch, diffusers, FastAPI) happen after the arguments are parsed and the
 request is validated, so ``--help`` and input errors answer at once. Exit status: 0 done,
-1 failed while running, 2 bad arguments or request (nothing was started), 130 interrupted.
+1 failed while running, 2 bad arguments, request, output path, model, device or port
+(found before any worker starts), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ._preflight import UsageError, check_device, check_model, check_outputs, listen
 
 __all__ = ["build_parser", "main"]
 
@@ -32,10 +36,6 @@ _QUIET_ENV = {
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "TQDM_DISABLE": "1",  # diffusers' "Loading pipeline components" bar has no switch of its own
 }
-
-
-class UsageError(Exception):
-    """Bad arguments or request: reported with exit status 2, before anything starts."""
 
 
 # -- arguments -------------------------------------------------------------------------
@@ -114,7 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
         "over the workers, and write them as one grid image. The request is checked before "
         "any worker starts. Unset options take the request's defaults: one image per worker, "
         "1024x1024, 20 steps, guidance 5.0, a random seed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     gen.add_argument("prompt", metavar="PROMPT", help="what to draw")
     req = gen.add_argument_group("request")
@@ -143,15 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     out = gen.add_argument_group("output")
     out.add_argument(
         "-o", "--output", default="grid.png", metavar="FILE",
-        help="grid image to write; the extension picks the format (.png, .jpg, .webp)",
+        help="grid image to write; the extension picks the format (.png, .jpg, .webp); "
+        "missing folders are created (default: %(default)s)",
     )
     out.add_argument(
         "--save-dir", default=None, metavar="DIR",
-        help="also write each image to DIR as NN-seedS.<ext>",
+        help="also write each image to DIR as NN-seedS.<ext> (created if missing)",
     )
     out.add_argument(
         "--preview-every", type=int, default=1, metavar="K",
-        help="progress updates every K steps (0: no progress bar)",
+        help="progress updates every K steps (0: no progress bar; default: %(default)s)",
     )
     _add_runner_options(gen)
     gen.set_defaults(handler=_generate)
@@ -161,18 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the HTTP API and the playground page",
         description="Start the workers and serve POST /generate, POST /stream (server-sent "
         "events), GET /health, GET /ready and the playground page at / with uvicorn. The "
-        "service has no authentication: keep it on loopback or behind a proxy that has.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "service has no authentication: keep it on loopback or behind a proxy that has. The "
+        "port is bound first, so /health answers while the workers start.",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=_port, default=8000, help="port to listen on (0: any free one)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument(
+        "--port", type=_port, default=8000, help="port to listen on (0: any free one; default: %(default)s)"
+    )
     serve.add_argument(
         "--max-queue", type=int, default=16, metavar="N",
-        help="requests allowed to wait behind the running one; past it: 503 with Retry-After",
+        help="requests allowed to wait behind the running one; past it: 503 with Retry-After "
+        "(default: %(default)s)",
     )
     serve.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
-        help="uvicorn and gridgen log level",
+        help="uvicorn and gridgen log level (default: %(default)s)",
     )
     _add_runner_options(serve)
     serve.set_defaults(handler=_serve)
@@ -234,16 +237,17 @@ def _validate(payload: dict[str, Any]) -> None:
         raise UsageError("invalid request:\n" + "\n".join(lines)) from None
 
 
-def _check_model(model: str | None) -> None:
-    """A model given as a path (absolute, ./, ../ or ~) must exist: say so before starting workers."""
-    if model and model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
-        raise UsageError(f"--model: no such folder: {model}")
-
-
 def _quiet_workers(verbose: bool) -> None:
-    if not verbose:
-        for key, value in _QUIET_ENV.items():
-            os.environ.setdefault(key, value)
+    if verbose:
+        os.environ["GRIDGEN_VERBOSE"] = "1"  # the model libraries' own output, in every worker
+        return
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def _describe(devices: Sequence[str]) -> str:
+    """``cpu`` for two CPU workers, not ``cpu, cpu``; ``cuda:0, cuda:1`` for two GPUs."""
+    return devices[0] if len(set(devices)) == 1 else ", ".join(devices)
 
 
 async def _run_generate(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
@@ -264,8 +268,7 @@ async def _run_generate(args: argparse.Namespace, payload: dict[str, Any]) -> di
         setup_kwargs={"model": model, "preview": None},
         prefix_output=True,
     )
-    devices = ", ".join(runner.devices)
-    _err(f"gridgen: starting {runner.world_size} worker(s) on {devices} with model {model!r}...")
+    _err(f"gridgen: starting {runner.world_size} worker(s) on {_describe(runner.devices)} with model {model!r}...")
     started = time.perf_counter()
     async with runner:
         startup = time.perf_counter() - started
@@ -302,14 +305,11 @@ def _default_model() -> str:
 
 def _write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> list[Path]:
     written = []
-    output = Path(args.output)
-    if output.parent != Path():
-        output.parent.mkdir(parents=True, exist_ok=True)
+    output = Path(args.output)  # its folder, and --save-dir, exist: _check_outputs made them
     output.write_bytes(_image_bytes(result["grid"]))
     written.append(output)
     if args.save_dir:
         folder = Path(args.save_dir)
-        folder.mkdir(parents=True, exist_ok=True)
         from .images import FILE_SUFFIXES, FORMATS
 
         ext = FORMATS[FILE_SUFFIXES[output.suffix.lower()]].extension
@@ -342,8 +342,13 @@ def _summary(result: dict[str, Any], written: list[Path]) -> str:
 def _generate(args: argparse.Namespace) -> int:
     payload = _request_payload(args)
     _validate(payload)  # exit 2 here, before any worker starts
-    _check_model(args.model)
+    check_outputs(args)
+    check_device(args)
+    check_model(args.model)
     _quiet_workers(args.verbose)
+    if not args.verbose:
+        # The CLI reports a failure in one line; the workers' logged tracebacks are --verbose.
+        logging.getLogger("gridgen").setLevel(logging.CRITICAL)
     result = asyncio.run(_run_generate(args, payload))
     written = _write_outputs(args, result)
     print(_summary(result, written), flush=True)
@@ -356,10 +361,10 @@ def _generate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     if args.max_queue < 0:
         raise UsageError(f"--max-queue: must be 0 or more, got {args.max_queue}")
-    _check_model(args.model)
+    check_device(args)
+    check_model(args.model)
+    listener = listen(args.host, args.port)  # before any worker: a busy port fails at once
     _quiet_workers(args.verbose)
-    import logging
-
     import uvicorn
 
     from .runner import DistributedRunner
@@ -380,12 +385,24 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         auto_restart=True,  # a worker that died is respawned; the service keeps serving
     )
-    app = create_app(runner, title=f"gridgen · {model}")
+    server: Any = None
+    failures: list[BaseException] = []
+
+    def start_failed(exc: BaseException) -> None:
+        failures.append(exc)
+        server.should_exit = True
+
+    app = create_app(runner, title=f"gridgen · {model}", on_start_failed=start_failed)
+    port = listener.getsockname()[1]
     _err(
-        f"gridgen: starting {runner.world_size} worker(s) on {', '.join(runner.devices)} "
-        f"with model {model!r}; serving on http://{_url_host(args.host)}:{args.port}/ once ready"
+        f"gridgen: listening on http://{_url_host(args.host)}:{port}/ (GET /ready: 503 until the "
+        f"workers are ready); starting {runner.world_size} worker(s) on {_describe(runner.devices)} "
+        f"with model {model!r}"
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
+    server.run(sockets=[listener])
+    if failures:
+        raise failures[0]
     return 0
 
 

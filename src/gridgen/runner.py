@@ -72,8 +72,8 @@ class DistributedRunner(Generic[W]):
     """Runs ``worker_cls`` in one process per rank and sends it requests.
 
     Args:
-        worker_cls: a :class:`DistributedWorker` subclass, importable by module path
-            (the spawn start method re-imports it in each process).
+        worker_cls: a :class:`DistributedWorker` subclass, from a module, a script or a
+            notebook cell (what the workers cannot import travels by value).
         world_size: number of ranks. Defaults to the number of ``devices``, else the
             visible GPUs, else 1.
         device: ``"cpu"`` (gloo), ``"cuda"`` (NCCL, ``cuda:0..W-1``) or None (CUDA when present).

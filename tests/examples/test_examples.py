@@ -85,6 +85,16 @@ def test_every_example_is_tested() -> None:
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
+def test_examples_are_quiet_by_default_and_verbose_on_request(env: dict[str, str], tmp_path: Path) -> None:
+    args = [str(EXAMPLES / "notebook_sync.py"), "-o", "sync.png"]
+    quiet = run(args, env, tmp_path)
+    noise = ("Loading pipeline components", "Loading weights", "accelerate", "[transformers]", "it/s]")
+    for text in noise:
+        assert text not in quiet.stderr and text not in quiet.stdout, text
+    loud = run(args, {**env, "GRIDGEN_VERBOSE": "1"}, tmp_path)
+    assert "Loading pipeline components" in loud.stderr
+
+
 def test_make_grid(env: dict[str, str], tmp_path: Path) -> None:
     proc = run(
         [str(EXAMPLES / "make_grid.py"), "a lighthouse at dawn", "-o", "grid.png"], env, tmp_path
@@ -267,3 +277,17 @@ def test_quick_start_is_the_same_everywhere_and_parses() -> None:
         "cpu",
         "grid.png",
     )
+
+
+def test_stream_client_without_a_server_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "stream_client.py"), "a cat", "--url", f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"no server at http://127.0.0.1:{port}: start one first (gridgen serve --model tiny --device cpu) or pass --url"
+    ]

@@ -59,6 +59,7 @@ class LiveServer:
             time.sleep(0.05)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
+        wait_ready(self.url, deadline - time.monotonic())
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -68,6 +69,23 @@ class LiveServer:
     def client(self, **kwargs: Any) -> httpx.Client:
         kwargs.setdefault("timeout", 60.0)
         return httpx.Client(base_url=self.url, **kwargs)
+
+
+def wait_ready(url: str, timeout: float = 150.0) -> None:
+    """Poll ``GET /ready`` until 200: the app starts its runner in the background."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.get(f"{url}/ready", timeout=10)
+        if response.status_code == 404:
+            return  # not a create_app app (the seed example): its lifespan started the runner
+        state = response.json()
+        if state["ready"]:
+            return
+        if state["state"] == "failed":
+            raise RuntimeError(f"the runner did not start: {state.get('error')}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not ready within {timeout}s: {state}")
+        time.sleep(0.05)
 
 
 def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from helpers.runtime import live
@@ -18,3 +20,12 @@ def test_worker_output_is_prefixed_with_the_rank(capfd: pytest.CaptureFixture[st
     assert "[rank 1] hello-from-worker" in out
     assert "[rank 0] hello-from-worker" in err
     assert "[rank 1] WARNING gridgen.testing [rank 1]: hello-from-worker" in err
+
+
+def test_restart_log_counts_restarts_one_by_one(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="gridgen")
+    with live(world_size=1) as rt:
+        for _ in range(3):
+            rt.run(lambda runner: runner.restart())
+    restarted = [r.getMessage() for r in caplog.records if "worker group restarted" in r.getMessage()]
+    assert restarted == [f"worker group restarted (restart {n})" for n in (1, 2, 3)]

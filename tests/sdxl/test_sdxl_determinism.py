@@ -1,7 +1,9 @@
-"""Image i depends only on (seed, i): not on the number of ranks, the batch, or the rank that made it."""
+"""Image i depends only on (seed, i): not on the number of ranks, the batch, or the rank that made
+it, up to floating-point rounding (what docs/sdxl.md promises, measured here)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,3 +41,21 @@ def test_the_same_request_twice_gives_the_same_images(direct: Any) -> None:
     first, second = _images(direct(**request)), _images(direct(**request))
     for a, b in zip(first, second, strict=True):
         assert np.array_equal(a, b)
+
+
+def test_a_batch_of_one_and_a_batch_of_two_differ_by_rounding_only(direct: Any) -> None:
+    # The cause of the 1-vs-2-ranks difference, on one rank: the batch size alone.
+    request = {**SMALL, "seed": 11, "output": "images"}
+    alone = _images(direct(**request, num_images=1))[0]
+    batched = _images(direct(**request, num_images=2))[0]
+    diff = np.abs(alone.astype(int) - batched.astype(int))
+    assert diff.max() <= 1 and np.count_nonzero(diff) <= 0.001 * diff.size
+
+
+def test_the_docs_state_the_promise_as_measured() -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    tutorial = " ".join((docs / "tutorial.md").read_text().split())
+    assert "same images on 1, 2 or 8 GPUs up to floating-point rounding" in tutorial
+    sdxl = " ".join((docs / "sdxl.md").read_text().split())
+    assert "### Same seed, same images" in (docs / "sdxl.md").read_text()
+    assert "**a difference of one level (of 255) in a few pixel values**" in sdxl

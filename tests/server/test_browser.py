@@ -83,6 +83,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any
         assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
+    while not runner.ready:  # the app starts its runner in the background
+        assert runner.state in ("new", "starting"), runner.state
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.05)
     try:
         yield f"http://127.0.0.1:{port}/", runner
     finally:
@@ -179,4 +183,38 @@ def test_cancel_button_stops_the_request_on_the_workers(service: tuple[str, Any]
     assert time.monotonic() - cancelled_at < 5.0
     assert page.inner_text("#status-text").startswith("Done: 2 image(s), 64\u00d764")
     assert runner.queue_size == 0
+    page.close()
+
+
+def test_placeholders_fit_and_read_as_hints_and_setup_time_shows_once(
+    service: tuple[str, Any], browser: Any
+) -> None:
+    url, _ = service
+    page = browser.new_page(viewport={"width": 1180, "height": 760})
+    page.goto(url)
+    page.wait_for_selector("#service.ready")
+    images = page.locator("[name=num_images]")
+    assert images.get_attribute("placeholder") == "auto: 2"
+    assert "one image per worker" in (images.get_attribute("title") or "")
+    # The placeholder text fits its field (it was cut off at "one per worker (2").
+    fits = page.evaluate(
+        """() => { const el = document.querySelector('[name=num_images]');
+        const style = getComputedStyle(el);
+        const ctx = document.createElement('canvas').getContext('2d');
+        ctx.font = style.font;
+        const room = el.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+        return ctx.measureText(el.placeholder).width <= room; }"""
+    )
+    assert fits
+    assert page.get_attribute("[name=negative_prompt]", "placeholder").startswith("optional")
+    assert page.input_value("[name=negative_prompt]") == ""
+    rows = []
+    for seed in (5, 6, 7):
+        page.fill("[name=prompt]", "a small one")
+        _fill(page, num_images=2, num_inference_steps=2, width=64, height=64, seed=seed, preview_every=0)
+        page.click("#generate")
+        _wait_for(page, f"() => document.querySelector('#seeds button')?.textContent === '{seed}'")
+        rows.append(page.locator("#timings td:first-child").all_inner_texts())
+    # Setup time shows with the first result after the workers started, at most.
+    assert all("setup" not in names and "denoise" in names for names in rows[1:]), rows
     page.close()

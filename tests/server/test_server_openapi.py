@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi.testclient import TestClient
 
 from gridgen import DistributedRunner
@@ -31,6 +33,9 @@ def test_lifespan_starts_and_stops_the_runner() -> None:
     app = create_app(runner)
     assert runner.state == "new"
     with TestClient(app) as client:  # runs the lifespan in the client's event loop
+        deadline = time.monotonic() + 60
+        while client.get("/ready").json()["state"] == "starting" and time.monotonic() < deadline:
+            time.sleep(0.05)  # the lifespan starts the runner in the background
         assert client.get("/ready").json()["state"] == "ready"
         assert client.get("/docs").status_code == 200
     assert runner.state == "stopped"

@@ -77,3 +77,32 @@ def _wait_until(condition: object, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.01)
+
+
+def test_framing_is_fastapis_own_with_keepalive_pings_while_a_step_is_slow() -> None:
+    import subprocess
+    import sys
+
+    from gridgen import DistributedRunner
+    from gridgen.server import create_app
+    from gridgen.testing import ProbeWorker
+
+    from helpers.server import ProbeRequest
+
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, gridgen.server; print('sse_starlette' in sys.modules)"],
+        capture_output=True, text=True, check=True,
+    )
+    assert imported.stdout.strip() == "False"
+    runner = DistributedRunner(ProbeWorker, world_size=2, device="cpu")
+    app = create_app(runner, request_model=ProbeRequest, stream_ping=0.1)
+    with LiveServer(app, runner) as server, server.client() as client:
+        body = {"op": "steps", "steps": 2, "delay": 0.5}
+        with client.stream("POST", "/stream", json=body) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["cache-control"] == "no-cache"
+            raw = response.read().decode()
+    assert raw.startswith('event: queued\ndata: {"request_id":')
+    assert ": ping\n\n" in raw  # fastapi.sse's keep-alive comment, every 0.1 s of silence
+    names = [name for name, _ in sse_events(iter(raw.splitlines()))]
+    assert names[0] == "queued" and names[-1] == "result"

@@ -54,3 +54,48 @@ def test_booleans_and_non_objects_are_rejected() -> None:
     response = _post("/generate", ["prompt"])
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body"]
+
+
+def test_numbers_sent_as_strings_are_rejected_naming_the_field() -> None:
+    errors = _post("/generate", {"prompt": "x", "width": "64", "guidance_scale": "5"}).json()["detail"]
+    assert {e["loc"][-1]: e["type"] for e in errors} == {"width": "value_error", "guidance_scale": "value_error"}
+    assert all("not a string" in e["msg"] for e in errors)
+
+
+def test_a_rejected_huge_input_is_not_echoed_back_in_full() -> None:
+    prompt = "x" * 300_000  # over MAX_PROMPT_CHARS, under the body limit
+    response = _post("/generate", {"prompt": prompt})
+    assert response.status_code == 422
+    assert len(response.content) < 2_000
+    (error,) = response.json()["detail"]
+    assert error["type"] == "string_too_long"
+    assert error["input"].startswith("x" * 200) and error["input"].endswith("(300000 characters)")
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_over_the_limit_is_a_413_with_the_limit(chunked: bool) -> None:
+    app = create_app(DistributedRunner(ProbeWorker, world_size=2, device="cpu"), max_body_bytes=10_000)
+    body = b'{"prompt": "' + b"x" * 20_000 + b'"}'
+
+    async def chunks() -> Any:
+        for i in range(0, len(body), 4096):
+            yield body[i : i + 4096]
+
+    async def scenario() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            content = chunks() if chunked else body
+            return await client.post("/generate", content=content, headers={"content-type": "application/json"})
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["type"] == "PayloadTooLarge"
+    assert "10000 bytes" in response.json()["detail"]
+
+
+def test_the_default_body_limit_is_one_mebibyte() -> None:
+    from gridgen.server.app import DEFAULT_MAX_BODY_BYTES
+
+    assert DEFAULT_MAX_BODY_BYTES == 1 << 20
+    assert _post("/generate", {"prompt": "x" * (1 << 20)}).status_code == 413
+    assert _post("/generate", {"prompt": "x" * 3000}).status_code == 422  # read, then too long a prompt

@@ -59,6 +59,7 @@ __all__ = [
     "build_tiny_sdxl",
     "build_tiny_taesd",
     "cache_dir",
+    "check_model",
     "ensure_tiny_sdxl",
     "load_pipeline",
     "load_preview_decoder",
@@ -131,15 +132,36 @@ def _kwargs(section: dict[str, Any]) -> dict[str, Any]:
 
 def _diffusers() -> Any:
     """diffusers, typed loosely: its classes are partly annotated and register modules at run time."""
+    _transformers()  # first: importing diffusers' pipelines logs transformers warnings
     import diffusers
 
+    _quiet(diffusers.utils.logging)
     return diffusers
 
 
 def _transformers() -> Any:
     import transformers
 
+    _quiet(transformers.utils.logging)
     return transformers
+
+
+def verbose() -> bool:
+    """Whether ``GRIDGEN_VERBOSE`` asks for the model libraries' own output (see :func:`_quiet`)."""
+    return os.environ.get("GRIDGEN_VERBOSE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _quiet(library_logging: Any) -> None:
+    """transformers and diffusers print warnings (``accelerate`` missing, ``torchvision``
+    missing...) and loading bars in every worker: errors only and no bars, unless
+    ``GRIDGEN_VERBOSE=1`` is set (the workers inherit it; ``gridgen --verbose`` sets it)."""
+    if verbose():
+        return
+    library_logging.set_verbosity_error()
+    library_logging.disable_progress_bar()
+    from huggingface_hub.utils.tqdm import disable_progress_bars
+
+    disable_progress_bars()
 
 
 @contextlib.contextmanager
@@ -367,14 +389,41 @@ def _looks_like_path(model: str) -> bool:
 
 def _not_found(what: str, model: str, reason: str, example: str) -> ModelNotFoundError:
     if what == "model":
-        fallback = 'or run with model="tiny" (a built-in tiny SDXL with random weights that needs no download)'
+        fallback = (
+            'or use the built-in tiny SDXL with random weights that needs no download (model="tiny"; '
+            "on the command line: --model tiny)"
+        )
     else:
         fallback = 'or use preview="linear" (a latent-to-RGB approximation that needs no weights)'
     return ModelNotFoundError(
         f"cannot load {what} {model!r}: {reason}. To fix it: pass the path of a local folder "
         f"that holds it (a diffusers save_pretrained layout), or download it on a machine with "
-        f"network (`huggingface-cli download {example}`) and copy the Hugging Face cache here, "
+        f"network (`hf download {example}`) and copy the Hugging Face cache here, "
         f"{fallback}."
+    )
+
+
+def check_model(model: str) -> None:
+    """Raise :class:`ModelNotFoundError` now if loading ``model`` would fail for want of it.
+
+    A cheap look on the host before any worker starts: a built-in name, a folder that
+    exists, a hub id whose ``model_index.json`` is in the Hugging Face cache, or a
+    reachable hub pass; what loading finds wrong beyond that still fails in the workers.
+    """
+    if model in (TINY_MODEL, RANDOM_MODEL) or os.path.isdir(os.path.expanduser(model)):
+        return
+    if _looks_like_path(model):
+        raise _not_found("model", model, "no such folder", DEFAULT_MODEL)
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(model, "model_index.json"), str) or _hub_reachable():
+        return
+    raise _not_found(
+        "model",
+        model,
+        "it is neither a local folder nor in the Hugging Face cache, and the hub cannot be "
+        "reached (offline, or HF_HUB_OFFLINE=1)",
+        model,
     )
 
 

@@ -41,7 +41,8 @@ class GenerateRequest(BaseModel):
     """One SDXL generation request: ``num_images`` images of one prompt, one seed.
 
     Image ``i`` is generated from seed ``seed + i``, whichever rank makes it, so the same
-    request gives the same images on any number of GPUs.
+    request gives the same images on any number of GPUs, up to floating-point rounding
+    (a rank's batch size can move a few pixel values by one level; docs/sdxl.md).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -99,9 +100,12 @@ class GenerateRequest(BaseModel):
         mode="before",
     )
     @classmethod
-    def _no_booleans(cls, value: Any) -> Any:
+    def _numbers_only(cls, value: Any) -> Any:
+        # Strict on purpose (docs/sdxl.md): JSON has numbers, and "64" or true is a client bug.
         if isinstance(value, bool):
             raise ValueError("must be a number, not a boolean")
+        if isinstance(value, (str, bytes)):
+            raise ValueError(f"must be a number, not a string (write {value!s:.20} without quotes)")
         return value
 
 
@@ -171,7 +175,8 @@ def validate_request(
 
 
 class Timings(BaseModel):
-    """Seconds spent, measured on rank 0. ``setup`` is the worker's one-off setup time."""
+    """Seconds spent, measured on rank 0. ``setup`` is the worker's one-off setup time, on
+    the first result after (re)starting only; ``None`` on every later one."""
 
     setup: float | None = None
     denoise: float

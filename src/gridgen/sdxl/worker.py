@@ -96,7 +96,8 @@ class SDXLWorker(DistributedWorker):
             "images": [EncodedImage, ...],  # when output is "images" or "both", index order
             "seeds": [seed, seed + 1, ...], # the seed of each image
             "width": int, "height": int, "num_images": int,
-            "timings": {"setup", "denoise", "decode", "gather", "encode", "total"},  # seconds
+            "timings": {"setup", "denoise", "decode", "gather", "encode", "total"},  # seconds;
+                                            # setup: on the first result after setup, else None
         }
 
     ``EncodedImage`` (from ``gridgen.images``) holds ``data`` (bytes) and ``format``
@@ -207,7 +208,7 @@ class SDXLWorker(DistributedWorker):
             )
             if isinstance(warm, concurrent.futures.Future):
                 warm.result()
-        self.setup_seconds = time.perf_counter() - started
+        self.setup_seconds: float | None = time.perf_counter() - started
 
     def teardown(self) -> None:
         """Let a deferred encoding finish, then stop the encoder thread."""
@@ -469,7 +470,8 @@ class SDXLWorker(DistributedWorker):
         request, seed = run.requests[k], run.plan.slots[run.plan.offsets[k]].seed
         n = run.plan.counts[k]
         images = to_pil(stacked, run.plan.indices(k))
-        setup_seconds = getattr(self, "setup_seconds", 0.0)
+        setup_seconds = getattr(self, "setup_seconds", None)
+        self.setup_seconds = None  # one-off: reported with the first result after setup only
 
         def finish() -> dict[str, Any]:
             encoding = time.perf_counter()
@@ -488,7 +490,7 @@ class SDXLWorker(DistributedWorker):
                 ]
             finished = time.perf_counter()
             result["timings"] = {
-                "setup": round(setup_seconds, 6),
+                "setup": None if setup_seconds is None else round(setup_seconds, 6),
                 "denoise": round(marks.denoised - marks.started, 6),
                 "decode": round(marks.decoded - marks.denoised, 6),
                 "gather": round(marks.gathered - marks.decoded, 6),

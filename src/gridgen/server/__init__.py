@@ -1,7 +1,7 @@
 """The HTTP service: ``create_app(runner)`` builds a FastAPI app with ``/generate``, ``/stream``
 (server-sent events), ``/health``, ``/ready`` and a playground page at ``/``.
 
-Needs the ``server`` extra (``pip install gridgen[server]``): FastAPI, uvicorn, sse-starlette.
+Needs the ``server`` extra (``pip install gridgen[server]``): FastAPI (its ``fastapi.sse`` frames the events) and uvicorn.
 ``gridgen serve`` runs it with uvicorn.
 """
 

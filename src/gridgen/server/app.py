@@ -14,10 +14,12 @@ Endpoints
     (or ``error``) events, described in :mod:`gridgen.server.sse`. Closing the connection
     cancels the request on every rank, within one diffusion step for the SDXL worker.
 ``GET /health``
-    ``200 {"status": "ok"}`` while the process serves HTTP.
+    ``200 {"status": "ok"}`` while the process serves HTTP, from the moment it listens:
+    the app starts its runner in the background, so this answers while workers start.
 ``GET /ready``
     ``200 {"ready": true, ...}`` when the runner takes requests, else ``503`` with its
-    ``state`` (``new``, ``starting``, ``restarting``, ``dead``, ``stopping``, ``stopped``).
+    ``state`` (``new``, ``starting``, ``restarting``, ``dead``, ``stopping``, ``stopped``,
+    or ``failed`` with an ``error`` when the app could not start it).
 ``GET /``
     The playground page (plain HTML and JavaScript shipped in the package).
 
@@ -32,7 +34,9 @@ event whose data is the inner object):
 error                                          status  notes
 =============================================  ======  =========================================
 body fails the request model                   422     FastAPI's body: ``detail[*].loc`` names
-                                                       the field, ``detail[*].type`` the rule
+                                                       the field, ``detail[*].type`` the rule;
+                                                       echoed ``input`` cut to 200 characters
+body larger than ``max_body_bytes``            413     ``PayloadTooLarge``, before it is parsed
 ``QueueFull``                                  503     ``Retry-After``: about one request's time
 ``RunnerClosed`` / ``RequestCancelled``        503     not started, stopping or restarting;
                                                        ``Retry-After`` too
@@ -61,10 +65,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
-from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
 
 from .._json import to_jsonable
@@ -82,13 +89,16 @@ from ..errors import (
 from ..images import keep_encoded
 from ..runner import DistributedRunner, RequestHandle
 from ..sdxl.request import GenerateRequest, GenerateResult
-from .sse import request_events
+from .sse import event_stream, request_events
 
-__all__ = ["create_app", "error_body"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app", "error_body"]
 
 logger = logging.getLogger("gridgen.server")
 
 _DEFAULT = object()
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+"""``create_app``'s default request body limit: 1 MiB, a thousand times a full SDXL request."""
+_ECHO_CHARS = 200  # of a rejected input, echoed back in a 422 body
 _CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"; nobody reads it
 _PLAYGROUND_CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -106,6 +116,7 @@ class ReadyResponse(BaseModel):
     world_size: int
     queue_size: int
     max_queue: int
+    error: str | None = None
 
 
 def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
@@ -211,12 +222,16 @@ def create_app(
     title: str = "gridgen",
     manage_runner: bool = True,
     stream_ping: float = 15.0,
+    on_start_failed: Callable[[BaseException], None] | None = None,
+    max_body_bytes: int | None = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """A FastAPI app serving ``runner`` (endpoints and errors: see the module docstring).
 
     Args:
-        runner: the runner to serve. With ``manage_runner`` the app's lifespan starts it
-            (if it is new) and stops it; run the app in the same event loop as the runner.
+        runner: the runner to serve, new or already started. With ``manage_runner`` the
+            app's lifespan starts it in the background if it is new (the server listens at
+            once; ``/ready`` says 503 until the workers are ready) and stops it at shutdown;
+            run the app in the same event loop as the runner.
         request_model: the pydantic model of the ``/generate`` and ``/stream`` body; the
             runner gets ``model_dump(mode="json")`` as its payload.
         response_model: the model of the result: one with a ``from_worker(result)``
@@ -226,6 +241,10 @@ def create_app(
         title: the OpenAPI title and the playground heading.
         manage_runner: start and stop the runner in the app's lifespan.
         stream_ping: seconds between SSE keep-alive comments on ``/stream`` (0: none).
+        on_start_failed: called with the error if starting the runner in the background
+            fails (the error is also logged and ``/ready`` reports ``failed``).
+        max_body_bytes: larger request bodies get a 413 before they are read in full
+            (default :data:`DEFAULT_MAX_BODY_BYTES`, 1 MiB; ``None``: no limit).
     """
     if response_model is _DEFAULT:
         is_sdxl = isinstance(request_model, type) and issubclass(request_model, GenerateRequest)
@@ -233,14 +252,28 @@ def create_app(
     convert_result = _result_converter(response_model)
     pace = _Pace()
 
+    start_error: list[BaseException] = []
+
+    async def start_runner() -> None:
+        try:
+            await runner.start()
+        except Exception as exc:
+            logger.error("the workers failed to start: %s", exc)
+            start_error.append(exc)
+            if on_start_failed is not None:
+                on_start_failed(exc)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        started_here = manage_runner and runner.state == "new"
-        if started_here:
-            await runner.start()
+        # In the background: the server listens (and /health answers) while workers start.
+        starting = asyncio.ensure_future(start_runner()) if manage_runner and runner.state == "new" else None
         try:
             yield
         finally:
+            if starting is not None and not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
             if manage_runner:
                 await runner.stop()
 
@@ -270,6 +303,23 @@ def create_app(
             logger.error("%s %s failed: %s", request.method, request.url.path, exc)
         return error_response(exc)
 
+    if max_body_bytes is not None:
+        app.add_middleware(_BodyLimit, max_bytes=max_body_bytes, reply=error_response)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 413:  # from _BodyLimit, counting a body sent without a length
+            return error_response(
+                PayloadTooLarge(f"the request body is larger than {max_body_bytes} bytes (max_body_bytes)")
+            )
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI echoes each rejected input: a 50 MB prompt would come back as a 50 MB body.
+        errors = [{**e, "input": _clip(e["input"])} if "input" in e else e for e in exc.errors()]
+        return await request_validation_exception_handler(request, RequestValidationError(errors))
+
     error_responses: dict[int | str, dict[str, Any]] = {
         500: {"description": "A worker failed (WorkerError, WorkerDiedError)"},
         503: {"description": "Queue full, or the runner is not ready (Retry-After set)"},
@@ -298,12 +348,6 @@ def create_app(
         def on_finish(ok: bool) -> None:
             pace.record(arrived, time.perf_counter(), ok)
 
-        async def on_close(message: Message) -> None:
-            # The generator may not have started yet (then it has no finally to run).
-            if not handle.done():
-                logger.info("request %d: stream client disconnected; cancelling", handle.id)
-                handle.cancel()
-
         events = request_events(
             handle,
             position=position,
@@ -312,7 +356,10 @@ def create_app(
             idle_timeout=runner.stream_idle_timeout,
             on_finish=on_finish,
         )
-        return EventSourceResponse(events, ping=stream_ping, client_close_handler_callable=on_close)
+        return EventSourceResponse(
+            event_stream(events, stream_ping),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # as fastapi.sse's own
+        )
 
     # The body's type is chosen at runtime: FastAPI reads it from the annotation.
     generate.__annotations__["body"] = request_model
@@ -325,7 +372,8 @@ def create_app(
     )(generate)
     app.post(
         "/stream",
-        response_class=EventSourceResponse,
+        # Not response_class=EventSourceResponse: FastAPI would take the endpoint for a generator.
+        response_class=StreamingResponse,
         responses={
             200: {"content": {"text/event-stream": {}}, "description": "queued, progress..., result | error"},
             **error_responses,
@@ -344,15 +392,19 @@ def create_app(
         summary="The runner takes requests",
     )
     async def ready() -> JSONResponse:
+        failed = bool(start_error) and runner.state == "new"
         body = ReadyResponse(
             ready=runner.ready,
-            state=runner.state,
+            state="failed" if failed else runner.state,
             world_size=runner.world_size,
             queue_size=runner.queue_size,
             max_queue=runner.max_queue,
+            error=str(start_error[0]).split("\n", 1)[0] if failed else None,
         )
         headers = None if runner.ready else {"Retry-After": str(pace.retry_after())}
-        return JSONResponse(body.model_dump(), status_code=200 if runner.ready else 503, headers=headers)
+        return JSONResponse(
+            body.model_dump(exclude_none=True), status_code=200 if runner.ready else 503, headers=headers
+        )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
@@ -361,6 +413,59 @@ def create_app(
         )
 
     return app
+
+
+class _BodyLimit:
+    """413 for a request body over ``max_bytes``, in gridgen's error shape.
+
+    A declared ``Content-Length`` over the limit is answered before reading anything; a
+    body without one is counted as it arrives. (FastAPI's own ``max_body_size`` does the
+    same but answers a declared length in plain text from outside the app's handlers.)
+    """
+
+    def __init__(self, app: Any, max_bytes: int, reply: Callable[[BaseException], Response]) -> None:
+        self.app, self.max_bytes, self.reply = app, max_bytes, reply
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            error = PayloadTooLarge(f"the request body is larger than {self.max_bytes} bytes (max_body_bytes)")
+            await self.reply(error)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message: Message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                # FastAPI lets an HTTPException raised while reading the body reach the handlers.
+                raise HTTPException(413)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _clip(value: Any, depth: int = 0) -> Any:
+    """``value`` with long strings cut and big containers summarised, for echoing back."""
+    if isinstance(value, str):
+        if len(value) <= _ECHO_CHARS:
+            return value
+        return f"{value[:_ECHO_CHARS]}... ({len(value)} characters)"
+    if isinstance(value, (bytes, bytearray)):
+        return _clip(bytes(value).decode("utf-8", "replace"), depth)
+    if isinstance(value, Mapping):
+        if depth >= 2 or len(value) > 32:
+            return f"(an object with {len(value)} keys)"
+        return {str(k): _clip(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if depth >= 2 or len(value) > 32:
+            return f"(an array of {len(value)} items)"
+        return [_clip(v, depth + 1) for v in value]
+    return value
 
 
 def _result_converter(response_model: Any) -> Callable[[Any], Any]:

@@ -1,4 +1,4 @@
-"""The ``/stream`` event sequence, as sse-starlette ``ServerSentEvent`` objects.
+"""The ``/stream`` event sequence, framed with FastAPI's own SSE support (``fastapi.sse``).
 
 One request streams, in order::
 
@@ -11,23 +11,31 @@ One request streams, in order::
 (0: it runs next). Or, when the request fails after it was queued, ``queued``, maybe some ``progress``,
 then one ``event: error`` with ``data: {"type", "message", "status", ...}`` (see
 :func:`gridgen.server.app.error_body`). Framing (``event:``/``data:`` lines, blank line,
-keep-alive comments) is sse-starlette's.
+``: ping`` keep-alive comments) is ``fastapi.sse``'s.
+
+Why not FastAPI's generator endpoints (``response_class=EventSourceResponse`` with
+``yield``): their response starts before the first item, so a full queue could no longer
+be a ``503`` with ``Retry-After``, and their keep-alive interval is one global constant.
+So ``/stream`` submits first, then returns :func:`event_stream` bytes in FastAPI's
+``EventSourceResponse``, framed by its ``format_sse_event``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
-from sse_starlette import ServerSentEvent
+from fastapi.sse import KEEPALIVE_COMMENT, ServerSentEvent, format_sse_event
 
 from .._json import to_jsonable
 from .._requests import StreamResult
 from ..runner import RequestHandle
 
-__all__ = ["request_events"]
+__all__ = ["event_stream", "request_events"]
 
 logger = logging.getLogger("gridgen.server")
 
@@ -53,32 +61,63 @@ async def request_events(
     error_body: Callable[[BaseException], tuple[int, dict[str, Any]]],
     idle_timeout: float | None = None,
     on_finish: Callable[[bool], None] | None = None,
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncGenerator[ServerSentEvent, None]:
     """The events of one submitted streaming request (see the module docstring).
 
-    Leaving early (the client went away: sse-starlette cancels this generator)
+    Leaving early (the client went away: :func:`event_stream` closes this generator)
     cancels the request on every rank.
     """
     ok = False
     try:
         yield ServerSentEvent(
             event="queued",
-            data=_json({"request_id": handle.id, "position": position}),
+            raw_data=_json({"request_id": handle.id, "position": position}),
         )
         try:
             async for is_result, value in _items_then_result(handle, idle_timeout):
                 if is_result:
-                    yield ServerSentEvent(event="result", data=_json(convert_result(value)))
+                    yield ServerSentEvent(event="result", raw_data=_json(convert_result(value)))
                     ok = True
                 else:
-                    yield ServerSentEvent(event="progress", data=_json(to_jsonable(value)))
+                    yield ServerSentEvent(event="progress", raw_data=_json(to_jsonable(value)))
         except Exception as exc:
             status, body = error_body(exc)
             if status >= 500 and status != 503:
                 logger.error("stream of request %d failed: %s", handle.id, exc)
-            yield ServerSentEvent(event="error", data=_json(body))
+            yield ServerSentEvent(event="error", raw_data=_json(body))
     finally:
         if not handle.done():
+            logger.info("request %d: the stream ended early (client gone?); cancelling", handle.id)
             handle.cancel()
         if on_finish is not None:
             on_finish(ok)
+
+
+async def event_stream(events: AsyncGenerator[ServerSentEvent, None], ping: float) -> AsyncIterator[bytes]:
+    """``events`` as ``text/event-stream`` bytes, with a keep-alive comment after each
+    ``ping`` seconds without an event (0: none); closing this closes ``events``.
+
+    Waiting for the next event in a task of its own lets a ping go out without
+    cancelling the generator mid-step.
+    """
+    pending: asyncio.Future[ServerSentEvent] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events))
+            done, _ = await asyncio.wait({pending}, timeout=ping if ping > 0 else None)
+            if not done:
+                yield KEEPALIVE_COMMENT
+                continue
+            future, pending = pending, None
+            try:
+                event = future.result()
+            except StopAsyncIteration:
+                return
+            yield format_sse_event(data_str=event.raw_data, event=event.event)
+    finally:
+        if pending is not None:
+            pending.cancel()  # raises CancelledError inside ``events``: its finally runs
+            with contextlib.suppress(BaseException):
+                await pending
+        await events.aclose()

@@ -1,0 +1,91 @@
+"""Checks the ``gridgen`` command makes before any worker starts: each bad option is a
+:class:`UsageError` (exit status 2) naming the option, the value and what to do, instead of
+a failure after minutes of model loading or generation."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+__all__ = ["UsageError", "check_device", "check_model", "check_outputs", "listen"]
+
+
+class UsageError(Exception):
+    """Bad arguments or request: reported with exit status 2, before anything starts."""
+
+
+def check_model(model: str | None) -> None:
+    """The model must be a folder, in the Hugging Face cache or on a reachable hub: say so
+    before starting workers (loading it in every worker would fail the same way, later)."""
+    if model and model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
+        raise UsageError(f"--model: no such folder: {model}")
+    from .sdxl.models import DEFAULT_MODEL, ModelNotFoundError
+    from .sdxl.models import check_model as look_up
+
+    try:
+        look_up(model or DEFAULT_MODEL)
+    except ModelNotFoundError as exc:
+        raise UsageError(f"--model: {exc}") from None
+
+
+def check_device(args: argparse.Namespace) -> None:
+    """``--device cuda`` needs CUDA, and each worker its own GPU: usage errors, not crashes."""
+    if args.device == "cpu":
+        return
+    import torch
+
+    count = int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    if args.device == "cuda" and count == 0:
+        raise UsageError("--device cuda: no CUDA device is visible here; use --device cpu (or leave --device out)")
+    if count and args.workers is not None and args.workers > count:
+        raise UsageError(
+            f"--workers {args.workers}: only {count} CUDA device(s) are visible (one worker per GPU); "
+            "use fewer --workers or --device cpu"
+        )
+
+
+def _check_folder(option: str, folder: Path) -> None:
+    """Create ``folder`` if missing and prove a file can be written in it, or explain why not."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UsageError(f"{option}: cannot write to {folder}: {existing} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot write to {folder}: {exc.strerror or exc}") from None
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """The output paths, before the minutes of generation that would be lost on a bad one."""
+    output = Path(args.output)
+    if output.is_dir():
+        raise UsageError(f"-o/--output: {output} is a folder; name the grid file, e.g. {output / 'grid.png'}")
+    _check_folder("-o/--output", output.parent)
+    if output.exists() and not os.access(output, os.W_OK):
+        raise UsageError(f"-o/--output: cannot write to {output}: permission denied")
+    if args.save_dir:
+        _check_folder("--save-dir", Path(args.save_dir))
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A bound listening socket for uvicorn, or a usage error that names the option."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError as exc:
+        raise UsageError(f"--host {host}: cannot resolve it: {exc}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        hint = "; pick another --port (0: any free one)" if exc.errno == errno.EADDRINUSE else ""
+        raise UsageError(f"--host/--port: cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
+    return sock
