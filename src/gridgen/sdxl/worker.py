@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import os
 import secrets
 import time
 from collections.abc import Sequence
@@ -41,12 +42,20 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..errors import Cancelled
 from ..grid import make_grid
 from ..worker import DistributedWorker
-from .fast import OptimizeMode, optimize_pipeline
+from .encoding import OutputEncoder
+from .fast import (
+    CompileRegions,
+    OptimizeMode,
+    load_compile_cache,
+    optimize_pipeline,
+    save_compile_cache,
+)
 from .models import DEFAULT_MODEL, load_pipeline, load_preview_decoder, resolve_dtype
 from .preview import LinearPreview, Previewer, TaesdPreview, to_uint8
 from .request import GenerateRequest, validate_request
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from PIL import Image
 
@@ -56,6 +65,8 @@ PreviewMode = Literal["auto", "taesd", "linear"] | None
 
 _RANDOM_SEED_BOUND = 2**53  # random seeds stay exact in JSON/JavaScript numbers
 _ENCODE_QUALITY = 90  # jpeg / webp
+COMPILE_CACHE_ENV = "GRIDGEN_COMPILE_CACHE"
+"""Environment variable: the default of ``setup(compile_cache=...)``."""
 
 
 @dataclass
@@ -121,6 +132,10 @@ class SDXLWorker(DistributedWorker):
         warmup: Sequence[int] = (),
         warmup_size: tuple[int, int] = (1024, 1024),
         defer_encoding: bool | None = None,
+        compile_regions: CompileRegions = "transformers",
+        text_encoder_graphs: bool = True,
+        compile_cache: str | os.PathLike[str] | None = None,
+        encode_threads: int | None = None,
         **from_pretrained_kwargs: Any,
     ) -> None:
         """Load the pipeline (and the preview decoder) onto ``self.device``.
@@ -144,6 +159,16 @@ class SDXLWorker(DistributedWorker):
             warmup_size: ``(width, height)`` of the warm-up requests.
             defer_encoding: encode images in a background thread on rank 0 so the next
                 request starts on the GPU meanwhile. ``None``: when run by a runner.
+            compile_regions: what ``optimize="compile"`` compiles (see
+                :data:`~gridgen.sdxl.fast.CompileRegions`); ``"transformers"`` measured fastest.
+            text_encoder_graphs: CUDA-graph the two text encoders (CUDA only; eager on failure).
+            compile_cache: a file of compiled artifacts (``torch.compiler`` mega-cache). If it
+                exists it is loaded before anything compiles, so a fresh machine skips the
+                compiling; if not, rank 0 writes it after the warm-up. Copy it to machines
+                with the same GPU kind, torch and gridgen versions. Default: the
+                ``GRIDGEN_COMPILE_CACHE`` environment variable, else no cache file.
+            encode_threads: threads that compress one PNG in parallel slices on rank 0
+                (``None``: up to 8, one per core; ``0`` or ``1``: one slice, no threads).
             **from_pretrained_kwargs: passed to ``StableDiffusionXLPipeline.from_pretrained``.
 
         Raises:
@@ -168,7 +193,13 @@ class SDXLWorker(DistributedWorker):
             model, device=self.device, dtype=self.dtype, **from_pretrained_kwargs
         )
         self.pipeline.set_progress_bar_config(disable=True)
-        self.graphed_unet = optimize_pipeline(self.pipeline, optimize, self.device)
+        self.graphed_unet = optimize_pipeline(
+            self.pipeline, optimize, self.device,
+            regions=compile_regions, text_encoder_graphs=text_encoder_graphs,
+        )
+        if compile_cache is None:
+            compile_cache = os.environ.get(COMPILE_CACHE_ENV) or None
+        cache_loaded = compile_cache is not None and load_compile_cache(compile_cache)
         vae = self.pipeline.vae
         if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
             # SDXL's VAE overflows in float16; diffusers upcasts it on every call and casts it
@@ -177,6 +208,7 @@ class SDXLWorker(DistributedWorker):
         if self.graphed_unet is not None:
             self.decode_batch_size = 8  # measured best for the 16-bit (compiled) VAE
         self.defer_encoding = self._distributed if defer_encoding is None else defer_encoding
+        self._output_encoder = OutputEncoder(encode_threads) if self.rank == 0 else None
         self._encoder_pool = (
             concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gridgen-encode")
             if self.defer_encoding and self.rank == 0
@@ -202,6 +234,8 @@ class SDXLWorker(DistributedWorker):
             )
             if isinstance(warm, concurrent.futures.Future):
                 warm.result()
+        if compile_cache is not None and not cache_loaded and self.rank == 0:
+            save_compile_cache(compile_cache)
         self.setup_seconds = time.perf_counter() - started
 
     def teardown(self) -> None:
@@ -209,6 +243,9 @@ class SDXLWorker(DistributedWorker):
         pool = getattr(self, "_encoder_pool", None)
         if pool is not None:
             pool.shutdown(wait=True)
+        encoder = getattr(self, "_output_encoder", None)
+        if encoder is not None:
+            encoder.close()
 
     # -- one request --------------------------------------------------------------------
 
@@ -254,7 +291,9 @@ class SDXLWorker(DistributedWorker):
             return {}
 
         # 7. grid and encode (rank 0), in the background when deferred
-        images = self._in_index_order(gathered, n)
+        images = self._pixels_in_index_order(gathered, n)
+        encoder = self._output_encoder
+        assert encoder is not None  # rank 0
         setup_seconds = getattr(self, "setup_seconds", 0.0)
 
         def finish() -> dict[str, Any]:
@@ -264,13 +303,9 @@ class SDXLWorker(DistributedWorker):
                 "height": request.height,
                 "num_images": n,
             }
-            encode = _encoder()
-            if request.output in ("grid", "both"):
-                result["grid"] = encode(make_grid(images), request.image_format, _ENCODE_QUALITY)
-            if request.output in ("images", "both"):
-                result["images"] = [
-                    encode(image, request.image_format, _ENCODE_QUALITY) for image in images
-                ]
+            result.update(
+                encoder.encode_outputs(images, request.output, request.image_format, _ENCODE_QUALITY)
+            )
             finished = time.perf_counter()
             result["timings"] = {
                 "setup": round(setup_seconds, 6),
@@ -437,6 +472,17 @@ class SDXLWorker(DistributedWorker):
         dist.gather(padded, slots, dst=0)
         return slots
 
+    def _pixels_in_index_order(self, gathered: list[torch.Tensor], n: int) -> np.ndarray[Any, Any]:
+        """Like :meth:`_in_index_order`, as one ``(n, H, W, 3)`` uint8 array (made HWC on the device)."""
+        import torch
+
+        world = len(gathered)
+        array = torch.stack(gathered).permute(0, 1, 3, 4, 2).contiguous().cpu().numpy()
+        if world == 1:
+            return array[0, :n]
+        order = range(n)
+        return array[[i % world for i in order], [i // world for i in order]]
+
     def _in_index_order(self, gathered: list[torch.Tensor], n: int) -> list[Image.Image]:
         """Undo the strided split: image ``i`` is row ``i // W`` of rank ``i % W``'s batch."""
         import torch
@@ -476,8 +522,3 @@ def _dist_ready() -> bool:
 
     return bool(dist.is_available() and dist.is_initialized())
 
-
-def _encoder() -> Any:
-    from .._codec import encode_image
-
-    return encode_image
