@@ -1,26 +1,31 @@
 """What ``SDXLWorker.setup(optimize=...)`` does to a loaded pipeline, and why.
 
-Every choice here was measured on one H100 (full-size SDXL, 1024x1024, 20 steps, CFG;
-``bench/explore/NOTES.md`` has the tables):
+Every choice here was measured (full-size SDXL, 1024x1024, 20 steps, CFG): first on one
+H100 (``bench/explore/NOTES.md``), then on one H200 (``bench/explore/NOTES-h200.md``):
 
 * **CUDA graph of the UNet forward** (:class:`GraphedUNet`): one graph per input shape,
   captured on first use. At one image per call the eager UNet is bound by the host's
   kernel launches (106 ms a step); replaying a graph takes 43 ms. Outputs are bitwise
   those of eager.
+* **CUDA graphs of the two text encoders** (:class:`GraphedTextEncoder`): prompt and
+  negative prompt through both CLIPs take 45 ms eager, 12 ms replayed, bitwise equal.
 * **Fused QKV projections**: no speed change on its own, bitwise-identical latents, and
   fewer, larger GEMMs for the compiler.
 * **VAE in 16 bits**: bf16 when the VAE's config says ``force_upcast`` (SDXL's VAE
   overflows in fp16), else fp16. 0.091 s instead of 0.134 s per 1024x1024 decode;
   images within 0.04 (max) / 0.003 (mean) of fp32 on a 0..1 scale.
-* **Regional compile** (``optimize="compile"``): ``torch.compile`` of the repeated
-  blocks (``BasicTransformerBlock``, ``ResnetBlock2D``, and the VAE's ``ResnetBlock2D``)
-  with ``fullgraph=True, dynamic=False``. Another 15 % on the UNet and 2x on the VAE,
-  at the price of about a minute of compile per (batch, size) shape on first use: warm
-  the shapes you serve in ``setup(warmup=...)``. Compiling the whole UNet with
-  ``mode="reduce-overhead"`` did not finish in 9 minutes.
+* **Regional compile** (``optimize="compile"``): ``torch.compile`` with ``fullgraph=True,
+  dynamic=False`` of the UNet's regions named by :data:`CompileRegions` (default
+  ``"transformers"``: 229 ms per 8-image forward on an H200 against 241 ms for
+  ``"blocks"``; ``"stages"`` measured 234 ms and compiles 4x longer) and of the VAE's
+  ``ResnetBlock2D``. About 25 s of compile per (batch, size) shape on first use: warm the
+  shapes you serve in ``setup(warmup=...)``, and keep the compiled artifacts across
+  machines with :func:`save_compile_cache` / :func:`load_compile_cache`.
 
-Not used, because they measured slower or equal: channels_last (-8 %), forcing an SDPA
-backend (the default is already cuDNN flash attention), ``cudnn.benchmark``, a bf16 UNet.
+Not used, because they measured slower, equal or too inaccurate for what they give:
+channels_last (-8 %), forcing an SDPA backend (the default is already cuDNN flash
+attention), ``cudnn.benchmark``, a bf16 UNet (2 % faster on an H200 at 8 times fp16's
+error against eager), whole-stage compile regions.
 """
 
 from __future__ import annotations
@@ -250,7 +255,7 @@ def optimize_pipeline(
     pipeline: Any,
     mode: OptimizeMode,
     device: Any,
-    regions: CompileRegions = "blocks",
+    regions: CompileRegions = "transformers",
     autotune: bool = False,
     text_encoder_graphs: bool = True,
 ) -> GraphedUNet | None:
