@@ -118,12 +118,15 @@ def _python(code: str, tmp_path: Any, inductor_dir: str, **env: str) -> str:
 def test_compile_cache_made_on_one_machine_is_used_on_another(tiny_cache: str, tmp_path: Any) -> None:
     """Make (a worker writes the file), ship (only the file), point (the env var): cache hits."""
     cache = tmp_path / "ship" / "compiled.bin"
+    setup = f"SDXLWorker().setup(model='tiny', optimize='none', compile_cache={str(cache)!r})\n"
     make = (
-        "import small_compiled\nsmall_compiled.run()\n"
-        "from gridgen.sdxl import SDXLWorker\n"
-        f"SDXLWorker().setup(model='tiny', optimize='none', compile_cache={str(cache)!r})\n"
+        "import os\nfrom gridgen.sdxl import SDXLWorker\n" + setup
+        + f"print('written before compiling:', os.path.exists({str(cache)!r}))\n"
+        "import small_compiled\nsmall_compiled.run()\n" + setup
     )
-    assert "misses 1" in _python(make, tmp_path, "machine-a")
+    made = _python(make, tmp_path, "machine-a")
+    assert "written before compiling: False" in made  # nothing compiled: no empty file
+    assert "misses 1" in made
     assert cache.is_file() and cache.stat().st_size > 0
     point = (
         "from gridgen.sdxl import SDXLWorker\n"

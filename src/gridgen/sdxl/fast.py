@@ -318,11 +318,15 @@ def load_compile_cache(path: str | os.PathLike[str]) -> bool:
 
 
 def save_compile_cache(path: str | os.PathLike[str]) -> int:
-    """Write everything this process compiled so far to ``path`` (atomically); return its size."""
+    """Write everything this process compiled so far to ``path`` (atomically); return its size.
+
+    Writes nothing (and returns 0) when nothing was compiled, so a worker run without
+    ``optimize="compile"`` leaves no empty file behind that a later compiling run would load.
+    """
     import torch
 
     saved = torch.compiler.save_cache_artifacts()
-    if saved is None:
+    if saved is None or not any(saved[1].artifacts.values()):
         return 0
     data, _info = saved
     file = Path(path)

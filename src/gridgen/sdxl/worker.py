@@ -345,13 +345,14 @@ class SDXLWorker(DistributedWorker):
 
     def _count_steps(self, num_inference_steps: int) -> int:
         """How many times the pipeline's step callback will run: identical on every rank."""
-        counts: dict[int, int] = self.__dict__.setdefault("_step_counts", {})
-        if num_inference_steps not in counts:  # a scheduler built per request costs ~1 ms of host time
-            scheduler = self.pipeline.scheduler
+        scheduler = self.pipeline.scheduler
+        key = (id(scheduler), num_inference_steps)
+        counts: dict[tuple[int, int], int] = self.__dict__.setdefault("_step_counts", {})
+        if key not in counts:  # building a scheduler per request costs ~1 ms of host time
             probe = type(scheduler).from_config(scheduler.config)
             probe.set_timesteps(num_inference_steps, device="cpu")
-            counts[num_inference_steps] = len(probe.timesteps)
-        return counts[num_inference_steps]
+            counts[key] = len(probe.timesteps)
+        return counts[key]
 
     def _denoise(self, run: _Run, mine: list[int], seed: int) -> torch.Tensor | None:
         self._stopped_at: int | None = None
