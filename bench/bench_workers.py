@@ -1,9 +1,12 @@
 """Workers for the GPU benchmark: importable by module path, as spawn needs.
 
-``BenchSDXLWorker`` is gridgen's SDXL worker plus two bench-only requests:
+``BenchSDXLWorker`` is gridgen's SDXL worker plus three bench-only requests:
 ``{"bench": "memory"}`` returns this process's peak GPU memory since the last such
-request, and ``"bench_latents": true`` adds the final latents of rank 0's share to the
-result, for the optimised-vs-eager comparison.
+request; ``{"bench": "bare", "payload": {...}, "repeats": k}`` runs the optimised pipeline
+itself ``k`` times back to back in this process (text encoders, denoising, VAE decode to
+uint8 on the device; no runner, no grid, no encoding) and returns the seconds; and
+``"bench_latents": true`` adds the final latents of rank 0's share to the result, for
+the optimised-vs-eager comparison.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class BenchSDXLWorker(SDXLWorker):
     def __call__(self, streaming: bool = False, **payload: Any) -> Any:
         if payload.get("bench") == "memory":
             return _peak()
+        if payload.get("bench") == "bare":
+            return self._bare(payload["payload"], int(payload.get("repeats", 1)))
         want_latents = bool(payload.pop("bench_latents", False))
         self._bench_latents = None
         result = super().__call__(streaming=streaming, **payload)
@@ -39,6 +44,34 @@ class BenchSDXLWorker(SDXLWorker):
                 result = result.result()
             result = {**result, "latents": self._bench_latents.float().cpu()}
         return result
+
+    def _bare(self, request: dict[str, Any], repeats: int) -> dict[str, float]:
+        """The bare optimised pipeline: what a request costs without the runner and encoding."""
+        import time
+
+        import torch
+
+        from gridgen.sdxl.preview import to_uint8
+
+        n, vae = request["num_images"], self.pipeline.vae
+        self._sync()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            latents = self.pipeline(
+                prompt=request["prompt"], negative_prompt=request.get("negative_prompt"),
+                width=request["width"], height=request["height"],
+                num_inference_steps=request["num_inference_steps"],
+                guidance_scale=request["guidance_scale"], num_images_per_prompt=n,
+                generator=[torch.Generator(self.device).manual_seed(i) for i in range(n)],
+                output_type="latent",
+            ).images
+            latents = latents.to(vae.dtype) / vae.config.scaling_factor
+            with torch.inference_mode():
+                for start in range(0, n, self.decode_batch_size):
+                    chunk = latents[start : start + self.decode_batch_size]
+                    to_uint8(vae.decode(chunk, return_dict=False)[0])
+        self._sync()
+        return {"seconds": time.perf_counter() - started}
 
     def _decode(self, latents: Any, request: Any) -> Any:  # type: ignore[override]
         self._bench_latents = latents

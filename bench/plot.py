@@ -20,6 +20,10 @@ import matplotlib.pyplot as plt
 def label(run: dict) -> str:
     n = run["images_per_gpu"]
     text = f"{run['name']} {n} img"
+    if run.get("requests", 0) > 3:
+        text = f"{run['name']} {run['requests']} x {n} img at once"
+    if run.get("image_format") not in (None, "png", "none"):
+        text += f" {run['image_format']}"
     return text + " +stream" if run["stream"] else text
 
 
@@ -27,7 +31,8 @@ def plot(path: Path) -> Path:
     data = json.loads(path.read_text())
     runs = data["runs"]
     labels = [label(r) for r in runs]
-    colors = ["tab:gray" if r["name"] == "seed_recipe" else "tab:blue" for r in runs]
+    palette = {"seed_recipe": "tab:gray", "bare_pipeline": "tab:green"}
+    colors = [palette.get(r["name"], "tab:blue") for r in runs]
     hatches = ["//" if r["stream"] else "" for r in runs]
 
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))

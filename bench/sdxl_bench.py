@@ -22,11 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
+import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -59,7 +63,7 @@ def gridgen_payload(images: int, stream: bool, args: argparse.Namespace, seed: i
         "seed": seed,
         "preview_every": 5 if stream else 0,
         "output": "grid",
-        "image_format": args.image_format,
+        "image_format": args.formats[0],
     }
 
 
@@ -73,9 +77,12 @@ def seed_payload(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-async def timed_batch(runner: DistributedRunner[Any], payload: dict[str, Any], stream: bool, requests: int) -> tuple[float, int]:
-    """Queue ``requests`` copies at once; return (seconds, stream items seen)."""
+async def timed_batch(
+    runner: DistributedRunner[Any], payload: dict[str, Any], stream: bool, requests: int
+) -> tuple[float, int, list[dict[str, Any]]]:
+    """Queue ``requests`` copies at once; return (seconds, stream items seen, result timings)."""
     items = 0
+    timings: list[dict[str, Any]] = []
 
     async def one() -> None:
         nonlocal items
@@ -83,11 +90,13 @@ async def timed_batch(runner: DistributedRunner[Any], payload: dict[str, Any], s
             async for _ in runner.stream(payload):
                 items += 1
         else:
-            await runner.invoke(payload)
+            result = await runner.invoke(payload)
+            if isinstance(result, dict) and "timings" in result:
+                timings.append(result["timings"])
 
     started = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(requests)))
-    return time.perf_counter() - started, items
+    return time.perf_counter() - started, items, timings
 
 
 async def peak_gib(runner: DistributedRunner[Any]) -> float:
@@ -104,6 +113,69 @@ class Results:
         self.path.write_text(json.dumps(self.data, indent=2))
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One measured configuration: ``requests`` requests of ``images`` images per GPU, queued at once."""
+
+    name: str  # "seed_recipe", "gridgen" or "bare_pipeline"
+    images: int
+    stream: bool
+    image_format: str  # "none" for the bare pipeline (no encoding)
+    requests: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.images}/{'stream' if self.stream else 'plain'}/{self.image_format}/r{self.requests}"
+
+
+def configs_of(args: argparse.Namespace) -> list[Config]:
+    out: list[Config] = []
+    first = args.formats[0]
+    if args.seed_recipe:
+        out.append(Config("seed_recipe", 1, False, "png", args.requests))
+    for fmt in args.formats:
+        out += [Config("gridgen", n, False, fmt, args.requests) for n in args.images]
+    if args.concurrent:
+        # N one-image requests at once: merged into one batch where the worker batches
+        # requests, one after another where it does not.
+        out.append(Config("gridgen", 1, False, first, args.concurrent))
+    if args.bare:
+        out += [Config("bare_pipeline", n, False, "none", args.requests) for n in args.images]
+    if args.seed_recipe and args.stream_images:
+        out.append(Config("seed_recipe", 1, True, "png", args.requests))
+    out += [Config("gridgen", n, True, first, args.requests) for n in args.stream_images]
+    return out
+
+
+def precision_of(setup: dict[str, Any], name: str) -> str:
+    if name == "seed_recipe":
+        return "fp16 (fp32 VAE)"
+    dtype = str(setup.get("dtype") or "fp16").replace("torch.", "")
+    return {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}.get(dtype, dtype)
+
+
+async def measure(runners: dict[str, DistributedRunner[Any]], config: Config, args: argparse.Namespace) -> tuple[float, list[dict[str, Any]]]:
+    """Seconds for one measurement of ``config`` (all its requests) and the results' timings."""
+    if config.name == "bare_pipeline":
+        payload = {"bench": "bare", "payload": gridgen_payload(config.images, False, args), "repeats": config.requests}
+        result = await runners["gridgen"].invoke(payload)
+        return float(result["seconds"]), []
+    if config.name == "seed_recipe":
+        payload = seed_payload(args)
+    else:
+        payload = {**gridgen_payload(config.images, config.stream, args), "image_format": config.image_format}
+    seconds, _, timings = await timed_batch(runners[config.name], payload, config.stream, config.requests)
+    return seconds, timings
+
+
+def isolate_compile_caches() -> Path:
+    """Point inductor and Triton at fresh folders this run owns, so it may wipe them later."""
+    root = Path(tempfile.mkdtemp(prefix="gridgen-bench-caches-"))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(root / "triton")
+    return root
+
+
 async def main(args: argparse.Namespace) -> Results:
     import diffusers
     import torch
@@ -114,6 +186,10 @@ async def main(args: argparse.Namespace) -> Results:
     slug = gpu.replace("NVIDIA ", "").replace(" ", "-").lower()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    setup = json.loads(args.gridgen_setup)
+    cache_root = isolate_compile_caches() if args.cache_restart else None
+    if args.compile_cache:
+        setup["compile_cache"] = args.compile_cache
     results = Results(
         out / f"{date}-{slug}{'' if args.world_size == 1 else f'x{args.world_size}'}.json",
         {
@@ -128,11 +204,11 @@ async def main(args: argparse.Namespace) -> Results:
             "world_size": args.world_size,
             "requests_per_measurement": args.requests,
             "model": args.model,
-            "gridgen_setup": args.gridgen_setup,
-            "image_format": args.image_format,
+            "gridgen_setup": json.dumps(setup),
+            "formats": args.formats,
+            "command": " ".join(sys.argv),
         },
     )
-    setup = json.loads(args.gridgen_setup)
     common = {"world_size": args.world_size, "device": device, "request_timeout": 600, "stream_buffer": 1024}
 
     def log(message: str) -> None:
@@ -144,60 +220,58 @@ async def main(args: argparse.Namespace) -> Results:
     results.data["startup"]["gridgen_cold_s"] = time.perf_counter() - started
     log(f"gridgen started (cold) in {results.data['startup']['gridgen_cold_s']:.1f}s")
     results.save()
+    runners: dict[str, DistributedRunner[Any]] = {"gridgen": gridgen}
+    if args.seed_recipe:
+        seed = DistributedRunner(SeedBenchWorker, setup_kwargs={"model": args.model}, **common)
+        started = time.perf_counter()
+        await seed.start()
+        results.data["startup"]["seed_recipe_s"] = time.perf_counter() - started
+        log(f"seed recipe started in {results.data['startup']['seed_recipe_s']:.1f}s")
+        runners["seed_recipe"] = seed
 
-    seed = DistributedRunner(SeedBenchWorker, setup_kwargs={"model": args.model}, **common)
-    started = time.perf_counter()
-    await seed.start()
-    results.data["startup"]["seed_recipe_s"] = time.perf_counter() - started
-    log(f"seed recipe started in {results.data['startup']['seed_recipe_s']:.1f}s")
-
-    configs: list[tuple[str, int, bool]] = []
-    for stream in (False, True):
-        configs.append(("seed_recipe", 1, stream))
-        for images in args.images:
-            configs.append(("gridgen", images, stream))
-
-    def payload_of(name: str, images: int, stream: bool) -> dict[str, Any]:
-        return seed_payload(args) if name == "seed_recipe" else gridgen_payload(images, stream, args)
-
-    runners = {"seed_recipe": seed, "gridgen": gridgen}
+    configs = configs_of(args)
     samples: dict[str, list[float]] = {}
+    encode_s: dict[str, list[float]] = {}
     peaks: dict[str, float] = {}
-    for name, images, stream in configs:  # warm-up: one request of each, memory peak per config
-        key = f"{name}/{images}/{'stream' if stream else 'plain'}"
-        await peak_gib(runners[name])
-        seconds, items = await timed_batch(runners[name], payload_of(name, images, stream), stream, 1)
-        peaks[key] = await peak_gib(runners[name])
-        log(f"warm-up {key}: {seconds:.2f}s, {items} items, peak {peaks[key]:.1f} GiB")
-        samples[key] = []
+    for config in configs:  # warm-up: one measurement of each, memory peak per config
+        runner = runners["gridgen" if config.name == "bare_pipeline" else config.name]
+        await peak_gib(runner)
+        seconds, _ = await measure(runners, dataclasses.replace(config, requests=1), args)
+        peaks[config.key] = await peak_gib(runner)
+        log(f"warm-up {config.key}: {seconds:.2f}s, peak {peaks[config.key]:.1f} GiB")
+        samples[config.key], encode_s[config.key] = [], []
     for round_ in range(args.rounds):
-        for name, images, stream in configs:
-            key = f"{name}/{images}/{'stream' if stream else 'plain'}"
-            seconds, _ = await timed_batch(runners[name], payload_of(name, images, stream), stream, args.requests)
-            per_image = seconds / (args.requests * images)
-            samples[key].append(per_image)
-            log(f"round {round_ + 1} {key}: {per_image:.3f} s/image")
+        for config in configs:
+            seconds, timings = await measure(runners, config, args)
+            per_image = seconds / (config.requests * config.images)
+            samples[config.key].append(per_image)
+            encode_s[config.key] += [t["encode"] for t in timings if "encode" in t]
+            log(f"round {round_ + 1} {config.key}: {per_image:.3f} s/image")
         results.data["samples"] = samples
         results.save()
 
     flop = tflop_per_image(args.steps) * (args.size / 1024) ** 2
-    for name, images, stream in configs:
-        key = f"{name}/{images}/{'stream' if stream else 'plain'}"
-        s = statistics.median(samples[key])
-        results.data["runs"].append(
-            {
-                "name": name,
-                "images_per_gpu": images,
-                "stream": stream,
-                "s_per_image": round(s, 4),
-                "img_per_s_per_gpu": round(1 / s, 4),
-                "peak_gib": round(peaks[key], 2),
-                "tflops": round(flop / s, 1),
-                "samples_s_per_image": [round(x, 4) for x in samples[key]],
-            }
-        )
+    for config in configs:
+        s = statistics.median(samples[config.key])
+        run: dict[str, Any] = {
+            "name": config.name,
+            "images_per_gpu": config.images,
+            "stream": config.stream,
+            "s_per_image": round(s, 4),
+            "img_per_s_per_gpu": round(1 / s, 4),
+            "precision": precision_of(setup, config.name),
+            "image_format": config.image_format,
+            "requests": config.requests,
+            "peak_gib": round(peaks[config.key], 2),
+            "tflops": round(flop / s, 1),
+            "samples_s_per_image": [round(x, 4) for x in samples[config.key]],
+        }
+        if encode_s[config.key]:
+            run["encode_s_median"] = round(statistics.median(encode_s[config.key]), 4)
+        results.data["runs"].append(run)
     results.save()
-    await seed.stop()
+    if args.seed_recipe:
+        await runners["seed_recipe"].stop()
 
     if args.accuracy and setup:
         # the same request through an eager worker (no optimisation options) vs the optimised one
@@ -208,15 +282,40 @@ async def main(args: argparse.Namespace) -> Results:
         await eager.stop()
         results.data["accuracy"] = compare(fast_out, eager_out)
         log(f"accuracy: {results.data['accuracy']}")
-    if args.warm_restart:  # last, so a run cut short still has everything else
+    if args.warm_restart:
         started = time.perf_counter()
         await gridgen.restart()
         results.data["startup"]["gridgen_warm_s"] = time.perf_counter() - started
         log(f"gridgen restarted (warm caches) in {results.data['startup']['gridgen_warm_s']:.1f}s")
         results.save()
     await gridgen.stop()
+    if cache_root is not None:  # last, so a run cut short still has everything else
+        await fresh_start_with_cache(results, args, setup, common, cache_root, log)
     results.save()
     return results
+
+
+async def fresh_start_with_cache(
+    results: Results, args: argparse.Namespace, setup: dict[str, Any], common: dict[str, Any], cache_root: Path, log: Any
+) -> None:
+    """Start again as a fresh machine would: empty inductor and Triton caches, only the cache file."""
+    cache = Path(setup.get("compile_cache") or os.environ.get("GRIDGEN_COMPILE_CACHE", ""))
+    if not cache.is_file():
+        log("no compile cache file was written: skipping the fresh start")
+        return
+    results.data["startup"]["compile_cache_bytes"] = cache.stat().st_size
+    shutil.rmtree(cache_root)
+    isolate_compile_caches()
+    runner = DistributedRunner(BenchSDXLWorker, setup_kwargs={"model": args.model, **setup}, **common)
+    started = time.perf_counter()
+    await runner.start()
+    results.data["startup"]["gridgen_fresh_caches_with_cache_file_s"] = time.perf_counter() - started
+    log(f"gridgen started with empty local caches and the cache file in {results.data['startup']['gridgen_fresh_caches_with_cache_file_s']:.1f}s")
+    payload = {**gridgen_payload(max(args.images), False, args), "image_format": args.formats[0]}
+    seconds, _, _ = await timed_batch(runner, payload, False, 1)
+    results.data["startup"]["first_request_after_fresh_start_s"] = seconds
+    log(f"first {max(args.images)}-image request after it: {seconds:.2f}s")
+    await runner.stop()
 
 
 def compare(fast: dict[str, Any], eager: dict[str, Any]) -> dict[str, Any]:
@@ -241,14 +340,27 @@ def compare(fast: dict[str, Any], eager: dict[str, Any]) -> dict[str, Any]:
 def print_table(data: dict[str, Any]) -> None:
     print(f"\n{data['device']}, torch {data['torch']}, diffusers {data['diffusers']}, {data['width']}x{data['height']}, {data['steps']} steps")
     print(f"startup: {json.dumps({k: round(v, 1) for k, v in data['startup'].items()})}")
-    print(f"{'run':12} {'img/gpu':>7} {'stream':>6} {'s/img':>7} {'img/s':>7} {'TFLOP/s':>8} {'peak GiB':>8}")
+    print(f"{'run':14} {'img/gpu':>7} {'reqs':>4} {'stream':>6} {'format':>6} {'s/img':>7} {'img/s':>7} {'TFLOP/s':>8} {'peak GiB':>8} {'encode s':>8}")
     for run in data["runs"]:
         print(
-            f"{run['name']:12} {run['images_per_gpu']:7d} {run['stream']!s:>6} {run['s_per_image']:7.3f} "
-            f"{run['img_per_s_per_gpu']:7.3f} {run['tflops']:8.1f} {run['peak_gib']:8.1f}"
+            f"{run['name']:14} {run['images_per_gpu']:7d} {run.get('requests', 0):4d} {run['stream']!s:>6} "
+            f"{run.get('image_format', '?'):>6} {run['s_per_image']:7.3f} {run['img_per_s_per_gpu']:7.3f} "
+            f"{run['tflops']:8.1f} {run['peak_gib']:8.1f} {run.get('encode_s_median', float('nan')):8.3f}"
         )
     if data.get("accuracy"):
         print(f"accuracy vs eager: {data['accuracy']}")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def _formats(text: str) -> list[str]:
+    formats = [x for x in text.split(",") if x]
+    bad = [x for x in formats if x not in ("png", "jpeg", "webp")]
+    if bad or not formats:
+        raise argparse.ArgumentTypeError(f"formats are png, jpeg or webp, got {text!r}")
+    return formats
 
 
 if __name__ == "__main__":
@@ -256,15 +368,23 @@ if __name__ == "__main__":
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--requests", type=int, default=3, help="requests queued per measurement")
-    parser.add_argument("--images", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8])
+    parser.add_argument("--images", type=_ints, default=[1, 4, 8])
+    parser.add_argument("--stream-images", type=_ints, default=None, help="images per GPU of the streaming runs (default: --images; '' for none)")
     parser.add_argument("--model", default="sdxl-random", help="'tiny' for a CPU dry run of the plumbing")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--world-size", type=int, default=1)
-    parser.add_argument("--image-format", default="png", choices=["png", "jpeg", "webp"])
+    parser.add_argument("--formats", type=_formats, default=["png"], help="output formats measured, e.g. png,jpeg (the first is used for streaming and --concurrent)")
+    parser.add_argument("--concurrent", type=int, default=0, help="also time N one-image requests submitted at once")
+    parser.add_argument("--bare", action="store_true", help="also time the bare optimised pipeline in the worker process (no runner, no encoding)")
+    parser.add_argument("--no-seed-recipe", dest="seed_recipe", action="store_false", help="leave out the seed's recipe")
+    parser.add_argument("--compile-cache", default=None, help="setup(compile_cache=...): load it if it exists, else write it after warm-up")
+    parser.add_argument("--cache-restart", action="store_true", help="at the end, empty the local inductor/Triton caches and start again from the cache file only (a fresh machine)")
     parser.add_argument("--gridgen-setup", default="{}", help="JSON setup kwargs for SDXLWorker (optimisations)")
     parser.add_argument("--warm-restart", action="store_true", help="restart gridgen once to time a warm start")
     parser.add_argument("--accuracy", action="store_true", help="compare the optimised worker with an eager one")
     arguments = parser.parse_args()
+    if arguments.stream_images is None:
+        arguments.stream_images = arguments.images
     final = asyncio.run(main(arguments))
     print_table(final.data)

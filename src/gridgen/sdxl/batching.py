@@ -54,6 +54,7 @@ __all__ = [
     "cancelled_result",
     "drop_cancelled",
     "merge_key",
+    "pixels_of",
     "prompt_embeddings",
     "stack_gathered",
     "to_pil",
@@ -236,19 +237,26 @@ def drop_cancelled(
 
 
 def stack_gathered(gathered: Sequence[torch.Tensor]) -> np.ndarray[Any, Any]:
-    """Rank 0's gathered uint8 batches as one host array ``(W, rows, H, W, 3)``, copied once."""
+    """Rank 0's gathered uint8 batches as one host array ``(W, rows, H, W, 3)``, copied once
+    (made channels-last on the device, so the host gets contiguous rows to encode)."""
     import torch
 
-    return torch.stack(list(gathered)).cpu().permute(0, 1, 3, 4, 2).numpy()
+    return torch.stack(list(gathered)).permute(0, 1, 3, 4, 2).contiguous().cpu().numpy()
 
 
 def to_pil(stacked: np.ndarray[Any, Any], indices: Iterable[int]) -> list[Image.Image]:
-    """Images ``indices`` of a :func:`stack_gathered` array: image ``g`` is row ``g // W``
-    of rank ``g % W``'s batch (the strided split)."""
+    """Images ``indices`` of a :func:`stack_gathered` array as PIL images (previews)."""
     from PIL import Image
 
+    return [Image.fromarray(row) for row in pixels_of(stacked, indices)]
+
+
+def pixels_of(stacked: np.ndarray[Any, Any], indices: Iterable[int]) -> np.ndarray[Any, Any]:
+    """Images ``indices`` of a :func:`stack_gathered` array as one ``(n, H, W, 3)`` array:
+    image ``g`` is row ``g // W`` of rank ``g % W``'s batch (the strided split)."""
     world = stacked.shape[0]
-    return [Image.fromarray(stacked[g % world, g // world]) for g in indices]
+    order = list(indices)
+    return stacked[[g % world for g in order], [g // world for g in order]]
 
 
 class OneRequest(Batch):

@@ -33,6 +33,7 @@ together; nothing is kept between calls.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import time
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -53,11 +54,19 @@ from .batching import (
     cancelled_result,
     drop_cancelled,
     merge_key,
+    pixels_of,
     prompt_embeddings,
     stack_gathered,
     to_pil,
 )
-from .fast import OptimizeMode, optimize_pipeline
+from .encoding import OutputEncoder
+from .fast import (
+    CompileRegions,
+    OptimizeMode,
+    load_compile_cache,
+    optimize_pipeline,
+    save_compile_cache,
+)
 from .models import DEFAULT_MODEL, load_pipeline, load_preview_decoder, resolve_dtype
 from .preview import LinearPreview, Previewer, TaesdPreview
 from .request import GenerateRequest, validate_request
@@ -73,6 +82,8 @@ __all__ = ["PreviewMode", "SDXLWorker"]
 PreviewMode = Literal["auto", "taesd", "linear"] | None
 
 _ENCODE_QUALITY = 90  # jpeg / webp
+COMPILE_CACHE_ENV = "GRIDGEN_COMPILE_CACHE"
+"""Environment variable: the default of ``setup(compile_cache=...)``."""
 
 
 class SDXLWorker(DistributedWorker):
@@ -127,6 +138,10 @@ class SDXLWorker(DistributedWorker):
         warmup: Sequence[int] = (),
         warmup_size: tuple[int, int] = (1024, 1024),
         defer_encoding: bool | None = None,
+        compile_regions: CompileRegions = "transformers",
+        text_encoder_graphs: bool = True,
+        compile_cache: str | os.PathLike[str] | None = None,
+        encode_threads: int | None = None,
         **from_pretrained_kwargs: Any,
     ) -> None:
         """Load the pipeline (and the preview decoder) onto ``self.device``.
@@ -150,6 +165,16 @@ class SDXLWorker(DistributedWorker):
             warmup_size: ``(width, height)`` of the warm-up requests.
             defer_encoding: encode images in a background thread on rank 0 so the next
                 request starts on the GPU meanwhile. ``None``: when run by a runner.
+            compile_regions: what ``optimize="compile"`` compiles (see
+                :data:`~gridgen.sdxl.fast.CompileRegions`); ``"transformers"`` measured fastest.
+            text_encoder_graphs: CUDA-graph the two text encoders (CUDA only; eager on failure).
+            compile_cache: a file of compiled artifacts (``torch.compiler`` mega-cache). If it
+                exists it is loaded before anything compiles, so a fresh machine skips the
+                compiling; if not, rank 0 writes it after the warm-up. Copy it to machines
+                with the same GPU kind, torch and gridgen versions. Default: the
+                ``GRIDGEN_COMPILE_CACHE`` environment variable, else no cache file.
+            encode_threads: threads that compress one PNG in parallel slices on rank 0
+                (``None``: up to 8, one per core; ``0`` or ``1``: one slice, no threads).
             **from_pretrained_kwargs: passed to ``StableDiffusionXLPipeline.from_pretrained``.
 
         Raises:
@@ -174,7 +199,13 @@ class SDXLWorker(DistributedWorker):
             model, device=self.device, dtype=self.dtype, **from_pretrained_kwargs
         )
         self.pipeline.set_progress_bar_config(disable=True)
-        self.graphed_unet = optimize_pipeline(self.pipeline, optimize, self.device)
+        self.graphed_unet = optimize_pipeline(
+            self.pipeline, optimize, self.device,
+            regions=compile_regions, text_encoder_graphs=text_encoder_graphs,
+        )
+        if compile_cache is None:
+            compile_cache = os.environ.get(COMPILE_CACHE_ENV) or None
+        cache_loaded = compile_cache is not None and load_compile_cache(compile_cache)
         vae = self.pipeline.vae
         if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
             # SDXL's VAE overflows in float16; diffusers upcasts it on every call and casts it
@@ -183,6 +214,7 @@ class SDXLWorker(DistributedWorker):
         if self.graphed_unet is not None:
             self.decode_batch_size = 8  # measured best for the 16-bit (compiled) VAE
         self.defer_encoding = self._distributed if defer_encoding is None else defer_encoding
+        self._output_encoder = OutputEncoder(encode_threads) if self.rank == 0 else None
         self._encoder_pool = (
             concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gridgen-encode")
             if self.defer_encoding and self.rank == 0
@@ -208,6 +240,8 @@ class SDXLWorker(DistributedWorker):
             )
             if isinstance(warm, concurrent.futures.Future):
                 warm.result()
+        if compile_cache is not None and not cache_loaded and self.rank == 0:
+            save_compile_cache(compile_cache)
         self.setup_seconds: float | None = time.perf_counter() - started
 
     def teardown(self) -> None:
@@ -215,6 +249,9 @@ class SDXLWorker(DistributedWorker):
         pool = getattr(self, "_encoder_pool", None)
         if pool is not None:
             pool.shutdown(wait=True)
+        encoder = getattr(self, "_output_encoder", None)
+        if encoder is not None:
+            encoder.close()
 
     # -- requests -------------------------------------------------------------------------
 
@@ -311,9 +348,14 @@ class SDXLWorker(DistributedWorker):
     def _count_steps(self, requests: list[GenerateRequest]) -> int:
         """How many times the pipeline's step callback will run: identical on every rank."""
         scheduler = self.pipeline.scheduler
-        probe = type(scheduler).from_config(scheduler.config)
-        probe.set_timesteps(requests[0].num_inference_steps, device="cpu")
-        return len(probe.timesteps)
+        steps = requests[0].num_inference_steps
+        key = (id(scheduler), steps)
+        counts: dict[tuple[int, int], int] = self.__dict__.setdefault("_step_counts", {})
+        if key not in counts:  # building a scheduler per request costs ~1 ms of host time
+            probe = type(scheduler).from_config(scheduler.config)
+            probe.set_timesteps(steps, device="cpu")
+            counts[key] = len(probe.timesteps)
+        return counts[key]
 
     def _denoise(self, run: BatchRun) -> torch.Tensor | None:
         """This rank's latents (rows ``run.rows``), or None when it has none left to make."""
@@ -469,7 +511,9 @@ class SDXLWorker(DistributedWorker):
         when deferred). Its timings share the batch's denoise, decode and gather phases."""
         request, seed = run.requests[k], run.plan.slots[run.plan.offsets[k]].seed
         n = run.plan.counts[k]
-        images = to_pil(stacked, run.plan.indices(k))
+        images = pixels_of(stacked, run.plan.indices(k))
+        encoder = self._output_encoder
+        assert encoder is not None  # rank 0
         setup_seconds = getattr(self, "setup_seconds", None)
         self.setup_seconds = None  # one-off: reported with the first result after setup only
 
@@ -481,13 +525,9 @@ class SDXLWorker(DistributedWorker):
                 "height": request.height,
                 "num_images": n,
             }
-            encode = _encoder()
-            if request.output in ("grid", "both"):
-                result["grid"] = encode(make_grid(images), request.image_format, _ENCODE_QUALITY)
-            if request.output in ("images", "both"):
-                result["images"] = [
-                    encode(image, request.image_format, _ENCODE_QUALITY) for image in images
-                ]
+            result.update(
+                encoder.encode_outputs(images, request.output, request.image_format, _ENCODE_QUALITY)
+            )
             finished = time.perf_counter()
             result["timings"] = {
                 "setup": None if setup_seconds is None else round(setup_seconds, 6),
@@ -532,8 +572,3 @@ def _dist_ready() -> bool:
 
     return bool(dist.is_available() and dist.is_initialized())
 
-
-def _encoder() -> Any:
-    from ..images import encode_image
-
-    return encode_image
