@@ -1,4 +1,5 @@
 """gridgen: run image generation across GPUs, one worker process per GPU."""
+from ._batch import Batch, BatchItem
 from ._requests import RequestState, StreamItem, StreamResult
 from ._sync import SyncRunner
 from .errors import (
@@ -28,6 +29,8 @@ from .worker import DistributedWorker
 __version__ = "0.1.0"
 
 __all__ = [
+    "Batch",
+    "BatchItem",
     "Cancelled",
     "CodecError",
     "DistributedRunner",

@@ -159,3 +159,45 @@ class DistributedWorker:
     def request_id(self) -> int | None:
         """The id of the request being run, or None between requests."""
         return self._request_id
+
+    # -- merging queued requests into one call ----------------------------------------
+    # (imported here, for annotations only, to keep this block self-contained)
+    if TYPE_CHECKING:
+        from collections.abc import Hashable
+
+        from ._batch import Batch
+
+    @classmethod
+    def batch_key(cls, payload: dict[str, Any]) -> Hashable | None:
+        """Requests with equal, non-None keys may be merged into one :meth:`run_batch` call.
+
+        Called on the host, once per request when it is submitted, on the class (no
+        instance, no ``setup``): it must be a cheap, pure function of the payload. Raising
+        rejects that request before it is queued (use it to validate). The default, None,
+        never merges: every request runs alone through ``__call__``, as before.
+        """
+        del payload
+        return None
+
+    @classmethod
+    def batch_units(cls, payload: dict[str, Any], world_size: int) -> int:
+        """Work units of one request (e.g. its images), counted against the runner's
+        ``max_batch_units``. Called on the host like :meth:`batch_key`. Default: 1."""
+        del payload, world_size
+        return 1
+
+    def run_batch(self, batch: Batch) -> list[Any]:
+        """Serve several merged requests at once; called instead of ``__call__`` on every rank.
+
+        Called on the main thread for a worker whose :meth:`batch_key` returned a key (also
+        for a batch of one). Return one value per request, in batch order (rank 0's list is
+        used); an element may be a ``concurrent.futures.Future``, and so may the whole list.
+        Raising fails every request of the batch. Stream with ``item.add_streaming_result``
+        (``self.add_streaming_result`` cannot tell which request an item is for), and check
+        cancellation with the collective :meth:`Batch.cancelled <gridgen.Batch.cancelled>`.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__}.batch_key returned a key, so requests may be merged and "
+            f"{type(self).__name__} must implement run_batch(batch); or let batch_key return "
+            "None to run each request alone through __call__"
+        )
