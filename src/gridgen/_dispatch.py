@@ -1,17 +1,20 @@
-"""Dispatch: takes requests off the queue and runs each on the whole group.
+"""Dispatch: takes requests off the queue and runs them on the whole group.
 
-For one request: broadcast the ``call`` frame to every rank, route what the ranks
-report to the request (:class:`~gridgen._requests.Request` decides the verdict), and
-time the two grace periods that end in a rebuild of the group:
+One call on the group serves one request, or several merged ones (a batch) when the
+worker declares them compatible (``batch_key``, see :mod:`gridgen._batching`). For one
+call: broadcast the frame to every rank, route what the ranks report to each request
+(:class:`~gridgen._requests.Request` decides its own verdict), and time the two grace
+periods that end in a rebuild of the group:
 
 * a rank raised: the other ranks are told to cancel; if they have not all reported
   within ``error_grace`` seconds they are assumed stuck in a collective;
-* a cancelled or timed-out running request whose ranks do not stop within
-  ``cancel_grace`` seconds.
+* every request of the call was cancelled (or timed out) and the ranks do not stop
+  within ``cancel_grace`` seconds. While one request of a batch is still wanted, the
+  call goes on: its neighbours' cancels do not start the clock.
 
 A rank that says its error escaped from a collective (``in_collective`` in the error
 info) poisons the group even when every rank answered: the group is rebuilt before the
-next request. The supervisor does the rebuilding; this module only decides.
+next call. The supervisor does the rebuilding; this module only decides.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import itertools
 import logging
 from typing import Any
 
+from ._batching import BatchPolicy
 from ._control import ControlSocket
 from ._options import RunnerOptions, normalize_payload
 from ._protocol import ErrorInfo, Kind, Message, pack, pack_call
@@ -37,26 +41,36 @@ _DEATH_GRACE = 0.2  # seconds a rank's error waits for news of another rank's de
 
 
 class Dispatcher:
-    """Owns the queue, the requests in flight and the loop that runs them one at a time."""
+    """Owns the queue, the requests in flight and the loop that runs them, one call at a time."""
 
-    def __init__(self, options: RunnerOptions, control: ControlSocket, supervisor: Supervisor) -> None:
+    def __init__(
+        self, options: RunnerOptions, control: ControlSocket, supervisor: Supervisor, policy: BatchPolicy
+    ) -> None:
         self.options = options
         self.control = control
         self.supervisor = supervisor
+        self.policy = policy
         self.world_size = supervisor.world_size
         self.queue = RequestQueue(options.max_queue)
-        self.current: Request | None = None
+        self.running: list[Request] = []  # the requests of the call on the group
         self._requests: dict[int, Request] = {}  # queued, running, or with a result still due
         self._ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
+    @property
+    def current(self) -> Request | None:
+        """The first request of the call on the group, or None when the group is idle."""
+        return self.running[0] if self.running else None
+
     # -- submit and cancel ------------------------------------------------------------
 
     def submit(self, payload: Any, *, streaming: bool, timeout: float | None) -> Request:
-        """Queue a request; every check (room, payload, encoding) happens before it is queued."""
-        self.queue.check_room(group_busy=self.current is not None)
+        """Queue a request; every check (room, payload, batch key, encoding) happens before
+        it is queued, so a rejected request leaves no trace."""
+        self.queue.check_room(group_busy=bool(self.running))
         payload = normalize_payload(payload)
+        key, units = self.policy.describe(payload)
         request_id = next(self._ids)
         frame = pack_call(request_id, streaming, payload, max_bytes=self.options.max_message_bytes)
         loop = asyncio.get_running_loop()
@@ -70,6 +84,7 @@ class Dispatcher:
             world_size=self.world_size,
             loop=loop,
         )
+        request.key, request.units = key, units
         self._requests[request_id] = request
         self.queue.put(request)
         return request
@@ -102,14 +117,20 @@ class Dispatcher:
 
     async def _loop(self) -> None:
         while True:
-            request = await self._next_request()
-            if request is None:
+            head = await self._next_request()
+            if head is None:
                 return
-            if request.finished and not request.internal:
+            if head.finished and not head.internal:
                 continue  # cancelled while waiting its turn
-            if not await self._await_healthy(request):
+            if not await self._await_healthy(head):
                 continue
-            await self.run(request)
+            batch = await self.policy.gather(head, self.queue)
+            if batch is None:
+                await self.run([head], head.frame)
+            else:
+                live = [r for r in batch if not r.finished]  # one may have gone while we waited
+                if live:
+                    await self.run(live, self.policy.frame(live))
 
     async def _next_request(self) -> Request | None:
         queue = self.queue
@@ -160,44 +181,53 @@ class Dispatcher:
         )
         self._requests[request_id] = request
         logger.debug("keepalive request %d", request_id)
-        await self.run(request)
+        await self.run([request], frame)
 
-    async def run(self, request: Request) -> None:
-        """Run one request on the group until every rank is free of it (or the group is rebuilt)."""
+    async def run(self, requests: list[Request], frame: bytes) -> None:
+        """Run one call on the group until every rank is free of each of its requests (or
+        the group is rebuilt)."""
         loop = asyncio.get_running_loop()
-        request.start()
-        self.current = request
+        changed = requests[0].changed if len(requests) == 1 else asyncio.Event()
+        for request in requests:
+            request.start()
+            request.changed = changed  # any report on any of them wakes this loop
+        self.running = requests
+        abandoned_at: float | None = None  # when the last request of the call stopped waiting
         try:
-            self._broadcast(request.frame)
-            while not request.ranks_free:
+            self._broadcast(frame)
+            while not all(r.ranks_free for r in requests):
+                errors = [r.first_error_at for r in requests if r.first_error_at is not None]
                 timeout = None
-                if request.first_error_at is not None:
-                    timeout = request.first_error_at + self.options.error_grace - loop.time()
-                elif request.cancel_at is not None:
-                    timeout = request.cancel_at + self.options.cancel_grace - loop.time()
-                request.changed.clear()
+                if errors:
+                    timeout = min(errors) + self.options.error_grace - loop.time()
+                elif all(r.finished for r in requests):
+                    abandoned_at = loop.time() if abandoned_at is None else abandoned_at
+                    timeout = abandoned_at + self.options.cancel_grace - loop.time()
+                changed.clear()
                 try:
-                    await asyncio.wait_for(request.changed.wait(), timeout)
+                    await asyncio.wait_for(changed.wait(), timeout)
                 except TimeoutError:
-                    await self._rebuild_stuck(request)
+                    await self._rebuild_stuck(requests, bool(errors))
                     break
             else:
-                if request.collective_failed and self.supervisor.health == "ready":
+                if any(r.collective_failed for r in requests) and self.supervisor.health == "ready":
                     # Every rank answered, but a collective was aborted (e.g. it timed out
                     # before error_grace ran out): the group is poisoned all the same.
-                    await self._rebuild(f"a collective failed during request {request.id}")
+                    await self._rebuild(f"a collective failed during request {requests[0].id}")
         finally:
-            self.current = None
-            if request.finished:
-                self._requests.pop(request.id, None)
+            self.running = []
+            for request in requests:
+                if request.finished:
+                    self._requests.pop(request.id, None)
 
-    async def _rebuild_stuck(self, request: Request) -> None:
-        stuck = sorted(set(range(self.world_size)) - request.released)
-        errored = request.first_error_at is not None
+    async def _rebuild_stuck(self, requests: list[Request], errored: bool) -> None:
+        everyone = set(range(self.world_size))
+        stuck = sorted(set().union(*(everyone - r.released for r in requests)))
         why = "a rank raised" if errored else "the request was cancelled"
         logger.warning(
-            "request %d: %s and ranks %s did not finish within %.1fs; rebuilding the group",
-            request.id, why, stuck, self.options.error_grace if errored else self.options.cancel_grace,
+            "request %s: %s and ranks %s did not finish within %.1fs; rebuilding the group",
+            ", ".join(str(r.id) for r in requests), why, stuck,
+            self.options.error_grace if errored else self.options.cancel_grace,
         )
         await self._rebuild(f"ranks {stuck} stuck after {why}")
 
@@ -254,7 +284,7 @@ class Dispatcher:
         request.finish(error=error)
 
     def fail_unfinished(self, error: GridgenError) -> None:
-        """Fail the running request and those whose deferred results are still due."""
+        """Fail the running requests and those whose deferred results are still due."""
         for request in list(self._requests.values()):
             if request.state is RequestState.QUEUED:
                 continue
@@ -266,8 +296,8 @@ class Dispatcher:
     # -- stop -------------------------------------------------------------------------
 
     async def stop(self, grace: float) -> bool:
-        """Fail what is queued, let the running request finish for ``grace`` seconds, then wait
-        as long for deferred results. Returns True when a running request was abandoned."""
+        """Fail what is queued, let the running call finish for ``grace`` seconds, then wait
+        as long for deferred results. Returns True when a running call was abandoned."""
         self._closing = True
         for request in self.queue.drain():
             self._requests.pop(request.id, None)
@@ -276,8 +306,7 @@ class Dispatcher:
         if self._task is not None:
             done, _ = await asyncio.wait({self._task}, timeout=grace)
             if not done:
-                current = self.current
-                if current is not None:
+                for current in self.running:
                     logger.warning("stop(): request %d still running after %.1fs; abandoning it", current.id, grace)
                     current.finish(error=RequestCancelled("the runner stopped while this request ran"))
                     abandoned = True

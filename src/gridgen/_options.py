@@ -32,6 +32,9 @@ class RunnerOptions:
     stop_grace: float = 30.0
     start_timeout: float | None = None
     prefix_output: bool = True
+    max_batch: int = 8
+    max_batch_units: int | None = None
+    batch_wait: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_queue < 0:
@@ -47,6 +50,12 @@ class RunnerOptions:
         for name in ("error_grace", "cancel_grace", "stop_grace", "collective_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if type(self.max_batch) is not int or self.max_batch < 0:
+            raise ValueError(f"max_batch must be an int >= 0 (0 or 1: no merging), got {self.max_batch!r}")
+        if self.max_batch_units is not None and (type(self.max_batch_units) is not int or self.max_batch_units < 1):
+            raise ValueError(f"max_batch_units must be None or an int >= 1, got {self.max_batch_units!r}")
+        if self.batch_wait < 0:
+            raise ValueError(f"batch_wait must be >= 0, got {self.batch_wait}")
         if self.max_message_bytes < 1:
             raise ValueError(f"max_message_bytes must be >= 1, got {self.max_message_bytes}")
 

@@ -12,8 +12,9 @@ Frames, every body encoded with :mod:`gridgen._codec` (never pickle):
   message whose first frame is not the runner's 32-byte session key, any message
   from an unknown routing id, and any body that does not parse.
 
-Kinds host -> worker: ``call`` (data ``[streaming, payload]``), ``cancel``,
-``shutdown``. Kinds worker -> host: ``hello`` (data ``{"pid": int}``), ``ready``,
+Kinds host -> worker: ``call`` (data ``[streaming, payload]``), ``batch`` (merged
+requests: data is the list of their ``call`` frames, each as encoded at submit; the
+request id is the first one's), ``cancel``, ``shutdown``. Kinds worker -> host: ``hello`` (data ``{"pid": int}``), ``ready``,
 ``setup_error`` (error info), ``item`` (a streamed item), ``released`` (the rank is
 free for the next request; its value follows: ``__call__`` returned a
 ``concurrent.futures.Future``), ``done`` (rank 0: the return value; other ranks:
@@ -54,6 +55,7 @@ class Kind(str, enum.Enum):
 
     # host -> worker
     CALL = "call"
+    BATCH = "batch"
     CANCEL = "cancel"
     SHUTDOWN = "shutdown"
     # worker -> host
@@ -67,9 +69,10 @@ class Kind(str, enum.Enum):
     RELEASED = "released"
 
 
-HOST_KINDS: Final = frozenset({Kind.CALL, Kind.CANCEL, Kind.SHUTDOWN})
+HOST_KINDS: Final = frozenset({Kind.CALL, Kind.BATCH, Kind.CANCEL, Kind.SHUTDOWN})
 WORKER_KINDS: Final = frozenset(set(Kind) - HOST_KINDS)
 _BY_VALUE: Final = {kind.value: kind for kind in Kind}
+_CALL_ONLY: Final = frozenset({Kind.CALL})
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +112,18 @@ def parse(raw: bytes | memoryview, allowed: frozenset[Kind], *, max_bytes: int |
         raise ValueError("request_id must be an int")
     if kind is Kind.CALL and not _is_call_data(data):
         raise ValueError("call data must be [streaming: bool, payload: dict with str keys]")
+    if kind is Kind.BATCH:
+        data = _parse_batch(data, max_bytes)
     return Message(kind, request_id, data)
+
+
+def _parse_batch(data: Any, max_bytes: int | None) -> list[Message]:
+    if not isinstance(data, list) or not data or not all(isinstance(frame, bytes) for frame in data):
+        raise ValueError("batch data must be a non-empty list of call frames")
+    calls = [parse(frame, _CALL_ONLY, max_bytes=max_bytes) for frame in data]
+    if len({call.request_id for call in calls}) != len(calls):
+        raise ValueError("a batch names a request twice")
+    return calls
 
 
 def _is_call_data(data: Any) -> bool:

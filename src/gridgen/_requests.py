@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -117,6 +117,8 @@ class Request:
         self.streaming = streaming
         self.deadline = deadline
         self.internal = internal  # a keepalive: nobody waits for it
+        self.key: Hashable | None = None  # requests with equal keys may share one call
+        self.units = 1  # work units counted against max_batch_units
         self.world_size = world_size
         self.state = RequestState.QUEUED
         self.future: asyncio.Future[Any] = loop.create_future()

@@ -27,7 +27,6 @@ import os
 import queue
 import shutil
 import signal
-import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,7 +34,9 @@ from typing import Any
 
 import zmq
 
-from ._protocol import HOST_KINDS, ErrorInfo, Kind, pack, parse, routing_id
+from ._batch import Batch, BatchItem
+from ._protocol import HOST_KINDS, ErrorInfo, Kind, Message, pack, parse, routing_id
+from ._worker_logging import configure_logging, drain_output, prefix_output
 from .errors import Cancelled
 from .worker import DistributedWorker, WorkerContext
 
@@ -201,6 +202,7 @@ class _WorkerRuntime:
         self._lock = threading.Lock()
         self._cancelled_ids: set[int] = set()
         self._streaming = False
+        self._batch_ids: frozenset[int] = frozenset()  # the requests of the running batch
 
     # Called on the I/O thread.
     def _on_cancel(self, request_id: int) -> None:
@@ -209,8 +211,15 @@ class _WorkerRuntime:
             context = self.context
             if context is not None and context.request_id == request_id:
                 context.cancel.set()
+            elif context is not None and self._batch_ids and self._batch_ids <= self._cancelled_ids:
+                context.cancel.set()  # every request of the batch is cancelled: the worker may stop
 
     def _emit(self, item: Any) -> None:
+        if self._batch_ids:
+            raise RuntimeError(
+                "inside run_batch, stream with item.add_streaming_result(...): "
+                "self.add_streaming_result cannot tell which request an item is for"
+            )
         context = self.context
         request_id = None if context is None else context.request_id
         if request_id is None or not self._streaming:
@@ -258,7 +267,10 @@ class _WorkerRuntime:
             kind, request_id, data = self.io.commands.get()
             if kind is Kind.SHUTDOWN:
                 break
-            self._call(worker, request_id, data)
+            if kind is Kind.BATCH:
+                self._call_batch(worker, data)
+            else:
+                self._call(worker, request_id, data)
         try:
             worker.teardown()
         except Exception:
@@ -296,6 +308,80 @@ class _WorkerRuntime:
                 self._cancelled_ids.discard(request_id)
                 # Cancels for requests older than this one can never matter again.
                 self._cancelled_ids = {i for i in self._cancelled_ids if i > request_id}
+
+    # -- merged requests -------------------------------------------------------------------
+
+    def _call_batch(self, worker: DistributedWorker, calls: list[Message]) -> None:
+        context = self.context
+        assert context is not None
+        ids = [call.request_id for call in calls]
+        items = [
+            BatchItem(
+                index=i,
+                request_id=call.request_id,
+                payload=dict(call.data[1]),
+                streaming=call.data[0],
+                sink=functools.partial(self._emit_item, call.request_id, call.data[0]),
+            )
+            for i, call in enumerate(calls)
+        ]
+        batch = Batch(items, is_cancelled=self._cancelled_ids.__contains__, group=context.control_group)
+        with self._lock:
+            self._batch_ids = frozenset(ids)
+            context.request_id = None
+            context.cancel.clear()
+            if self._batch_ids <= self._cancelled_ids:
+                context.cancel.set()
+        try:
+            results = worker.run_batch(batch)
+        except Cancelled:
+            self._send_all(ids, Kind.CANCELLED)
+        except Exception as exc:
+            self._send_all(ids, Kind.ERROR, ErrorInfo.from_exception(exc).to_wire())
+        else:
+            if isinstance(results, concurrent.futures.Future):
+                self._send_all(ids, Kind.RELEASED)
+                results.add_done_callback(functools.partial(self._deliver_batch, ids))
+            else:
+                self._send_results(ids, results)
+        finally:
+            with self._lock:
+                self._batch_ids = frozenset()
+                # The batch's first request was the oldest queued: cancels for older ones
+                # can never matter again. Later ids may belong to requests still to come.
+                self._cancelled_ids = {i for i in self._cancelled_ids if i > ids[0] and i not in ids}
+
+    def _emit_item(self, request_id: int, streaming: bool, item: Any) -> None:
+        if streaming and request_id not in self._cancelled_ids:
+            self.io.send(Kind.ITEM, request_id, item)
+
+    def _send_all(self, ids: list[int], kind: Kind, data: Any = None) -> None:
+        for request_id in ids:
+            self.io.send(kind, request_id, data)
+
+    def _send_results(self, ids: list[int], results: Any) -> None:
+        if not isinstance(results, list | tuple) or len(results) != len(ids):
+            got = f"{len(results)} values" if isinstance(results, list | tuple) else type(results).__name__
+            error = TypeError(f"run_batch must return a list of one value per request ({len(ids)}), got {got}")
+            self._send_all(ids, Kind.ERROR, ErrorInfo.from_exception(error).to_wire())
+            return
+        for request_id, value in zip(ids, results, strict=True):
+            if isinstance(value, concurrent.futures.Future):
+                self.io.send(Kind.RELEASED, request_id)
+                value.add_done_callback(functools.partial(self._deliver, request_id))
+            elif request_id in self._cancelled_ids:
+                self.io.send(Kind.CANCELLED, request_id)  # its caller is gone: do not encode it
+            else:
+                self._send_result(request_id, value)
+
+    def _deliver_batch(self, ids: list[int], future: concurrent.futures.Future[Any]) -> None:
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or isinstance(error, Cancelled):
+            self._send_all(ids, Kind.CANCELLED)
+        elif error is not None:
+            self._send_all(ids, Kind.ERROR, ErrorInfo.from_exception(error).to_wire())
+        else:
+            self._send_results(ids, future.result())
 
     def _send_result(self, request_id: int, result: Any) -> None:
         try:
@@ -337,86 +423,19 @@ def _share_cpu_cores(world_size: int) -> None:
         torch.set_num_threads(threads)
 
 
-class _RankRecordFactory:
-    """Adds ``record.rank`` to every log record made in this process."""
-
-    def __init__(self, rank: int) -> None:
-        self._rank = rank
-        self._base = logging.getLogRecordFactory()
-
-    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = self._base(*args, **kwargs)
-        record.rank = self._rank
-        return record
-
-
-def _configure_logging(rank: int, level: int) -> None:
-    logging.setLogRecordFactory(_RankRecordFactory(rank))
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s [rank %(rank)s]: %(message)s"))
-        root.addHandler(handler)
-    logging.getLogger("gridgen").setLevel(level)
-
-
-def _prefix_output(rank: int) -> list[threading.Thread]:
-    """Route this process's fd 1 and 2 through threads that prefix each line with the rank.
-
-    Done at the file-descriptor level so output from C extensions (NCCL, CUDA) is prefixed too.
-    """
-    prefix = b"[rank %d] " % rank
-    pumps = []
-    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
-        stream.flush()
-        target = os.dup(fd)
-        read_end, write_end = os.pipe()
-        os.dup2(write_end, fd)
-        os.close(write_end)
-
-        def pump(read_end: int = read_end, target: int = target) -> None:
-            with os.fdopen(read_end, "rb", buffering=0) as source:
-                pending = b""
-                while chunk := source.read(65536):
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    if lines:
-                        os.write(target, b"".join(prefix + line + b"\n" for line in lines))
-                if pending:
-                    os.write(target, prefix + pending + b"\n")
-
-        thread = threading.Thread(target=pump, name=f"gridgen-fd{fd}", daemon=True)
-        thread.start()
-        pumps.append(thread)
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    return pumps
-
-
-def _drain_output(pumps: list[threading.Thread]) -> None:
-    """Close fds 1 and 2 so the pump threads see EOF, and let them write their last lines."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    for thread in pumps:
-        thread.join(timeout=2)
-
-
 def worker_main(spec: WorkerSpec) -> None:
     """The target of each spawned worker process."""
     # Ctrl-C in a terminal reaches the whole process group; the host decides how workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    pumps = _prefix_output(spec.rank) if spec.prefix_output else []
-    _configure_logging(spec.rank, spec.log_level)
+    pumps = prefix_output(spec.rank) if spec.prefix_output else []
+    configure_logging(spec.rank, spec.log_level)
     if spec.backend == "gloo":
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     else:
         os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     code = _WorkerRuntime(spec).run()
-    _drain_output(pumps)
+    drain_output(pumps)
     # os._exit skips multiprocessing's exit finalizers, among them the unlinking of named
     # semaphores made here (tqdm's default lock is one per worker): the host's resource
     # tracker, which spawned workers share, would report each as leaked. Run them first.

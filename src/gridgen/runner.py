@@ -27,6 +27,7 @@ import logging
 from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from ._batching import BatchPolicy
 from ._control import ControlSocket
 from ._dispatch import Dispatcher
 from ._json import text_event
@@ -95,6 +96,13 @@ class DistributedRunner(Generic[W]):
         collective_timeout: torch.distributed timeout inside the workers.
         stop_grace: how long ``stop()`` lets a running request finish.
         start_timeout: default limit for ``start()`` (None: none).
+        prefix_output: prefix each line the workers print with ``[rank N]``.
+        max_batch: most queued requests merged into one call when the worker declares them
+            compatible (``batch_key``); 0 or 1: no merging. Workers without a key are unaffected.
+        max_batch_units: most work units (``batch_units``, e.g. images) in one merged call;
+            None: no cap. The head of the queue is always taken, even alone over the cap.
+        batch_wait: seconds to wait for more compatible requests once the head is taken;
+            0 (the default) merges only what is already queued and adds no latency.
     """
 
     def __init__(
@@ -119,6 +127,9 @@ class DistributedRunner(Generic[W]):
         stop_grace: float = 30.0,
         start_timeout: float | None = None,
         prefix_output: bool = True,
+        max_batch: int = 8,
+        max_batch_units: int | None = None,
+        batch_wait: float = 0.0,
     ) -> None:
         if not (isinstance(worker_cls, type) and issubclass(worker_cls, DistributedWorker)):
             raise TypeError(f"worker_cls must be a DistributedWorker subclass, got {worker_cls!r}")
@@ -137,6 +148,9 @@ class DistributedRunner(Generic[W]):
             stop_grace=stop_grace,
             start_timeout=start_timeout,
             prefix_output=prefix_output,
+            max_batch=max_batch,
+            max_batch_units=max_batch_units,
+            batch_wait=batch_wait,
         )
         self.worker_cls = worker_cls
         self.devices, self.backend = resolve_devices(world_size, device, devices)
@@ -146,7 +160,8 @@ class DistributedRunner(Generic[W]):
             worker_cls, self.devices, self.backend, self.options, self._control, self._on_group_lost
         )
         self._supervisor.setup_kwargs = dict(setup_kwargs or {})
-        self._dispatcher = Dispatcher(self.options, self._control, self._supervisor)
+        policy = BatchPolicy(worker_cls, self.world_size, self.options)
+        self._dispatcher = Dispatcher(self.options, self._control, self._supervisor, policy)
         self._phase = "new"  # new, starting, running, stopping, stopped
         self._lifecycle = asyncio.Lock()
         self._stopped = asyncio.Event()
@@ -176,6 +191,9 @@ class DistributedRunner(Generic[W]):
     stop_grace: _Option[float] = _Option()
     start_timeout: _Option[float | None] = _Option()
     prefix_output: _Option[bool] = _Option()
+    max_batch: _Option[int] = _Option()
+    max_batch_units: _Option[int | None] = _Option()
+    batch_wait: _Option[float] = _Option()
 
     # -- public state -------------------------------------------------------------------
 

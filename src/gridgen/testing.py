@@ -39,6 +39,15 @@ Ops (``on_rank``: the rank that misbehaves, None for every rank):
 * ``alloc``: ``on_rank`` allocates ``bytes`` and holds them for the request.
 * ``print``: writes ``message`` to stdout and stderr and logs it at WARNING.
 
+``BatchProbeWorker`` is a ProbeWorker whose requests merge (issue 12's batching): requests
+with the same ``batch`` value share one ``run_batch`` call (no ``batch``: ``__call__`` as
+usual), each counting ``units`` work units (default 1); ``reject=True`` makes ``batch_key``
+raise :class:`~gridgen.InvalidRequestError` on the host. ``run_batch`` runs ``steps``
+iterations of ``delay`` seconds (the longest of the batch), each ending with the collective
+``batch.cancelled()``; rank 0 streams ``{"step", "request_id"}`` to each live request; a
+request with ``"op": "raise"`` makes rank ``on_rank`` raise for the whole batch. Each request
+gets ``{"request_id", "message", "batch": [ids], "completed", "cancelled": [flags]}``.
+
 ``setup`` accepts ``fail_on_rank`` (raise there), ``hang_on_rank`` (sleep forever there),
 ``ignore_sigterm`` (the process ignores SIGTERM, to test the kill fallback) and
 ``teardown_marker`` (a file path each rank appends to in ``teardown``).
@@ -55,9 +64,11 @@ import threading
 import time
 from typing import Any
 
+from ._batch import Batch
+from .errors import InvalidRequestError
 from .worker import DistributedWorker
 
-__all__ = ["ProbeWorker"]
+__all__ = ["BatchProbeWorker", "ProbeWorker"]
 
 logger = logging.getLogger("gridgen.testing")
 
@@ -197,3 +208,55 @@ class ProbeWorker(DistributedWorker):
             "main_thread": threading.current_thread() is threading.main_thread(),
             "cuda_device": cuda_device,
         }
+
+
+class _Rule:
+    """One broken rule, as InvalidRequestError lists them."""
+
+    def __init__(self, field: str, rule: str, message: str) -> None:
+        self.field, self.rule, self.message = field, rule, message
+
+
+class BatchProbeWorker(ProbeWorker):
+    """A ProbeWorker whose requests with the same ``batch`` value merge; see the module docstring."""
+
+    @classmethod
+    def batch_key(cls, payload: dict[str, Any]) -> Any:
+        if payload.get("reject"):
+            raise InvalidRequestError([_Rule("reject", "rejected", "rejected on purpose by batch_key")])
+        return payload.get("batch")
+
+    @classmethod
+    def batch_units(cls, payload: dict[str, Any], world_size: int) -> int:
+        return int(payload.get("units", 1))
+
+    def run_batch(self, batch: Batch) -> list[Any]:
+        self.calls += 1
+        ids = [item.request_id for item in batch]
+        for item in batch:
+            if item.payload.get("op") == "raise" and self._targeted(item.payload.get("on_rank")):
+                raise ValueError(f"request {item.request_id} raised on purpose on rank {self.rank}")
+        steps = max(int(item.payload.get("steps", 0)) for item in batch)
+        delay = max(float(item.payload.get("delay", 0.01)) for item in batch)
+        completed = [0] * len(batch)
+        flags = [False] * len(batch)
+        for step in range(steps):
+            time.sleep(delay)
+            flags = batch.cancelled()  # collective: every rank calls it at the same steps
+            if all(flags):
+                break
+            for i, item in enumerate(batch):
+                if not flags[i] and step < int(item.payload.get("steps", 0)):
+                    completed[i] += 1
+                    if self.rank == 0:
+                        item.add_streaming_result({"step": completed[i], "request_id": item.request_id})
+        return [
+            {
+                "request_id": item.request_id,
+                "message": item.payload.get("message"),
+                "batch": ids,
+                "completed": completed[i],
+                "cancelled": flags,
+            }
+            for i, item in enumerate(batch)
+        ]

@@ -23,7 +23,7 @@ from gridgen._protocol import (
 
 
 def test_kinds_split_by_direction() -> None:
-    assert {Kind.CALL, Kind.CANCEL, Kind.SHUTDOWN} == HOST_KINDS
+    assert {Kind.CALL, Kind.BATCH, Kind.CANCEL, Kind.SHUTDOWN} == HOST_KINDS
     assert HOST_KINDS.isdisjoint(WORKER_KINDS)
     assert set(Kind) == HOST_KINDS | WORKER_KINDS
 
@@ -41,6 +41,27 @@ def test_call_round_trips_and_its_data_is_checked() -> None:
     bad = msgpack.packb(["call", 3, [True, {1: "x"}]])
     with pytest.raises(ValueError, match="call data"):
         parse(bad, HOST_KINDS)
+
+
+def test_a_batch_carries_its_requests_call_frames() -> None:
+    calls = [pack_call(4, True, {"a": 1}, max_bytes=None), pack_call(6, False, {"b": 2}, max_bytes=None)]
+    message = parse(pack(Kind.BATCH, 4, calls), HOST_KINDS)
+    assert message.kind is Kind.BATCH and message.request_id == 4
+    assert message.data == [Message(Kind.CALL, 4, [True, {"a": 1}]), Message(Kind.CALL, 6, [False, {"b": 2}])]
+
+
+@pytest.mark.parametrize(
+    ("calls", "message"),
+    [
+        ([], "non-empty list of call frames"),
+        (["not bytes"], "non-empty list of call frames"),
+        ([msgpack.packb(["cancel", 1, None])], "unknown message kind 'cancel'"),
+        ([msgpack.packb(["call", 1, [False, {}]])] * 2, "names a request twice"),
+    ],
+)
+def test_malformed_batches_are_value_errors(calls: list[object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse(msgpack.packb(["batch", 1, calls]), HOST_KINDS)
 
 
 @pytest.mark.parametrize(
