@@ -112,8 +112,9 @@ def application(
         autoscaling: ``(min_replicas, max_replicas)``, or a Ray Serve ``autoscaling_config``
             dict, on top of :data:`DEFAULT_AUTOSCALING`.
         max_queued_requests: requests each caller (the HTTP proxy of each node, each handle)
-            holds while every replica is full; past it the proxy answers 503 with
-            ``Retry-After`` (a handle raises ``BackPressureError``). Default: ``max_queue``.
+            holds until a replica has room; past it the proxy answers 503 with
+            ``Retry-After`` (a handle raises ``BackPressureError``). Default: what the
+            replicas hold, ``(max_queue + 1) * replicas`` (``max_replicas`` when autoscaling).
         retry_after: seconds the 503 of a full cluster asks clients to wait.
         request_model, response_model, title, stream_ping: as in ``create_app`` (models may
             be import paths); ``request_model`` defaults to the SDXL request for the SDXL
@@ -139,7 +140,11 @@ def application(
         raise ValueError(f"num_replicas: must be a whole number >= 1, got {num_replicas!r}")
     if retry_after < 0:
         raise ValueError(f"retry_after: must be >= 0 seconds, got {retry_after}")
-    queued = max(1, max_queue) if max_queued_requests is None else max_queued_requests
+    scaling = None if autoscaling is None else _autoscaling(autoscaling, max_queue)
+    most_replicas = scaling["max_replicas"] if scaling is not None else (num_replicas or 1)
+    # Ray counts a request as queued at its caller until a replica takes it, so a burst of
+    # arrivals is all "queued" at once: the default holds one burst the size of the cluster.
+    queued = (max_queue + 1) * most_replicas if max_queued_requests is None else max_queued_requests
     if queued != -1 and queued < 1:
         raise ValueError(f"max_queued_requests: must be -1 (no limit) or >= 1, got {queued}")
 
@@ -153,8 +158,8 @@ def application(
         max_queued_requests=queued,
         backpressure_config={"status_code": 503, "retry_after_s": retry_after},
     )
-    if autoscaling is not None:
-        options["autoscaling_config"] = _autoscaling(autoscaling, max_queue)
+    if scaling is not None:
+        options["autoscaling_config"] = scaling
     else:
         options["num_replicas"] = num_replicas or 1
 
