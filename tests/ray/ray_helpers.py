@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import psutil
 
 HERE = Path(__file__).resolve().parent
@@ -188,9 +187,20 @@ def read_ledger(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def post_json(client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
-    return client.post(path, json=body)
-
-
-def iter_replica_headers(responses: Iterator[httpx.Response]) -> set[str]:
-    return {r.headers["x-gridgen-replica"] for r in responses}
+def sse_events(lines: Iterator[str]) -> list[tuple[str, Any]]:
+    """``(event name, parsed JSON data)`` of a ``text/event-stream`` body's lines."""
+    events: list[tuple[str, Any]] = []
+    event, data = "message", list[str]()
+    for line in lines:
+        if line == "":
+            if data:
+                events.append((event, json.loads("\n".join(data))))
+            event, data = "message", list[str]()
+        elif not line.startswith(":"):
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                event = value
+            elif field == "data":
+                data.append(value)
+    return events

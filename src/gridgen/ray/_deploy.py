@@ -164,10 +164,10 @@ def application(
         options["num_replicas"] = num_replicas or 1
 
     app_options: dict[str, Any] = {"title": title, "stream_ping": stream_ping}
-    if request_model is None and not _is_sdxl(worker):
-        app_options["request_model"] = "gridgen.ray._replica:AnyPayload"
-    elif request_model is not None:
-        app_options["request_model"] = request_model
+    if request_model is None:
+        sdxl = worker.__module__.startswith("gridgen.sdxl")
+        request_model = "gridgen.sdxl:GenerateRequest" if sdxl else "gridgen.ray:AnyPayload"
+    app_options["request_model"] = request_model
     if response_model is not None:
         app_options["response_model"] = response_model
     spec = ReplicaSpec(
@@ -182,10 +182,6 @@ def application(
     )
     deployment = serve.deployment(name=name, **options)(serve.ingress()(GridgenReplica))
     return deployment.bind(spec)
-
-
-def _is_sdxl(worker: type[DistributedWorker]) -> bool:
-    return worker.__module__.startswith("gridgen.sdxl")
 
 
 def build_app(args: Mapping[str, Any]) -> Application:
