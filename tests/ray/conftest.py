@@ -7,6 +7,7 @@ fixture checks that none of its processes is left.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 
@@ -15,6 +16,11 @@ import pytest
 # Before Ray is imported anywhere: see ray_helpers' docstring.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Every driver of the session (this process, the CLI under test) gets this job config, the
+# way `ray job submit` hands one to its entrypoint: see ray_workers.loopback_only.
+os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"] = json.dumps(
+    {"runtime_env": {"worker_process_setup_hook": "ray_workers.loopback_only"}}
+)
 
 from ray_helpers import LocalRayCluster, alive, wait_for
 

@@ -34,3 +34,25 @@ class LedgerWorker(ProbeWorker):
     def _write(path: str, entry: dict[str, Any]) -> None:
         with open(path, "a") as f:
             f.write(json.dumps(entry) + "\n")
+
+
+def loopback_only() -> None:
+    """``worker_process_setup_hook`` of the test cluster's jobs (see conftest.py).
+
+    A Ray Serve replica binds its inter-deployment gRPC server to ``[::]:0`` whatever the
+    node's address (ray/serve/_private/replica.py); every other Ray server follows the node
+    address, 127.0.0.1 here. This rebinds that one to the node address too, so nothing in
+    the test session listens beyond loopback.
+    """
+    import ray
+    from ray.serve._private import replica
+
+    bind = replica.add_port_to_grpc_server
+    node_ip = ray.util.get_node_ip_address()
+
+    def on_node_address(server: Any, address: str) -> Any:
+        if address.startswith("[::]:"):
+            address = f"{node_ip}:{address.rsplit(':', 1)[1]}"
+        return bind(server, address)
+
+    replica.add_port_to_grpc_server = on_node_address

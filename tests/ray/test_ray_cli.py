@@ -17,7 +17,7 @@ from ray import serve
 
 from gridgen.ray import REPLICA_HEADER
 
-from ray_helpers import LocalRayCluster, alive, wait_for
+from ray_helpers import LocalRayCluster, alive, is_loopback, wait_for
 
 
 def _lines(stream: IO[str], into: queue.Queue[str]) -> None:
@@ -58,6 +58,8 @@ def test_serve_ray_waits_until_ready_prints_the_url_and_tears_down_on_ctrl_c(ray
         replica = serve.get_app_handle("gridgen").status.remote().result(timeout_s=30)
         assert replica["devices"] == ["cpu"] and replica["max_queue"] == 2
         serving = [psutil.Process(pid) for pid in replica["pids"]]
+        exposed = [s for s in ray_cluster.listening() if not is_loopback(s[2])]
+        assert not exposed, exposed
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=90) == 130, "\n".join(stderr)

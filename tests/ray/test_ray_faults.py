@@ -41,7 +41,8 @@ def _ledger_app(*, replicas: int = 2, auto_restart: bool = True, setup_delay: fl
     return application(
         "ray_workers:LedgerWorker",
         setup_kwargs={"setup_delay": setup_delay},
-        runner_options={"error_grace": 2.0, "cancel_grace": 5.0, "auto_restart": auto_restart},
+        # auto_restart is on unless turned off: the default is what the heal test relies on.
+        runner_options={"error_grace": 2.0, "cancel_grace": 5.0, **({} if auto_restart else {"auto_restart": False})},
         num_replicas=replicas,
         num_cpus=0.5,
         max_queue=2,

@@ -17,7 +17,7 @@ from ray import serve
 
 from gridgen.ray import REPLICA_HEADER, application
 
-from ray_helpers import LocalRayCluster, deploy, replica_statuses, sse_events
+from ray_helpers import LocalRayCluster, deploy, is_loopback, replica_statuses, sse_events
 
 SMALL: dict[str, Any] = {"prompt": "a lighthouse at dawn", "width": 64, "height": 64, "num_inference_steps": 2}
 
@@ -109,3 +109,11 @@ def test_handle_streams_previews_then_the_result(sdxl_app: SDXLApp) -> None:
     assert items[-1]["seeds"] == [9]
     with pytest.raises(ValueError, match="width"):
         sdxl_app.handle.invoke.remote({**SMALL, "width": 65}).result(timeout_s=30)
+
+
+def test_nothing_listens_beyond_loopback(ray_cluster: LocalRayCluster, sdxl_app: SDXLApp) -> None:
+    sockets = ray_cluster.listening()
+    names = {name for _, name, _ in sockets}
+    assert {"gcs_server", "raylet"} <= names and any("ProxyActor" in n for n in names), names
+    exposed = [s for s in sockets if not is_loopback(s[2])]
+    assert not exposed, exposed
