@@ -44,6 +44,8 @@ def test_a_replica_takes_exactly_what_its_runner_holds() -> None:
     assert deployment.num_replicas == 3
     assert deployment.ray_actor_options["num_cpus"] == 1
     assert "num_gpus" not in deployment.ray_actor_options
+    router = deployment._deployment_config.request_router_config.request_router_class
+    assert router == "gridgen.ray._routing:LeastBusyRouter"  # not the proxy's node first
     spec = _spec(application(PROBE, max_queue=5, cpu_ranks=2))
     assert (spec.max_queue, spec.cpu_ranks, spec.gpus, spec.worker_cls) == (5, 2, 0, ProbeWorker)
 
@@ -184,6 +186,8 @@ def test_replicas_option_parses_a_count_or_a_range() -> None:
         (["--ray", "auto", "--port", "0"], "--port"),
         (["--ray", "auto", "--max-queue", "-1"], "--max-queue"),
         (["--ray", "auto", "--model", "./no/such/folder"], "--model: no such folder"),
+        (["--ray", "127.0.0.1:1"], "--ray: no Ray cluster answers at 127.0.0.1:1"),
+        (["--ray", "headnode"], "--ray: expected HOST:PORT"),
     ],
 )
 def test_serve_ray_bad_arguments_exit_2_before_connecting(

@@ -77,6 +77,35 @@ def test_replicas_on_two_nodes_share_the_requests(probe_app: App) -> None:
     assert {r.headers[REPLICA_HEADER] for r in responses} == set(statuses)
 
 
+def test_a_request_goes_to_an_idle_replica_rather_than_queue_behind_a_busy_one(
+    probe_app: App, tmp_path: Path
+) -> None:
+    # Ray's default router would fill the proxy node's replica first (when that is the busy
+    # one, these requests would wait 6 s behind it); gridgen's router picks the idle one.
+    ledger = tmp_path / "ledger.jsonl"
+    busy: dict[str, httpx.Response] = {}
+
+    def long_request() -> None:
+        with probe_app.client() as client:
+            busy["response"] = client.post(
+                "/generate", json={"op": "steps", "steps": 60, "delay": 0.1, "ledger": str(ledger)}
+            )
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    [start] = wait_for(lambda: read_ledger(ledger), 30, "the long request to start")
+    statuses = replica_statuses(probe_app.handle, 2)
+    [busy_replica] = [r for r, s in statuses.items() if start["pid"] in s["pids"]]
+    with probe_app.client() as client:
+        for i in range(4):
+            started = time.monotonic()
+            response = client.post("/generate", json={"op": "echo", "message": i})
+            assert response.headers[REPLICA_HEADER] != busy_replica
+            assert time.monotonic() - started < 3.0
+    thread.join(timeout=60)
+    assert busy["response"].headers[REPLICA_HEADER] == busy_replica
+
+
 def test_worker_killed_in_a_replica_is_a_typed_error_then_the_replica_heals(probe_app: App) -> None:
     with probe_app.client() as client:
         response = client.post("/generate", json={"op": "kill", "on_rank": 0})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import signal
+import socket
 import time
 from typing import Any
 
@@ -47,7 +49,24 @@ def _check_args(args: argparse.Namespace) -> tuple[int | None, tuple[int, int] |
     if args.max_queue < 0:
         raise UsageError(f"--max-queue: must be 0 or more, got {args.max_queue}")
     _check_model(args.model)
-    return parse_replicas(args.replicas)
+    counts = parse_replicas(args.replicas)
+    _check_reachable(args.ray)
+    return counts
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a cluster address nothing answers at: Ray itself retries for minutes."""
+    from gridgen.cli import UsageError
+
+    if address in ("auto", "local"):
+        return  # Ray finds (or starts) the cluster and says so itself
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray: expected HOST:PORT of the Ray head (or auto), got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UsageError(f"--ray: no Ray cluster answers at {address} ({exc})") from None
 
 
 def _application(args: argparse.Namespace, replicas: Any, autoscaling: Any) -> Any:
@@ -92,11 +111,16 @@ def serve_on_ray(args: argparse.Namespace) -> int:
 
     replicas, autoscaling = _check_args(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("ray").setLevel(logging.WARNING)  # "connecting...", "started Serve..."
     import ray
     from ray import serve
 
-    address = args.ray
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=args.verbose)
+    # SIGTERM (kill, a process manager) tears down like Ctrl-C; SIGINT is installed anew
+    # because a shell starting this in the background hands it down ignored.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    ray.init(address=args.ray, logging_level=logging.WARNING, log_to_driver=args.verbose)
+    address = ray.get_runtime_context().gcs_address
     try:
         serve_was_running = bool(serve.status().proxies or serve.status().applications)
         app, described = _application(args, replicas, autoscaling)
@@ -119,4 +143,10 @@ def serve_on_ray(args: argparse.Namespace) -> int:
                 serve.shutdown()  # type: ignore[no-untyped-call]
     finally:
         ray.shutdown()  # type: ignore[no-untyped-call]
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 

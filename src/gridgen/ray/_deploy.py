@@ -28,6 +28,8 @@ up waits only 10 s of sustained load; scaling down waits 5 minutes, because a re
 given back costs a model load to get again.
 """
 
+ROUTER = "gridgen.ray._routing:LeastBusyRouter"
+
 # Options the deployment derives itself, so that they cannot disagree with the runner.
 _DERIVED = {
     "world_size": "set by gpus= (one rank per GPU) or cpu_ranks=",
@@ -123,7 +125,10 @@ def application(
             e.g. ``"gridgen.sdxl:ensure_tiny_sdxl"`` to build the tiny model on that node.
         name: the deployment's name.
         deployment_options: other Ray Serve deployment options (``ray_actor_options``,
-            ``health_check_period_s``, ``graceful_shutdown_timeout_s``...).
+            ``health_check_period_s``, ``graceful_shutdown_timeout_s``...). The default
+            ``request_router_config`` routes each request to the less busy of two replicas
+            from the whole cluster (:class:`~gridgen.ray._routing.LeastBusyRouter`), not
+            the proxy's own node first.
     """
     worker = resolve(worker_cls)
     if not (isinstance(worker, type) and issubclass(worker, DistributedWorker)):
@@ -152,6 +157,7 @@ def application(
     if gpus:
         actor.setdefault("num_gpus", gpus)
     actor.setdefault("num_cpus", num_cpus if num_cpus is not None else (1 if gpus else cpu_ranks))
+    options.setdefault("request_router_config", {"request_router_class": ROUTER})
     options.update(
         ray_actor_options=actor,
         max_ongoing_requests=max_queue + 1,
