@@ -195,3 +195,20 @@ def test_serve_ray_bad_arguments_exit_2_before_connecting(
 ) -> None:
     assert main(["serve", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_public_names_are_documented_and_listed_in_the_api_reference() -> None:
+    import inspect
+
+    import gridgen.ray
+
+    for name in gridgen.ray.__all__:
+        value = getattr(gridgen.ray, name)
+        if callable(value):
+            assert inspect.getdoc(value), f"gridgen.ray.{name} has no docstring"
+    for method in ("invoke", "stream", "status", "check_health"):
+        assert inspect.getdoc(getattr(gridgen.ray.GridgenReplica, method)), method
+    text = (ROOT / "docs" / "api.md").read_text()
+    section = text.split("::: gridgen.ray\n", 1)[1].split(":::", 1)[0]
+    listed = {line.strip()[2:] for line in section.splitlines() if line.strip().startswith("- ")}
+    assert listed == set(gridgen.ray.__all__)
