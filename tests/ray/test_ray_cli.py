@@ -56,7 +56,7 @@ def test_serve_ray_waits_until_ready_prints_the_url_and_tears_down_on_ctrl_c(ray
             assert result.headers[REPLICA_HEADER]
         assert serve.status().applications["gridgen"].status == "RUNNING"
         replica = serve.get_app_handle("gridgen").status.remote().result(timeout_s=30)
-        assert replica["devices"] == ["cpu"] and replica["max_queue"] == 2
+        assert replica["devices"] == ["cpu"] and (replica["max_queue"], replica["max_ongoing"]) == (2, 3)
         serving = [psutil.Process(pid) for pid in replica["pids"]]
         exposed = [s for s in ray_cluster.listening() if not is_loopback(s[2])]
         assert not exposed, exposed

@@ -124,12 +124,16 @@ class GridgenReplica:
         else:
             device, world_size = "cpu", spec.cpu_ranks
         options = {"auto_restart": True, **spec.runner_options}
+        # Ray lets max_queue + 1 requests in (max_ongoing_requests). It counts a request gone
+        # once its response is sent, a moment before the runner moves the next one from its
+        # queue to the ranks; a request arriving in that moment would find the queue full.
+        # One spare slot absorbs the hand-off, so Ray's limit is always the one that binds.
         self.runner: DistributedRunner[Any] = DistributedRunner(
             spec.worker_cls,
             world_size,
             device=device,
             setup_kwargs=spec.setup_kwargs,
-            max_queue=spec.max_queue,
+            max_queue=spec.max_queue + 1,
             **options,
         )
         request_model = spec.app_options.get("request_model")
@@ -202,7 +206,8 @@ class GridgenReplica:
 
     def status(self) -> dict[str, Any]:
         """This replica and its runner: ``replica``, ``actor_name``, ``node_id``, ``state``,
-        ``ready``, ``world_size``, ``devices``, ``queue_size``, ``max_queue``, ``pids``."""
+        ``ready``, ``world_size``, ``devices``, ``queue_size``, ``max_queue`` (the
+        deployment's), ``max_ongoing`` (what Ray lets in: ``max_queue + 1``), ``pids``."""
         runner = self.runner
         context = ray.get_runtime_context()
         return {
@@ -214,7 +219,8 @@ class GridgenReplica:
             "world_size": runner.world_size,
             "devices": list(runner.devices),
             "queue_size": runner.queue_size,
-            "max_queue": runner.max_queue,
+            "max_queue": self.spec.max_queue,
+            "max_ongoing": self.spec.max_queue + 1,
             "pids": list(runner.pids),
         }
 
