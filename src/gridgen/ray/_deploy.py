@@ -71,6 +71,39 @@ def _autoscaling(autoscaling: tuple[int, int] | Mapping[str, Any], max_queue: in
     return config
 
 
+def _scale_and_backpressure(
+    max_queue: int,
+    num_replicas: int | None,
+    autoscaling: tuple[int, int] | Mapping[str, Any] | None,
+    max_queued_requests: int | None,
+    retry_after: float,
+) -> dict[str, Any]:
+    """Ray Serve's replica count (or autoscaling) and its backpressure settings."""
+    if autoscaling is not None and num_replicas is not None:
+        raise ValueError("num_replicas and autoscaling: give one, not both")
+    if num_replicas is not None and (not isinstance(num_replicas, int) or num_replicas < 1):
+        raise ValueError(f"num_replicas: must be a whole number >= 1, got {num_replicas!r}")
+    if retry_after < 0:
+        raise ValueError(f"retry_after: must be >= 0 seconds, got {retry_after}")
+    scaling = None if autoscaling is None else _autoscaling(autoscaling, max_queue)
+    most_replicas = scaling["max_replicas"] if scaling is not None else (num_replicas or 1)
+    # Ray counts a request as queued at its caller until a replica takes it, so a burst of
+    # arrivals is all "queued" at once: the default holds one burst the size of the cluster.
+    queued = (max_queue + 1) * most_replicas if max_queued_requests is None else max_queued_requests
+    if queued != -1 and queued < 1:
+        raise ValueError(f"max_queued_requests: must be -1 (no limit) or >= 1, got {queued}")
+    options: dict[str, Any] = {
+        "max_ongoing_requests": max_queue + 1,
+        "max_queued_requests": queued,
+        "backpressure_config": {"status_code": 503, "retry_after_s": retry_after},
+    }
+    if scaling is not None:
+        options["autoscaling_config"] = scaling
+    else:
+        options["num_replicas"] = num_replicas or 1
+    return options
+
+
 def application(
     worker_cls: type[DistributedWorker] | str,
     *,
@@ -139,35 +172,13 @@ def application(
     for label, value, least in (("gpus", gpus, 0), ("cpu_ranks", cpu_ranks, 1), ("max_queue", max_queue, 0)):
         if not isinstance(value, int) or value < least:
             raise ValueError(f"{label}: must be a whole number >= {least}, got {value!r}")
-    if autoscaling is not None and num_replicas is not None:
-        raise ValueError("num_replicas and autoscaling: give one, not both")
-    if num_replicas is not None and (not isinstance(num_replicas, int) or num_replicas < 1):
-        raise ValueError(f"num_replicas: must be a whole number >= 1, got {num_replicas!r}")
-    if retry_after < 0:
-        raise ValueError(f"retry_after: must be >= 0 seconds, got {retry_after}")
-    scaling = None if autoscaling is None else _autoscaling(autoscaling, max_queue)
-    most_replicas = scaling["max_replicas"] if scaling is not None else (num_replicas or 1)
-    # Ray counts a request as queued at its caller until a replica takes it, so a burst of
-    # arrivals is all "queued" at once: the default holds one burst the size of the cluster.
-    queued = (max_queue + 1) * most_replicas if max_queued_requests is None else max_queued_requests
-    if queued != -1 and queued < 1:
-        raise ValueError(f"max_queued_requests: must be -1 (no limit) or >= 1, got {queued}")
-
     actor = dict(options.pop("ray_actor_options", {}))
     if gpus:
         actor.setdefault("num_gpus", gpus)
     actor.setdefault("num_cpus", num_cpus if num_cpus is not None else (1 if gpus else cpu_ranks))
     options.setdefault("request_router_config", {"request_router_class": ROUTER})
-    options.update(
-        ray_actor_options=actor,
-        max_ongoing_requests=max_queue + 1,
-        max_queued_requests=queued,
-        backpressure_config={"status_code": 503, "retry_after_s": retry_after},
-    )
-    if scaling is not None:
-        options["autoscaling_config"] = scaling
-    else:
-        options["num_replicas"] = num_replicas or 1
+    options.update(ray_actor_options=actor)
+    options.update(_scale_and_backpressure(max_queue, num_replicas, autoscaling, max_queued_requests, retry_after))
 
     app_options: dict[str, Any] = {"title": title, "stream_ping": stream_ping}
     if request_model is None:
