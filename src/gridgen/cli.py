@@ -178,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="uvicorn and gridgen log level (default: %(default)s)",
     )
     _add_runner_options(serve)
+    cluster = serve.add_argument_group("Ray cluster (needs gridgen[ray]; docs/ray.md)")
+    cluster.add_argument(
+        "--ray", default=None, metavar="ADDRESS",
+        help='deploy onto this Ray cluster with Ray Serve ("auto": the cluster this machine '
+        "belongs to); --host/--port then set Ray Serve's proxy, and the model and worker "
+        "options apply to each replica",
+    )
+    cluster.add_argument(
+        "--replicas", default=None, metavar="N|MIN-MAX",
+        help="with --ray: N replicas, or autoscale between MIN and MAX on queue depth (default 1)",
+    )
     serve.set_defaults(handler=_serve)
     return parser
 
@@ -359,6 +370,10 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.ray is not None or args.replicas is not None:
+        from .ray._cli import serve_on_ray
+
+        return serve_on_ray(args)
     if args.max_queue < 0:
         raise UsageError(f"--max-queue: must be 0 or more, got {args.max_queue}")
     check_device(args)
