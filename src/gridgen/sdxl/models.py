@@ -35,15 +35,15 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import tempfile
-import threading
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
+from .._hub import DEFAULT_MODEL, DEFAULT_PREVIEW_MODEL
+from .._hub import dtype_kwargs as _dtype_kwargs
+from .._hub import from_pretrained as _from_pretrained
 from ..errors import ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -68,8 +68,6 @@ __all__ = [
     "write_tokenizer_files",
 ]
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
-DEFAULT_PREVIEW_MODEL = "madebyollin/taesdxl"
 TINY_MODEL = "tiny"
 RANDOM_MODEL = "sdxl-random"
 
@@ -77,7 +75,6 @@ _TINY_DIRNAME = "tiny-sdxl-v1"
 _TINY_SEED = 1234
 _BOS = "<|startoftext|>"
 _EOS = "<|endoftext|>"
-_HUB_PROBE_TIMEOUT_S = 2.0
 
 
 # -- small helpers -----------------------------------------------------------------
@@ -407,95 +404,6 @@ def _condition_init(module: Any, generator: Any) -> None:
 
 
 # -- loading ------------------------------------------------------------------------
-
-
-def _hub_reachable(timeout: float = _HUB_PROBE_TIMEOUT_S) -> bool:
-    """False when offline mode is set or the hub's host does not accept a TCP connection quickly.
-
-    The probe (DNS included) runs in a daemon thread so a resolver that hangs cannot
-    block the caller longer than ``timeout``.
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = url.hostname or "huggingface.co"
-    port = url.port or (80 if url.scheme == "http" else 443)
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, name="gridgen-hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
-def _looks_like_path(model: str) -> bool:
-    return (
-        model.startswith(("/", "./", "../", "~", "\\"))
-        or model.count("/") > 1
-        or (os.sep != "/" and os.sep in model)
-    )
-
-
-def _not_found(what: str, model: str, reason: str, example: str) -> ModelNotFoundError:
-    if what == "model":
-        fallback = 'or run with model="tiny" (a built-in tiny SDXL with random weights that needs no download)'
-    else:
-        fallback = 'or use preview="linear" (a latent-to-RGB approximation that needs no weights)'
-    return ModelNotFoundError(
-        f"cannot load {what} {model!r}: {reason}. To fix it: pass the path of a local folder "
-        f"that holds it (a diffusers save_pretrained layout), or download it on a machine with "
-        f"network (`huggingface-cli download {example}`) and copy the Hugging Face cache here, "
-        f"{fallback}."
-    )
-
-
-def _dtype_kwargs(dtype: torch.dtype, given: dict[str, Any]) -> dict[str, Any]:
-    """The dtype keyword of ``from_pretrained``: ``dtype`` on diffusers that renamed it, else
-    ``torch_dtype``; nothing when the caller passed either."""
-    if "dtype" in given or "torch_dtype" in given:
-        return {}
-    try:
-        from diffusers.utils import deprecation_utils
-
-        renamed = hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE")
-    except ImportError:  # pragma: no cover - older diffusers
-        renamed = False
-    return {"dtype" if renamed else "torch_dtype": dtype}
-
-
-def _from_pretrained(cls: Any, what: str, model: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained`` for a folder or hub id, failing fast and clearly when offline."""
-    expanded = os.path.expanduser(model)
-    if os.path.isdir(expanded):
-        return cls.from_pretrained(expanded, **kwargs)
-    if _looks_like_path(model):
-        example = DEFAULT_MODEL if what == "model" else DEFAULT_PREVIEW_MODEL
-        raise _not_found(what, model, "no such folder", example)
-    if kwargs.get("local_files_only"):
-        try:
-            return cls.from_pretrained(model, **kwargs)
-        except (OSError, ValueError) as exc:
-            raise _not_found(what, model, f"it is not in the local cache ({exc})", model) from exc
-    try:
-        return cls.from_pretrained(model, **{**kwargs, "local_files_only": True})
-    except (OSError, ValueError) as exc:
-        cached_error = exc
-    if not _hub_reachable():
-        raise _not_found(
-            what,
-            model,
-            "it is neither a local folder nor in the Hugging Face cache, and the hub cannot be "
-            "reached (offline, or HF_HUB_OFFLINE=1)",
-            model,
-        ) from cached_error
-    return cls.from_pretrained(model, **kwargs)
 
 
 def load_pipeline(
