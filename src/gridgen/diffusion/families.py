@@ -138,6 +138,7 @@ class _SDXL(Family):
     name, title, pipeline_class = "sdxl", "SDXL", "StableDiffusionXLPipeline"
     request_model = GenerateRequest
     step_tensors = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids")
+    shrinkable = True
     latent_rgb = (SDXL_LATENT_RGB_FACTORS, SDXL_LATENT_RGB_BIAS)
 
     def validate(self, payload: Mapping[str, Any] | BaseModel, world_size: int | None = None) -> Any:
