@@ -268,7 +268,7 @@ def _model_index(model: str) -> tuple[dict[str, Any], Callable[[str], dict[str, 
         for local_only in (True, False) if online else (True,):
             try:
                 path = hf_hub_download(model, name, local_files_only=local_only)
-            except Exception:  # noqa: BLE001 - not cached / not found: try the next way
+            except Exception:
                 continue
             data: dict[str, Any] = json.loads(Path(path).read_text("utf-8"))
             return data

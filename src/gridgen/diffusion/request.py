@@ -85,16 +85,17 @@ class CommonRequest(BaseModel):
         return value
 
 
-# FLUX.1 and SD3 latents are 1/8 of the image and are cut into 2x2 patches: 16 pixels.
-_SIDE = {"ge": 64, "le": 2048, "multiple_of": 16}
+def _side() -> Any:
+    # FLUX.1 and SD3 latents are 1/8 of the image and are cut into 2x2 patches: 16 pixels.
+    return Field(default=1024, ge=64, le=2048, multiple_of=16, description="Pixels, a multiple of 16.")
 
 
 class FluxDevRequest(CommonRequest):
     """FLUX.1-dev: guidance-distilled (the scale is an input of the model, one pass per
     step), so there is no negative prompt."""
 
-    width: int = Field(default=1024, **_SIDE, description="Pixels, a multiple of 16.")  # type: ignore[arg-type]
-    height: int = Field(default=1024, **_SIDE, description="Pixels, a multiple of 16.")  # type: ignore[arg-type]
+    width: int = _side()
+    height: int = _side()
     num_inference_steps: int = Field(default=28, ge=1, le=150, description="Denoising steps.")
     guidance_scale: float = Field(
         default=3.5, ge=0.0, le=30.0, description="Distilled guidance, an input of the model."
@@ -104,8 +105,8 @@ class FluxDevRequest(CommonRequest):
 class FluxSchnellRequest(CommonRequest):
     """FLUX.1-schnell: timestep-distilled for 1 to 4 steps, no guidance at all."""
 
-    width: int = Field(default=1024, **_SIDE, description="Pixels, a multiple of 16.")  # type: ignore[arg-type]
-    height: int = Field(default=1024, **_SIDE, description="Pixels, a multiple of 16.")  # type: ignore[arg-type]
+    width: int = _side()
+    height: int = _side()
     num_inference_steps: int = Field(
         default=4, ge=1, le=16, description="Denoising steps (distilled for 1 to 4)."
     )
@@ -117,8 +118,8 @@ class SD3Request(CommonRequest):
     negative_prompt: str = Field(
         default="", max_length=MAX_PROMPT_CHARS, description="What to steer away from."
     )
-    width: int = Field(default=1024, **_SIDE, description="Pixels, a multiple of 16.")  # type: ignore[arg-type]
-    height: int = Field(default=1024, **_SIDE, description="Pixels, a multiple of 16.")  # type: ignore[arg-type]
+    width: int = _side()
+    height: int = _side()
     num_inference_steps: int = Field(default=28, ge=1, le=150, description="Denoising steps.")
     guidance_scale: float = Field(
         default=3.5, ge=0.0, le=30.0, description="Classifier-free guidance; <= 1 turns it off."

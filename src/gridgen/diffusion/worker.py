@@ -60,15 +60,13 @@ from ..sdxl.batching import (
 from ..sdxl.fast import OptimizeMode, optimize_pipeline
 from ..sdxl.models import load_preview_decoder, resolve_dtype
 from ..sdxl.preview import LinearPreview, Previewer, TaesdPreview
-from ..worker import DistributedWorker
 from .families import SDXL, Family
 from .models import load_family_pipeline
-from .vae import decode_latents
+from .steps import RankSteps, _dist_ready
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
-    from PIL import Image
 
 __all__ = ["DiffusionWorker", "PreviewMode"]
 
@@ -77,7 +75,7 @@ PreviewMode = Literal["auto", "taesd", "linear"] | None
 _ENCODE_QUALITY = 90  # jpeg / webp
 
 
-class DiffusionWorker(DistributedWorker):
+class DiffusionWorker(RankSteps):
     """A diffusers text-to-image pipeline, data parallel: every rank makes its share of the images.
 
     Use a family's subclass (:class:`~gridgen.sdxl.SDXLWorker`,
@@ -118,9 +116,6 @@ class DiffusionWorker(DistributedWorker):
     previewer: Previewer | None
     dtype: torch.dtype
     model: str
-    decode_batch_size: int = 4
-    """Images decoded by the VAE at a time (bounds decode memory at large sizes)."""
-
     # -- setup ------------------------------------------------------------------------
 
     def setup(  # type: ignore[override]
@@ -396,106 +391,6 @@ class DiffusionWorker(DistributedWorker):
         latents: torch.Tensor = output.images
         return latents
 
-    def _after_step(self, run: BatchRun, step: int, latents: torch.Tensor | None) -> None:
-        """Runs after denoising step ``step`` (0-based) on every rank, in lockstep."""
-        run.cancelled = run.batch.cancelled()  # collective: the same answer on every rank
-        run.steps_done = step + 1
-        if all(run.cancelled):
-            return
-        done = step + 1
-        due = run.previews_due(done)
-        if not due:
-            return
-        event: dict[str, Any] = {
-            "step": done,
-            "total_steps": run.total_steps,
-            "progress": done / run.total_steps,
-        }
-        grids = self._preview_grids(run, latents, due) if self.previewer is not None else None
-        if self.rank != 0:
-            return
-        for n, k in enumerate(due):
-            extra = {} if grids is None else {"preview_image": grids[n]}
-            run.batch[k].add_streaming_result({**event, **extra})
-
-    def _preview_grids(
-        self, run: BatchRun, latents: torch.Tensor | None, due: list[int]
-    ) -> list[Image.Image] | None:
-        """One preview grid per request in ``due`` on rank 0 (None elsewhere); collective."""
-        assert self.previewer is not None
-        import torch
-
-        first = run.requests[0]
-        scale = self.pipeline.vae_scale_factor
-        height, width = self.previewer.size(first.height // scale, first.width // scale)
-        previews = torch.zeros(
-            (run.plan.max_share, 3, height, width), dtype=torch.uint8, device=self.device
-        )
-        if latents is not None:
-            wanted = set(due)
-            positions = [
-                p for p in run.live_positions() if run.mine[run.rows[p]].request in wanted
-            ]
-            if positions:
-                rows = [run.rows[p] for p in positions]
-                unpacked = self.family.unpack(self.pipeline, latents[positions], first)
-                previews[rows] = self.previewer(unpacked)
-        gathered = self._gather(previews, run.plan.max_share)
-        if gathered is None:
-            return None
-        stacked = stack_gathered(gathered)
-        return [make_grid(to_pil(stacked, run.plan.indices(k))) for k in due]
-
-    def _decode_rows(self, run: BatchRun, latents: torch.Tensor | None) -> torch.Tensor:
-        """This rank's images as uint8 rows (``max_share`` of them; cancelled rows stay zero)."""
-        import torch
-
-        first = run.requests[0]
-        pixels = torch.zeros(
-            (run.plan.max_share, 3, first.height, first.width),
-            dtype=torch.uint8,
-            device=self.device,
-        )
-        live = run.live_positions()
-        if latents is not None and live:
-            pixels[[run.rows[p] for p in live]] = self._decode(latents[live], first)
-        return pixels
-
-    def _decode(self, latents: torch.Tensor, request: Any) -> torch.Tensor:
-        """Decode to uint8 on the device; in warm batch sizes when the VAE is compiled or
-        graphed (see :meth:`WarmSizes.chunks <gridgen.sdxl.batching.WarmSizes.chunks>`)."""
-        size, count, limit = (request.width, request.height), latents.shape[0], self.decode_batch_size
-        if self.graphed_unet is None:
-            sizes = [min(limit, count - start) for start in range(0, count, limit)]
-        else:
-            sizes = self.warm.chunks("vae", size, count, limit)
-        latents = self.family.unpack(self.pipeline, latents, request)
-        pixels = decode_latents(self.pipeline.vae, latents.to(self.device), sizes)
-        if self.graphed_unet is not None:
-            for rows in sizes:
-                self.warm.add("vae", size, rows)
-        return pixels
-
-    def _gather(self, batch: torch.Tensor, max_share: int) -> list[torch.Tensor] | None:
-        """Gather every rank's uint8 batch (padded to ``max_share``) to rank 0.
-
-        Returns one tensor per rank on rank 0 (still padded), ``None`` on other ranks.
-        Every rank must call it, those with an empty batch too.
-        """
-        import torch
-
-        padded = torch.zeros((max_share, *batch.shape[1:]), dtype=torch.uint8, device=self.device)
-        padded[: batch.shape[0]] = batch
-        if not self._collective():
-            return [padded]
-        import torch.distributed as dist
-
-        slots = (
-            [torch.empty_like(padded) for _ in range(self.world_size)] if self.rank == 0 else None
-        )
-        dist.gather(padded, slots, dst=0)
-        return slots
-
     def _finish(
         self, run: BatchRun, k: int, stacked: np.ndarray[Any, Any], marks: Marks
     ) -> dict[str, Any] | concurrent.futures.Future[dict[str, Any]]:
@@ -536,19 +431,6 @@ class DiffusionWorker(DistributedWorker):
             return self._encoder_pool.submit(finish)
         return finish()
 
-    # -- helpers -------------------------------------------------------------------------
-
-    def _collective(self) -> bool:
-        return self.world_size > 1 and _dist_ready()
-
-    def _sync(self) -> None:
-        """Wait for the device, so that timings measure work rather than kernel launches."""
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.synchronize(self.device)
-
-
 def _thread_lock_for_progress_bars() -> None:
     """Give tqdm (which diffusers uses while loading) a thread lock, not its default
     multiprocessing one: that one is a named semaphore in /dev/shm that outlives the worker
@@ -558,12 +440,6 @@ def _thread_lock_for_progress_bars() -> None:
     import tqdm
 
     tqdm.tqdm.set_lock(threading.RLock())
-
-
-def _dist_ready() -> bool:
-    import torch.distributed as dist
-
-    return bool(dist.is_available() and dist.is_initialized())
 
 
 def _encoder() -> Any:
