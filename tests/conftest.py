@@ -38,3 +38,13 @@ def probe() -> Iterator[LiveRunner]:
     """Two CPU ranks running ProbeWorker, shared by a test module; tests must leave it healthy."""
     with live(error_grace=2.0, cancel_grace=5.0) as rt:
         yield rt
+
+
+@pytest.fixture(scope="session")
+def family_cache(tiny_cache: str) -> str:
+    """``tiny_cache`` with tiny-flux and tiny-sd3 built once, before any rank starts."""
+    from gridgen.diffusion import ensure_tiny
+
+    for name in ("tiny-flux", "tiny-sd3"):
+        ensure_tiny(name)
+    return tiny_cache

@@ -1,5 +1,4 @@
-"""FLUX.1 / SD3.5 fixtures: the tiny models in the session's private cache, one direct
-(world size 1) worker per tiny family."""
+"""FLUX.1 / SD3.5 fixtures: one direct (world size 1) worker per tiny family."""
 
 from __future__ import annotations
 
@@ -10,16 +9,6 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for a model hub
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
-
-@pytest.fixture(scope="session")
-def family_cache(tiny_cache: str) -> str:
-    """``tiny_cache`` with tiny-flux and tiny-sd3 built once, before any rank starts."""
-    from gridgen.diffusion import ensure_tiny
-
-    for name in ("tiny-flux", "tiny-sd3"):
-        ensure_tiny(name)
-    return tiny_cache
 
 
 @pytest.fixture(scope="session")
