@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from server_helpers import LiveServer, decode_data_url, stream_events
 
 MODELS = ("tiny-flux", "tiny-sd3")
