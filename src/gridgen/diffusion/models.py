@@ -216,7 +216,7 @@ def build_random(
     with tempfile.TemporaryDirectory() as tmp:
         clip_tokenizer = sdxl_models._local_tokenizer(Path(tmp))
     t5_tok, ids = t5_tokenizer(), sdxl_models._token_ids(clip_tokenizer)
-    modules: dict[str, Any] = {}
+    modules: _CastOnSet = _CastOnSet(torch_dtype)
     with torch.device(target):
         modules["vae"] = d.AutoencoderKL(**_kwargs(cfg["vae"]))
         modules["text_encoder_3" if name == "sd3-random" else "text_encoder_2"] = t.T5EncoderModel(
@@ -233,7 +233,6 @@ def build_random(
             modules["transformer"] = d.FluxTransformer2DModel(**_kwargs(cfg["transformer"]))
     generator = torch.Generator(target).manual_seed(seed)
     for module in modules.values():
-        module.to(torch_dtype)
         sdxl_models._condition_init(module, generator)
         module.eval()
     scheduler = d.FlowMatchEulerDiscreteScheduler(**_kwargs(cfg["scheduler"]))
@@ -243,6 +242,18 @@ def build_random(
             tokenizer_3=t5_tok, **modules,
         )
     return d.FluxPipeline(scheduler=scheduler, tokenizer=clip_tokenizer, tokenizer_2=t5_tok, **modules)
+
+
+class _CastOnSet(dict[str, Any]):
+    """Casts each module to the target dtype as it is stored: built one at a time in float32,
+    the full-size parts never hold float32 copies of all of them at once (70 GB for FLUX.1)."""
+
+    def __init__(self, dtype: Any) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def __setitem__(self, key: str, module: Any) -> None:
+        super().__setitem__(key, module.to(self.dtype))
 
 
 def _model_index(model: str) -> tuple[dict[str, Any], Callable[[str], dict[str, Any] | None]] | None:
