@@ -113,3 +113,17 @@ def test_a_worker_refuses_a_model_of_another_family(family_cache: str) -> None:
         SD3Worker().setup(model="tiny-sd3", preview="taesd")
     with pytest.raises(ValueError, match="optimize='graphs' is SDXL only"):
         FluxWorker().setup(model="tiny-flux", optimize="graphs")
+
+
+def test_a_schnell_folder_runs_without_guidance(tmp_path: Path) -> None:
+    from gridgen.diffusion import build_tiny_flux
+
+    folder = tmp_path / "schnell"
+    build_tiny_flux(guidance_embeds=False).save_pretrained(folder)
+    worker = worker_for(str(folder))()
+    worker.setup(model=str(folder))
+    assert worker.pipeline.transformer.config.guidance_embeds is False
+    result = worker(**{**SMALL, "num_inference_steps": 2}, num_images=2, seed=3, output="images")
+    assert result["seeds"] == [3, 4] and [image.format for image in result["images"]] == ["png", "png"]
+    with pytest.raises(InvalidRequestError, match="guidance_scale: not supported by FLUX.1-schnell"):
+        worker(**SMALL, guidance_scale=1.0)
