@@ -94,7 +94,7 @@ def worker_for(model: str) -> type[DiffusionWorker]:
     family = family_of(model)
     if family is SDXL:
         # gridgen.sdxl imports this package (its worker is one family of it): import it late.
-        from ..sdxl.worker import SDXLWorker
+        from ..sdxl.family import SDXLWorker
 
         return SDXLWorker
     return _WORKERS[family.name]

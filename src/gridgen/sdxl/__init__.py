@@ -21,7 +21,7 @@ from .request import (
     Timings,
     validate_request,
 )
-from .worker import SDXLWorker
+from .family import SDXLWorker
 
 __all__ = [
     "DEFAULT_MODEL",
