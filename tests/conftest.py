@@ -44,3 +44,13 @@ def shared_probe() -> Iterator[LiveRunner]:
 def probe(shared_probe: LiveRunner) -> LiveRunner:
     """The module's ProbeWorker runner, ready and idle whatever the test before left."""
     return shared_probe.ensure_healthy()
+
+
+@pytest.fixture(scope="session")
+def family_cache(tiny_cache: str) -> str:
+    """``tiny_cache`` with tiny-flux and tiny-sd3 built once, before any rank starts."""
+    from gridgen.diffusion import ensure_tiny
+
+    for name in ("tiny-flux", "tiny-sd3"):
+        ensure_tiny(name)
+    return tiny_cache

@@ -23,11 +23,13 @@ def check_model(model: str | None) -> None:
     before starting workers (loading it in every worker would fail the same way, later)."""
     if model and model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
         raise UsageError(f"--model: no such folder: {model}")
-    from .sdxl.models import DEFAULT_MODEL, ModelNotFoundError
-    from .sdxl.models import check_model as look_up
+    from ._hub import DEFAULT_MODEL
+    from ._hub import check_model as look_up
+    from .diffusion.models import BUILTIN_MODELS
+    from .errors import ModelNotFoundError
 
     try:
-        look_up(model or DEFAULT_MODEL)
+        look_up(model or DEFAULT_MODEL, BUILTIN_MODELS)
     except ModelNotFoundError as exc:
         raise UsageError(f"--model: {exc}") from None
 

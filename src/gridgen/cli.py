@@ -67,10 +67,11 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=None,
         metavar="tiny|ID|PATH",
-        help='"tiny" (built-in tiny model with random weights: no download, noise images), '
-        '"sdxl-random" (full-size SDXL with random weights, for GPU benchmarks), a Hugging '
-        "Face hub id or a local folder with an SDXL pipeline "
-        "(default: stabilityai/stable-diffusion-xl-base-1.0)",
+        help='"tiny", "tiny-flux" or "tiny-sd3" (built-in tiny SDXL, FLUX.1-dev or SD3.5 with '
+        'random weights: no download, noise images), "sdxl-random", "flux-random" or '
+        '"sd3-random" (full size, random weights, for GPU benchmarks), a Hugging Face hub id or '
+        "a local folder with an SDXL, FLUX.1 or SD3.5 pipeline; its model_index.json picks the "
+        "family (default: stabilityai/stable-diffusion-xl-base-1.0)",
     )
     group.add_argument(
         "--workers",
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="gridgen",
-        description="Generate image grids with SDXL on one worker process per GPU, "
+        description="Generate image grids with SDXL, FLUX.1 or SD3.5 on one worker process per GPU, "
         "from the command line (generate) or over HTTP (serve).",
         epilog='Quick start on CPU: gridgen generate "a lighthouse at dawn" --model tiny '
         "--workers 2 --device cpu --width 256 --height 256 --steps 4 -o grid.png",
@@ -112,18 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate images for one prompt and write the grid",
         description="Generate --num-images images of PROMPT (image i from seed + i), spread "
         "over the workers, and write them as one grid image. The request is checked before "
-        "any worker starts. Unset options take the request's defaults: one image per worker, "
-        "1024x1024, 20 steps, guidance 5.0, a random seed.",
+        "any worker starts. Unset options take the model family's defaults (SDXL: one image "
+        "per worker, 1024x1024, 20 steps, guidance 5.0, a random seed; see the family pages).",
     )
     gen.add_argument("prompt", metavar="PROMPT", help="what to draw")
     req = gen.add_argument_group("request")
-    req.add_argument("--negative-prompt", default=None, metavar="TEXT", help="what to steer away from")
+    req.add_argument("--negative-prompt", default=None, metavar="TEXT", help="what to steer away from (SDXL, SD3.5)")
     req.add_argument(
         "--num-images", "-n", type=int, default=None, metavar="N",
         help="images to generate (1-64; default: one per worker)",
     )
     req.add_argument(
-        "--steps", type=int, default=None, metavar="S", help="denoising steps (1-150; default 20)"
+        "--steps", type=int, default=None, metavar="S", help="denoising steps (1-150; default: the family's, SDXL 20)"
     )
     req.add_argument(
         "--width", type=int, default=None, metavar="W", help="pixels, a multiple of 8 (64-2048; default 1024)"
@@ -137,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     req.add_argument(
         "--guidance", type=float, default=None, metavar="G",
-        help="classifier-free guidance scale (0-30; <= 1 turns it off; default 5.0)",
+        help="guidance scale (0-30; SDXL/SD3.5: <= 1 turns it off; FLUX.1-dev: distilled "
+        "guidance; not for FLUX.1-schnell; default: the family's, SDXL 5.0)",
     )
     out = gen.add_argument_group("output")
     out.add_argument(
@@ -234,12 +236,21 @@ _OPTION_NAMES = {
 }
 
 
-def _validate(payload: dict[str, Any]) -> None:
-    from .errors import InvalidRequestError
-    from .sdxl.request import validate_request
+def _family(model: str) -> Any:
+    """The model's family (:func:`gridgen.diffusion.family_of`), as a usage error if unknown."""
+    from .diffusion import family_of
 
     try:
-        validate_request(payload)
+        return family_of(model)
+    except ValueError as exc:
+        raise UsageError(f"--model: {exc}") from None
+
+
+def _validate(payload: dict[str, Any], family: Any) -> None:
+    from .errors import InvalidRequestError
+
+    try:
+        family.validate(payload)
     except InvalidRequestError as exc:
         lines = []
         for error in exc.errors:
@@ -266,13 +277,10 @@ async def _run_generate(args: argparse.Namespace, payload: dict[str, Any]) -> di
 
     from ._requests import StreamResult
     from .runner import DistributedRunner
-    from .sdxl import TINY_MODEL, SDXLWorker, ensure_tiny_sdxl
 
     model = args.model or _default_model()
-    if model == TINY_MODEL:
-        ensure_tiny_sdxl()  # build it once here, not in every rank at the same time
     runner = DistributedRunner(
-        SDXLWorker,
+        _worker_class(model),
         world_size=args.workers,
         device=args.device,
         # The CLI shows progress, not previews: step events without preview images cost nothing.
@@ -306,6 +314,16 @@ async def _run_generate(args: argparse.Namespace, payload: dict[str, Any]) -> di
         raise RuntimeError(f"the workers returned no result (got {type(result).__name__})")
     result["_startup_seconds"] = startup
     return dict(result)
+
+
+def _worker_class(model: str) -> Any:
+    """The worker class of ``model``'s family; a built-in tiny model is built once here,
+    not in every rank at the same time."""
+    from .diffusion import ensure_tiny, worker_for
+
+    if model in ("tiny", "tiny-flux", "tiny-sd3"):
+        ensure_tiny(model)
+    return worker_for(model)
 
 
 def _default_model() -> str:
@@ -352,7 +370,7 @@ def _summary(result: dict[str, Any], written: list[Path]) -> str:
 
 def _generate(args: argparse.Namespace) -> int:
     payload = _request_payload(args)
-    _validate(payload)  # exit 2 here, before any worker starts
+    _validate(payload, _family(args.model or _default_model()))  # exit 2 here, before any worker starts
     check_outputs(args)
     check_device(args)
     check_model(args.model)
@@ -383,17 +401,17 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .runner import DistributedRunner
-    from .sdxl import TINY_MODEL, SDXLWorker, ensure_tiny_sdxl
+    from .sdxl import GenerateResult
     from .server import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     model = args.model or _default_model()
-    if model == TINY_MODEL:
-        ensure_tiny_sdxl()
+    family = _family(model)
+    worker_cls = _worker_class(model)
     if not _is_loopback(args.host):
         _err(f"gridgen: warning: listening on {args.host}: the service has no authentication")
     runner = DistributedRunner(
-        SDXLWorker,
+        worker_cls,
         world_size=args.workers,
         device=args.device,
         setup_kwargs={"model": model},
@@ -407,7 +425,10 @@ def _serve(args: argparse.Namespace) -> int:
         failures.append(exc)
         server.should_exit = True
 
-    app = create_app(runner, title=f"gridgen · {model}", on_start_failed=start_failed)
+    app = create_app(
+        runner, request_model=family.request_model, response_model=GenerateResult,
+        title=f"gridgen · {model}", on_start_failed=start_failed,
+    )
     port = listener.getsockname()[1]
     _err(
         f"gridgen: listening on http://{_url_host(args.host)}:{port}/ (GET /ready: 503 until the "

@@ -3,6 +3,7 @@
 Needs the ``sdxl`` extra (``pip install gridgen[sdxl]``): diffusers, transformers, pydantic.
 """
 
+from .family import SDXLWorker
 from .models import (
     DEFAULT_MODEL,
     RANDOM_MODEL,
@@ -21,7 +22,6 @@ from .request import (
     Timings,
     validate_request,
 )
-from .worker import SDXLWorker
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -1,7 +1,7 @@
 """Planning a merged SDXL batch: which request may join which, who makes which image, and
 which batch sizes are already warm.
 
-Bookkeeping and tensor plumbing; the worker (:mod:`gridgen.sdxl.worker`) runs the model.
+Bookkeeping and tensor plumbing; the worker (:mod:`gridgen.diffusion.worker`) runs the model.
 
 **Global image index.** The images of the merged requests are numbered in batch order:
 request 0's images ``0 .. n0-1``, then request 1's, and so on. Image ``g`` is made by rank

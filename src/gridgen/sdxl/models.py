@@ -41,8 +41,10 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._hub import DEFAULT_MODEL, DEFAULT_PREVIEW_MODEL
+from .._hub import dtype_kwargs as _dtype_kwargs
+from .._hub import from_pretrained as _from_pretrained
 from ..errors import ModelNotFoundError
-from ._hub import hub_reachable as _hub_reachable
 from ._tokenizer import local_tokenizer, token_ids, write_tokenizer_files
 
 if TYPE_CHECKING:
@@ -59,7 +61,6 @@ __all__ = [
     "build_tiny_sdxl",
     "build_tiny_taesd",
     "cache_dir",
-    "check_model",
     "ensure_tiny_sdxl",
     "load_pipeline",
     "load_preview_decoder",
@@ -68,8 +69,6 @@ __all__ = [
     "write_tokenizer_files",
 ]
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
-DEFAULT_PREVIEW_MODEL = "madebyollin/taesdxl"
 TINY_MODEL = "tiny"
 RANDOM_MODEL = "sdxl-random"
 
@@ -377,96 +376,6 @@ def _condition_init(module: Any, generator: Any) -> None:
 
 
 # -- loading ------------------------------------------------------------------------
-
-
-def _looks_like_path(model: str) -> bool:
-    return (
-        model.startswith(("/", "./", "../", "~", "\\"))
-        or model.count("/") > 1
-        or (os.sep != "/" and os.sep in model)
-    )
-
-
-def _not_found(what: str, model: str, reason: str, example: str) -> ModelNotFoundError:
-    if what == "model":
-        fallback = (
-            'or use the built-in tiny SDXL with random weights that needs no download (model="tiny"; '
-            "on the command line: --model tiny)"
-        )
-    else:
-        fallback = 'or use preview="linear" (a latent-to-RGB approximation that needs no weights)'
-    return ModelNotFoundError(
-        f"cannot load {what} {model!r}: {reason}. To fix it: pass the path of a local folder "
-        f"that holds it (a diffusers save_pretrained layout), or download it on a machine with "
-        f"network (`hf download {example}`) and copy the Hugging Face cache here, "
-        f"{fallback}."
-    )
-
-
-def check_model(model: str) -> None:
-    """Raise :class:`ModelNotFoundError` now if loading ``model`` would fail for want of it.
-
-    A cheap look on the host before any worker starts: a built-in name, a folder that
-    exists, a hub id whose ``model_index.json`` is in the Hugging Face cache, or a
-    reachable hub pass; what loading finds wrong beyond that still fails in the workers.
-    """
-    if model in (TINY_MODEL, RANDOM_MODEL) or os.path.isdir(os.path.expanduser(model)):
-        return
-    if _looks_like_path(model):
-        raise _not_found("model", model, "no such folder", DEFAULT_MODEL)
-    from huggingface_hub import try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(model, "model_index.json"), str) or _hub_reachable():
-        return
-    raise _not_found(
-        "model",
-        model,
-        "it is neither a local folder nor in the Hugging Face cache, and the hub cannot be "
-        "reached (offline, or HF_HUB_OFFLINE=1)",
-        model,
-    )
-
-
-def _dtype_kwargs(dtype: torch.dtype, given: dict[str, Any]) -> dict[str, Any]:
-    """The dtype keyword of ``from_pretrained``: ``dtype`` on diffusers that renamed it, else
-    ``torch_dtype``; nothing when the caller passed either."""
-    if "dtype" in given or "torch_dtype" in given:
-        return {}
-    try:
-        from diffusers.utils import deprecation_utils
-
-        renamed = hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE")
-    except ImportError:  # pragma: no cover - older diffusers
-        renamed = False
-    return {"dtype" if renamed else "torch_dtype": dtype}
-
-
-def _from_pretrained(cls: Any, what: str, model: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained`` for a folder or hub id, failing fast and clearly when offline."""
-    expanded = os.path.expanduser(model)
-    if os.path.isdir(expanded):
-        return cls.from_pretrained(expanded, **kwargs)
-    if _looks_like_path(model):
-        example = DEFAULT_MODEL if what == "model" else DEFAULT_PREVIEW_MODEL
-        raise _not_found(what, model, "no such folder", example)
-    if kwargs.get("local_files_only"):
-        try:
-            return cls.from_pretrained(model, **kwargs)
-        except (OSError, ValueError) as exc:
-            raise _not_found(what, model, f"it is not in the local cache ({exc})", model) from exc
-    try:
-        return cls.from_pretrained(model, **{**kwargs, "local_files_only": True})
-    except (OSError, ValueError) as exc:
-        cached_error = exc
-    if not _hub_reachable():
-        raise _not_found(
-            what,
-            model,
-            "it is neither a local folder nor in the Hugging Face cache, and the hub cannot be "
-            "reached (offline, or HF_HUB_OFFLINE=1)",
-            model,
-        ) from cached_error
-    return cls.from_pretrained(model, **kwargs)
 
 
 def load_pipeline(

@@ -18,6 +18,7 @@ of its own can still take part in the preview gather with a correctly shaped emp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -62,17 +63,26 @@ class Previewer(Protocol):
         ...
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
-        """``(B, 4, h, w)`` latents -> ``(B, 3, H, W)`` uint8 previews on the same device."""
+        """``(B, C, h, w)`` latents -> ``(B, 3, H, W)`` uint8 previews on the same device."""
         ...
 
 
 class LinearPreview:
-    """Latent-to-RGB by the fixed SDXL linear factors; ``upscale`` repeats pixels (default 2x)."""
+    """Latent-to-RGB by fixed linear factors (default: SDXL's); ``upscale`` repeats pixels (default 2x).
 
-    def __init__(self, upscale: int = 2) -> None:
+    ``factors`` has one ``(r, g, b)`` row per latent channel (16 for FLUX.1 and SD3).
+    """
+
+    def __init__(
+        self,
+        upscale: int = 2,
+        factors: Sequence[tuple[float, float, float]] = SDXL_LATENT_RGB_FACTORS,
+        bias: tuple[float, float, float] = SDXL_LATENT_RGB_BIAS,
+    ) -> None:
         if upscale < 1:
             raise ValueError(f"upscale must be >= 1, got {upscale}")
         self.upscale = upscale
+        self.factors, self.bias = tuple(factors), bias
         self._weights: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def size(self, latent_height: int, latent_width: int) -> tuple[int, int]:
@@ -83,8 +93,8 @@ class LinearPreview:
 
         if device not in self._weights:
             self._weights[device] = (
-                torch.tensor(SDXL_LATENT_RGB_FACTORS, dtype=torch.float32, device=device),
-                torch.tensor(SDXL_LATENT_RGB_BIAS, dtype=torch.float32, device=device),
+                torch.tensor(self.factors, dtype=torch.float32, device=device),
+                torch.tensor(self.bias, dtype=torch.float32, device=device),
             )
         return self._weights[device]
 

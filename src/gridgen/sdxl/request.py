@@ -122,14 +122,21 @@ def _short_repr(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _field_errors(exc: ValidationError) -> list[FieldError]:
-    allowed = ", ".join(GenerateRequest.model_fields)
+def _field_errors(
+    exc: ValidationError, model: type[BaseModel] | None = None, unsupported: Mapping[str, str] | None = None
+) -> list[FieldError]:
+    """One :class:`FieldError` per pydantic error. ``unsupported`` maps fields that other
+    families accept to the reason this one does not (rule ``unsupported_field``)."""
+    allowed = ", ".join((model or GenerateRequest).model_fields)
+    unsupported = unsupported or {}
     out: list[FieldError] = []
     for err in exc.errors(include_url=False):
         field = ".".join(str(part) for part in err["loc"]) or "request"
         rule = str(err["type"])
         message = str(err["msg"]).removeprefix("Value error, ")
-        if rule == "extra_forbidden":
+        if rule == "extra_forbidden" and field in unsupported:
+            rule, message = "unsupported_field", f"{unsupported[field]} (allowed: {allowed})"
+        elif rule == "extra_forbidden":
             message = f"unknown field (allowed: {allowed})"
         elif rule == "missing":
             message = "is required"

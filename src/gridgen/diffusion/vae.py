@@ -1,11 +1,11 @@
-"""Decoding SDXL latents to uint8 images with the pipeline's VAE, in calls of chosen sizes."""
+"""Decoding latents (SDXL, FLUX.1, SD3.5) to uint8 images with the pipeline's VAE, in calls of chosen sizes."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .preview import to_uint8
+from ..sdxl.preview import to_uint8
 
 if TYPE_CHECKING:
     import torch
@@ -14,7 +14,7 @@ __all__ = ["decode_latents"]
 
 
 def decode_latents(vae: Any, latents: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
-    """VAE-decode on the latents' device (as diffusers' SDXL pipeline does), to uint8 there.
+    """VAE-decode on the latents' device (as diffusers' pipelines do), to uint8 there.
 
     ``sizes`` are the rows of each VAE call, in order (their sum may exceed the latents'
     rows: the last call is then padded with copies of its first row, dropped after). A
@@ -32,6 +32,9 @@ def decode_latents(vae: Any, latents: torch.Tensor, sizes: Sequence[int]) -> tor
         latents = latents * std_t / config.scaling_factor + mean_t
     else:
         latents = latents / config.scaling_factor
+        shift = getattr(config, "shift_factor", None)
+        if shift is not None:  # FLUX.1, SD3: latents were shifted before scaling
+            latents = latents + shift
     count, start, chunks = latents.shape[0], 0, []
     with torch.inference_mode():
         for rows in sizes:

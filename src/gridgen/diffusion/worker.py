@@ -1,9 +1,11 @@
-"""``SDXLWorker``: data-parallel SDXL, one process per GPU, images gathered into a grid on rank 0.
+"""``DiffusionWorker``: a diffusers text-to-image pipeline, data parallel, one process per GPU,
+images gathered into a grid on rank 0. What differs between pipeline families (SDXL,
+FLUX.1, SD3.5) comes from the class's :class:`~gridgen.diffusion.families.Family`.
 
 One call serves one request (``__call__``) or several merged ones (``run_batch``: same
 size, steps and guidance; see :mod:`gridgen.sdxl.batching`). On every rank:
 
-1. **Validate** each payload (:func:`~gridgen.sdxl.request.validate_request`) before any
+1. **Validate** each payload (the family's request model) before any
    GPU work, so a bad request raises the same error everywhere and no rank waits in a
    collective for one that gave up.
 2. **Agree on seeds.** Rank 0 draws the missing ones below 2**53 (exact as JSON numbers)
@@ -18,16 +20,18 @@ size, steps and guidance; see :mod:`gridgen.sdxl.batching`). On every rank:
    ``preview_every``-th step, when it streams, the ranks preview its images, gather them
    to rank 0, and rank 0 streams that request its own preview grid. A rank with no image
    does not run the pipeline but walks the same steps, so it joins the same collectives.
-5. **Decode** the latents with the VAE on the device, to uint8 there.
+5. **Decode** the latents with the VAE on the device, to uint8 there (FLUX's packed
+   latents unpacked first).
 6. **Gather** the uint8 batches to rank 0 with ``dist.gather``, each padded to the largest
    share; rank 0 puts every request's images back in order.
 7. **Grid and encode** each request's images on rank 0.
 
-Cancelling: a request cancelled mid-batch leaves the batch at the next step (eager path:
-its rows are dropped from the batch; CUDA-graph/compile path: they run on, unseen, so the
-shape stays warm) and is neither decoded nor delivered. When all are cancelled, every
-rank sets diffusers' ``pipeline._interrupt`` and raises :class:`~gridgen.Cancelled`
-together; nothing is kept between calls.
+Cancelling: a request cancelled mid-batch leaves the batch at the next step (eager path
+of a family whose batch can shrink: its rows are dropped; otherwise they run on, unseen)
+and is neither decoded nor delivered. When all are cancelled, every rank sets diffusers'
+``pipeline._interrupt`` (the loop skips its remaining steps) and raises
+:class:`~gridgen.Cancelled` together, before the VAE: diffusers would still decode after
+an interrupt, so the worker always asks for latents and decodes them itself.
 """
 
 from __future__ import annotations
@@ -36,15 +40,12 @@ import concurrent.futures
 import os
 import time
 from collections.abc import Hashable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .._batch import Batch, BatchItem
 from ..errors import Cancelled
-from ..grid import make_grid
-from ..worker import DistributedWorker
-from .batching import (
+from ..sdxl.batching import (
     SHRINKABLE_SCHEDULERS,
-    STEP_TENSORS,
     BatchPlan,
     BatchRun,
     Marks,
@@ -53,31 +54,28 @@ from .batching import (
     agree_on_seeds,
     cancelled_result,
     drop_cancelled,
-    merge_key,
     pixels_of,
-    prompt_embeddings,
     stack_gathered,
-    to_pil,
 )
-from .encoding import OutputEncoder
-from .fast import (
+from ..sdxl.encoding import OutputEncoder
+from ..sdxl.fast import (
     CompileRegions,
     OptimizeMode,
     load_compile_cache,
     optimize_pipeline,
     save_compile_cache,
 )
-from .models import DEFAULT_MODEL, load_pipeline, load_preview_decoder, resolve_dtype
-from .preview import LinearPreview, Previewer, TaesdPreview
-from .request import GenerateRequest, validate_request
-from .vae import decode_latents
+from ..sdxl.models import load_preview_decoder, resolve_dtype
+from ..sdxl.preview import LinearPreview, Previewer, TaesdPreview
+from .families import SDXL, Family
+from .models import load_family_pipeline
+from .steps import RankSteps, _dist_ready
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
-    from PIL import Image
 
-__all__ = ["PreviewMode", "SDXLWorker"]
+__all__ = ["DiffusionWorker", "PreviewMode"]
 
 PreviewMode = Literal["auto", "taesd", "linear"] | None
 
@@ -86,21 +84,21 @@ COMPILE_CACHE_ENV = "GRIDGEN_COMPILE_CACHE"
 """Environment variable: the default of ``setup(compile_cache=...)``."""
 
 
-class SDXLWorker(DistributedWorker):
-    """Stable Diffusion XL, data parallel: every rank makes its share of the images.
+class DiffusionWorker(RankSteps):
+    """A diffusers text-to-image pipeline, data parallel: every rank makes its share of the images.
 
-    Use it with a runner::
+    Use a family's subclass (:class:`~gridgen.sdxl.SDXLWorker`,
+    :class:`~gridgen.diffusion.FluxWorker`, :class:`~gridgen.diffusion.FluxSchnellWorker`,
+    :class:`~gridgen.diffusion.SD3Worker`), or :func:`~gridgen.diffusion.worker_for` to pick
+    one from the model::
 
-        async with DistributedRunner(SDXLWorker, world_size=2) as runner:   # start(model=...)
+        worker_cls = worker_for("tiny-flux")
+        async with DistributedRunner(worker_cls, world_size=2) as runner:   # start(model=...)
             result = await runner.invoke({"prompt": "a cat", "num_images": 4})
 
-    or directly, on one device, without a runner::
-
-        worker = SDXLWorker()
-        worker.setup(model="tiny")
-        result = worker(prompt="a cat", width=64, height=64, num_inference_steps=4)
-
-    Payload fields are those of :class:`~gridgen.sdxl.GenerateRequest`. Rank 0 returns::
+    The class fixes the family because :meth:`batch_key` validates payloads on the host,
+    before any worker has loaded a model. Payload fields are those of the family's request
+    model. Rank 0 returns::
 
         {
             "grid": EncodedImage,           # when output is "grid" or "both"
@@ -118,19 +116,21 @@ class SDXLWorker(DistributedWorker):
     when the worker was set up with ``preview=None``).
     """
 
+    family: ClassVar[Family] = SDXL
+    """What this worker class serves (see :mod:`gridgen.diffusion.families`)."""
+    default_model: ClassVar[str] = "stabilityai/stable-diffusion-xl-base-1.0"
+    """The model ``setup()`` loads when given none."""
+
     pipeline: Any
-    """The ``StableDiffusionXLPipeline`` (typed ``Any``: diffusers registers its parts at run time)."""
+    """The diffusers pipeline (typed ``Any``: diffusers registers its parts at run time)."""
     previewer: Previewer | None
     dtype: torch.dtype
     model: str
-    decode_batch_size: int = 4
-    """Images decoded by the VAE at a time (bounds decode memory at large sizes)."""
-
     # -- setup ------------------------------------------------------------------------
 
     def setup(  # type: ignore[override]
         self,
-        model: str = DEFAULT_MODEL,
+        model: str | None = None,
         dtype: torch.dtype | str | None = None,
         preview: PreviewMode = "auto",
         preview_model: str | None = None,
@@ -147,16 +147,19 @@ class SDXLWorker(DistributedWorker):
         """Load the pipeline (and the preview decoder) onto ``self.device``.
 
         Args:
-            model: a hub id, a local folder, ``"tiny"`` (built-in tiny random model, no
-                download) or ``"sdxl-random"`` (full-size architecture, random weights).
+            model: a hub id, a local folder, or a built-in name of the family: ``"tiny"``,
+                ``"tiny-flux"``, ``"tiny-sd3"`` (tiny random models, no download),
+                ``"sdxl-random"``, ``"flux-random"``, ``"sd3-random"`` (full-size
+                architectures, random weights). ``None``: :attr:`default_model`.
             dtype: ``None`` = float16 on CUDA, float32 on CPU; or a dtype / ``"bf16"`` etc.
             preview: ``"auto"`` (TAESD when ``preview_model`` is given, else linear),
                 ``"taesd"`` (an ``AutoencoderTiny``; ``preview_model`` defaults to
-                ``madebyollin/taesdxl``, or the tiny model's own decoder for ``model="tiny"``),
+                ``madebyollin/taesdxl``, or the tiny model's own decoder for ``model="tiny"``;
+                SDXL only),
                 ``"linear"`` (no weights) or ``None`` (progress events without images).
             preview_model: hub id or folder of an ``AutoencoderTiny``.
             optimize: ``"auto"`` (CUDA graphs, fused QKV and a 16-bit VAE on CUDA; nothing
-                on CPU), ``"graphs"``, ``"compile"`` (adds regional ``torch.compile``: fastest,
+                on CPU; SDXL only), ``"graphs"``, ``"compile"`` (adds regional ``torch.compile``: fastest,
                 but each new batch/size shape compiles for about a minute on first use) or
                 ``"none"``. See :mod:`gridgen.sdxl.fast` for the measurements.
             warmup: images per rank to run once at setup (2 steps at ``warmup_size``), so the
@@ -175,12 +178,13 @@ class SDXLWorker(DistributedWorker):
                 ``GRIDGEN_COMPILE_CACHE`` environment variable, else no cache file.
             encode_threads: threads that compress one PNG in parallel slices on rank 0
                 (``None``: up to 8, one per core; ``0`` or ``1``: one slice, no threads).
-            **from_pretrained_kwargs: passed to ``StableDiffusionXLPipeline.from_pretrained``.
+            **from_pretrained_kwargs: passed to the pipeline class's ``from_pretrained``.
 
         Raises:
             ModelNotFoundError: the model or preview model cannot be found (the message
                 says how to fix it).
-            ValueError: a bad ``preview`` or ``dtype``.
+            ValueError: a bad ``preview``, ``optimize`` or ``dtype``, or a model of
+                another family.
         """
         import torch
 
@@ -192,16 +196,22 @@ class SDXLWorker(DistributedWorker):
                 f"world_size is {self.world_size} but torch.distributed is not initialised: "
                 "run the worker under gridgen.DistributedRunner (or init_process_group first)"
             )
+        model = self.default_model if model is None else model
+        self._check_options(model, preview, optimize)
         _thread_lock_for_progress_bars()
         self.model = model
         self.dtype = resolve_dtype(dtype, self.device)
-        self.pipeline = load_pipeline(
-            model, device=self.device, dtype=self.dtype, **from_pretrained_kwargs
+        self.pipeline = load_family_pipeline(
+            self.family, model, device=self.device, dtype=self.dtype, **from_pretrained_kwargs
         )
         self.pipeline.set_progress_bar_config(disable=True)
-        self.graphed_unet = optimize_pipeline(
-            self.pipeline, optimize, self.device,
-            regions=compile_regions, text_encoder_graphs=text_encoder_graphs,
+        self.graphed_unet = (
+            optimize_pipeline(
+                self.pipeline, optimize, self.device,
+                regions=compile_regions, text_encoder_graphs=text_encoder_graphs,
+            )
+            if self.family is SDXL
+            else None
         )
         if compile_cache is None:
             compile_cache = os.environ.get(COMPILE_CACHE_ENV) or None
@@ -228,7 +238,8 @@ class SDXLWorker(DistributedWorker):
             )
             self.previewer = TaesdPreview(decoder)
         elif preview == "linear":
-            self.previewer = LinearPreview()
+            factors, bias = self.family.latent_rgb
+            self.previewer = LinearPreview(factors=factors, bias=bias)
         else:
             self.previewer = None
         width, height = warmup_size
@@ -243,6 +254,21 @@ class SDXLWorker(DistributedWorker):
         if compile_cache is not None and not cache_loaded and self.rank == 0:
             save_compile_cache(compile_cache)
         self.setup_seconds: float | None = time.perf_counter() - started
+
+    def _check_options(self, model: str, preview: PreviewMode, optimize: OptimizeMode) -> None:
+        """Refuse what this family cannot do, before loading anything."""
+        from .models import family_of
+
+        family = family_of(model)
+        if family is not self.family:
+            raise ValueError(
+                f"model {model!r} is a {family.title} pipeline, not {self.family.title}: serve it "
+                f"with gridgen.diffusion.worker_for({model!r}) (here: {type(self).__name__})"
+            )
+        if self.family is not SDXL and preview == "taesd":
+            raise ValueError(f'preview="taesd" is SDXL only; {self.family.title} previews are "linear"')
+        if self.family is not SDXL and optimize not in ("auto", "none"):
+            raise ValueError(f'optimize={optimize!r} is SDXL only; use "auto" or "none"')
 
     def teardown(self) -> None:
         """Let a deferred encoding finish, then stop the encoder thread."""
@@ -262,19 +288,20 @@ class SDXLWorker(DistributedWorker):
 
     @classmethod
     def batch_key(cls, payload: dict[str, Any]) -> Hashable:
-        """Requests of equal size, steps and guidance merge (see :func:`~gridgen.sdxl.batching.merge_key`).
+        """Requests of equal size, steps and guidance merge (see :meth:`Family.merge_key
+        <gridgen.diffusion.families.Family.merge_key>`).
 
         Validates the payload first, so a bad request is rejected (with an
         :class:`~gridgen.sdxl.InvalidRequestError` naming the field and the rule) before
         it is queued or merged.
         """
-        return merge_key(validate_request(payload))
+        return cls.family.merge_key(cls.family.validate(payload))
 
     @classmethod
     def batch_units(cls, payload: dict[str, Any], world_size: int) -> int:
         """The request's ``num_images`` (default: ``world_size``)."""
-        count = validate_request(payload, world_size).num_images
-        assert count is not None
+        count = cls.family.validate(payload, world_size).num_images
+        assert isinstance(count, int)
         return count
 
     def __call__(
@@ -313,8 +340,8 @@ class SDXLWorker(DistributedWorker):
             ValueError: the requests have different :meth:`batch_key` values.
         """
         started = time.perf_counter()
-        requests = [validate_request(item.payload, self.world_size) for item in batch]
-        if len({merge_key(request) for request in requests}) > 1:
+        requests = [self.family.validate(item.payload, self.world_size) for item in batch]
+        if len({self.family.merge_key(request) for request in requests}) > 1:
             raise ValueError("run_batch got requests with different batch_key values")
         seeds = agree_on_seeds([r.seed for r in requests], self._collective(), self.device)
         plan = BatchPlan([r.num_images or 0 for r in requests], seeds, self.world_size)
@@ -345,16 +372,12 @@ class SDXLWorker(DistributedWorker):
         """The images rank ``rank`` makes: ``rank, rank + W, rank + 2W, ...`` below ``num_images``."""
         return list(range(rank, num_images, world_size))
 
-    def _count_steps(self, requests: list[GenerateRequest]) -> int:
+    def _count_steps(self, requests: list[Any]) -> int:
         """How many times the pipeline's step callback will run: identical on every rank."""
-        scheduler = self.pipeline.scheduler
-        steps = requests[0].num_inference_steps
-        key = (id(scheduler), steps)
+        key = (id(self.pipeline.scheduler), requests[0].num_inference_steps)
         counts: dict[tuple[int, int], int] = self.__dict__.setdefault("_step_counts", {})
         if key not in counts:  # building a scheduler per request costs ~1 ms of host time
-            probe = type(scheduler).from_config(scheduler.config)
-            probe.set_timesteps(steps, device="cpu")
-            counts[key] = len(probe.timesteps)
+            counts[key] = self.family.count_steps(self.pipeline, requests[0])
         return counts[key]
 
     def _denoise(self, run: BatchRun) -> torch.Tensor | None:
@@ -376,9 +399,13 @@ class SDXLWorker(DistributedWorker):
         graphed = self.graphed_unet is not None
         rows = self.warm.pad("unet", size, len(run.mine)) if graphed else len(run.mine)
         slots = run.mine + [run.mine[0]] * (rows - len(run.mine))  # padding repeats row 0
-        embeds = prompt_embeddings(self.pipeline, run.requests, slots, self.device)
+        embeds = self.family.embeddings(self.pipeline, run.requests, slots, self.device)
         generators = [torch.Generator(self.device).manual_seed(slot.seed) for slot in slots]
-        shrink = not graphed and type(self.pipeline.scheduler).__name__ in SHRINKABLE_SCHEDULERS
+        shrink = (
+            not graphed
+            and self.family.shrinkable
+            and type(self.pipeline.scheduler).__name__ in SHRINKABLE_SCHEDULERS
+        )
 
         def on_step_end(
             pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]
@@ -394,115 +421,17 @@ class SDXLWorker(DistributedWorker):
             width=first.width,
             height=first.height,
             num_inference_steps=first.num_inference_steps,
-            guidance_scale=first.guidance_scale,
             num_images_per_prompt=1,
             generator=generators,
             output_type="latent",
             callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=list(STEP_TENSORS),
+            callback_on_step_end_tensor_inputs=list(self.family.step_tensors),
+            **self.family.call_kwargs(first),
         )
         if graphed:  # captured (or compiled) at the first step, cancelled or not
             self.warm.add("unet", size, rows)
         latents: torch.Tensor = output.images
         return latents
-
-    def _after_step(self, run: BatchRun, step: int, latents: torch.Tensor | None) -> None:
-        """Runs after denoising step ``step`` (0-based) on every rank, in lockstep."""
-        run.cancelled = run.batch.cancelled()  # collective: the same answer on every rank
-        run.steps_done = step + 1
-        if all(run.cancelled):
-            return
-        done = step + 1
-        due = run.previews_due(done)
-        if not due:
-            return
-        event: dict[str, Any] = {
-            "step": done,
-            "total_steps": run.total_steps,
-            "progress": done / run.total_steps,
-        }
-        grids = self._preview_grids(run, latents, due) if self.previewer is not None else None
-        if self.rank != 0:
-            return
-        for n, k in enumerate(due):
-            extra = {} if grids is None else {"preview_image": grids[n]}
-            run.batch[k].add_streaming_result({**event, **extra})
-
-    def _preview_grids(
-        self, run: BatchRun, latents: torch.Tensor | None, due: list[int]
-    ) -> list[Image.Image] | None:
-        """One preview grid per request in ``due`` on rank 0 (None elsewhere); collective."""
-        assert self.previewer is not None
-        import torch
-
-        first = run.requests[0]
-        scale = self.pipeline.vae_scale_factor
-        height, width = self.previewer.size(first.height // scale, first.width // scale)
-        previews = torch.zeros(
-            (run.plan.max_share, 3, height, width), dtype=torch.uint8, device=self.device
-        )
-        if latents is not None:
-            wanted = set(due)
-            positions = [
-                p for p in run.live_positions() if run.mine[run.rows[p]].request in wanted
-            ]
-            if positions:
-                rows = [run.rows[p] for p in positions]
-                previews[rows] = self.previewer(latents[positions])
-        gathered = self._gather(previews, run.plan.max_share)
-        if gathered is None:
-            return None
-        stacked = stack_gathered(gathered)
-        return [make_grid(to_pil(stacked, run.plan.indices(k))) for k in due]
-
-    def _decode_rows(self, run: BatchRun, latents: torch.Tensor | None) -> torch.Tensor:
-        """This rank's images as uint8 rows (``max_share`` of them; cancelled rows stay zero)."""
-        import torch
-
-        first = run.requests[0]
-        pixels = torch.zeros(
-            (run.plan.max_share, 3, first.height, first.width),
-            dtype=torch.uint8,
-            device=self.device,
-        )
-        live = run.live_positions()
-        if latents is not None and live:
-            pixels[[run.rows[p] for p in live]] = self._decode(latents[live], first)
-        return pixels
-
-    def _decode(self, latents: torch.Tensor, request: GenerateRequest) -> torch.Tensor:
-        """Decode to uint8 on the device; in warm batch sizes when the VAE is compiled or
-        graphed (see :meth:`WarmSizes.chunks <gridgen.sdxl.batching.WarmSizes.chunks>`)."""
-        size, count, limit = (request.width, request.height), latents.shape[0], self.decode_batch_size
-        if self.graphed_unet is None:
-            sizes = [min(limit, count - start) for start in range(0, count, limit)]
-        else:
-            sizes = self.warm.chunks("vae", size, count, limit)
-        pixels = decode_latents(self.pipeline.vae, latents.to(self.device), sizes)
-        if self.graphed_unet is not None:
-            for rows in sizes:
-                self.warm.add("vae", size, rows)
-        return pixels
-
-    def _gather(self, batch: torch.Tensor, max_share: int) -> list[torch.Tensor] | None:
-        """Gather every rank's uint8 batch (padded to ``max_share``) to rank 0.
-
-        Returns one tensor per rank on rank 0 (still padded), ``None`` on other ranks.
-        Every rank must call it, those with an empty batch too.
-        """
-        import torch
-
-        padded = torch.zeros((max_share, *batch.shape[1:]), dtype=torch.uint8, device=self.device)
-        padded[: batch.shape[0]] = batch
-        if not self._collective():
-            return [padded]
-        import torch.distributed as dist
-
-        slots = (
-            [torch.empty_like(padded) for _ in range(self.world_size)] if self.rank == 0 else None
-        )
-        dist.gather(padded, slots, dst=0)
-        return slots
 
     def _finish(
         self, run: BatchRun, k: int, stacked: np.ndarray[Any, Any], marks: Marks
@@ -543,19 +472,6 @@ class SDXLWorker(DistributedWorker):
             return self._encoder_pool.submit(finish)
         return finish()
 
-    # -- helpers -------------------------------------------------------------------------
-
-    def _collective(self) -> bool:
-        return self.world_size > 1 and _dist_ready()
-
-    def _sync(self) -> None:
-        """Wait for the device, so that timings measure work rather than kernel launches."""
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.synchronize(self.device)
-
-
 def _thread_lock_for_progress_bars() -> None:
     """Give tqdm (which diffusers uses while loading) a thread lock, not its default
     multiprocessing one: that one is a named semaphore in /dev/shm that outlives the worker
@@ -566,9 +482,4 @@ def _thread_lock_for_progress_bars() -> None:
 
     tqdm.tqdm.set_lock(threading.RLock())
 
-
-def _dist_ready() -> bool:
-    import torch.distributed as dist
-
-    return bool(dist.is_available() and dist.is_initialized())
 

@@ -1,0 +1,155 @@
+"""The per-step, decode and gather work of :class:`~gridgen.diffusion.DiffusionWorker`, on every rank.
+
+Split from the worker module to keep it readable; the order of collectives is the
+worker's contract (every rank calls the same ones in the same order), see
+:mod:`gridgen.diffusion.worker`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..grid import make_grid
+from ..sdxl.batching import BatchRun, WarmSizes, stack_gathered, to_pil
+from ..worker import DistributedWorker
+from .vae import decode_latents
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from ..sdxl.preview import Previewer
+    from .families import Family
+
+__all__ = ["RankSteps"]
+
+
+class RankSteps(DistributedWorker):
+    """What one rank does after each denoising step, and to decode and gather its images."""
+
+    pipeline: Any
+    previewer: Previewer | None
+    family: ClassVar[Family]
+    warm: WarmSizes
+    graphed_unet: Any
+    decode_batch_size: int = 4
+    """Images decoded by the VAE at a time (bounds decode memory at large sizes)."""
+
+    def _after_step(self, run: BatchRun, step: int, latents: torch.Tensor | None) -> None:
+        """Runs after denoising step ``step`` (0-based) on every rank, in lockstep."""
+        run.cancelled = run.batch.cancelled()  # collective: the same answer on every rank
+        run.steps_done = step + 1
+        if all(run.cancelled):
+            return
+        done = step + 1
+        due = run.previews_due(done)
+        if not due:
+            return
+        event: dict[str, Any] = {
+            "step": done,
+            "total_steps": run.total_steps,
+            "progress": done / run.total_steps,
+        }
+        grids = self._preview_grids(run, latents, due) if self.previewer is not None else None
+        if self.rank != 0:
+            return
+        for n, k in enumerate(due):
+            extra = {} if grids is None else {"preview_image": grids[n]}
+            run.batch[k].add_streaming_result({**event, **extra})
+
+    def _preview_grids(
+        self, run: BatchRun, latents: torch.Tensor | None, due: list[int]
+    ) -> list[Image.Image] | None:
+        """One preview grid per request in ``due`` on rank 0 (None elsewhere); collective."""
+        assert self.previewer is not None
+        import torch
+
+        first = run.requests[0]
+        scale = self.pipeline.vae_scale_factor
+        height, width = self.previewer.size(first.height // scale, first.width // scale)
+        previews = torch.zeros(
+            (run.plan.max_share, 3, height, width), dtype=torch.uint8, device=self.device
+        )
+        if latents is not None:
+            wanted = set(due)
+            positions = [
+                p for p in run.live_positions() if run.mine[run.rows[p]].request in wanted
+            ]
+            if positions:
+                rows = [run.rows[p] for p in positions]
+                unpacked = self.family.unpack(self.pipeline, latents[positions], first)
+                previews[rows] = self.previewer(unpacked)
+        gathered = self._gather(previews, run.plan.max_share)
+        if gathered is None:
+            return None
+        stacked = stack_gathered(gathered)
+        return [make_grid(to_pil(stacked, run.plan.indices(k))) for k in due]
+
+    def _decode_rows(self, run: BatchRun, latents: torch.Tensor | None) -> torch.Tensor:
+        """This rank's images as uint8 rows (``max_share`` of them; cancelled rows stay zero)."""
+        import torch
+
+        first = run.requests[0]
+        pixels = torch.zeros(
+            (run.plan.max_share, 3, first.height, first.width),
+            dtype=torch.uint8,
+            device=self.device,
+        )
+        live = run.live_positions()
+        if latents is not None and live:
+            pixels[[run.rows[p] for p in live]] = self._decode(latents[live], first)
+        return pixels
+
+    def _decode(self, latents: torch.Tensor, request: Any) -> torch.Tensor:
+        """Decode to uint8 on the device; in warm batch sizes when the VAE is compiled or
+        graphed (see :meth:`WarmSizes.chunks <gridgen.sdxl.batching.WarmSizes.chunks>`)."""
+        size, count, limit = (request.width, request.height), latents.shape[0], self.decode_batch_size
+        if self.graphed_unet is None:
+            sizes = [min(limit, count - start) for start in range(0, count, limit)]
+        else:
+            sizes = self.warm.chunks("vae", size, count, limit)
+        latents = self.family.unpack(self.pipeline, latents, request)
+        pixels = decode_latents(self.pipeline.vae, latents.to(self.device), sizes)
+        if self.graphed_unet is not None:
+            for rows in sizes:
+                self.warm.add("vae", size, rows)
+        return pixels
+
+    def _gather(self, batch: torch.Tensor, max_share: int) -> list[torch.Tensor] | None:
+        """Gather every rank's uint8 batch (padded to ``max_share``) to rank 0.
+
+        Returns one tensor per rank on rank 0 (still padded), ``None`` on other ranks.
+        Every rank must call it, those with an empty batch too.
+        """
+        import torch
+
+        padded = torch.zeros((max_share, *batch.shape[1:]), dtype=torch.uint8, device=self.device)
+        padded[: batch.shape[0]] = batch
+        if not self._collective():
+            return [padded]
+        import torch.distributed as dist
+
+        slots = (
+            [torch.empty_like(padded) for _ in range(self.world_size)] if self.rank == 0 else None
+        )
+        dist.gather(padded, slots, dst=0)
+        return slots
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _collective(self) -> bool:
+        return self.world_size > 1 and _dist_ready()
+
+    def _sync(self) -> None:
+        """Wait for the device, so that timings measure work rather than kernel launches."""
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+
+
+def _dist_ready() -> bool:
+    import torch.distributed as dist
+
+    return bool(dist.is_available() and dist.is_initialized())
