@@ -24,7 +24,7 @@ from gridgen._preflight import UsageError
 from gridgen.cli import batch_options, build_parser, check_serve_options
 
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2, "num_images": 1, "image_format": "jpeg"}
-BLOCKER = {"prompt": "blocker", "width": 256, "height": 256, "num_inference_steps": 100, "num_images": 2}
+BLOCKER = {"prompt": "blocker", "width": 256, "height": 256, "num_inference_steps": 30, "num_images": 2}
 """A request of another shape that holds the workers for a few seconds, so that the two small
 requests sent meanwhile are both queued when the group is next free."""
 
