@@ -16,7 +16,8 @@ result, as a service under load sees it: s/image = that time / images made.
 up to ``--max-batch``, issue 12).
 
 ``--steady R[,R...] --steady-requests N`` measures latency under a steady queue: N one-image
-requests (different prompts and seeds) arrive at R requests/s, each timed from its arrival
+requests (different prompts and seeds) arrive at R requests/s (every 1/R s, or
+``--steady-arrivals poisson``), each timed from its arrival
 to its result; once with merging on (``--max-batch``, default the runner's 8) and once off
 (``max_batch=1``), on the same warm runner. Mean, p50 and p90 go to the results' ``latency``.
 
@@ -106,15 +107,30 @@ async def timed_batch(
     return time.perf_counter() - started, items, timings
 
 
+def arrival_times(rate: float, requests: int, arrivals: str) -> list[float]:
+    """Seconds from the start: every ``1 / rate`` (fixed), or a Poisson process of that rate
+    (seeded, so merging on and off see the same arrivals)."""
+    if arrivals == "fixed":
+        return [i / rate for i in range(requests)]
+    import random
+
+    rng, now, out = random.Random(12), 0.0, []
+    for _ in range(requests):
+        out.append(now)
+        now += rng.expovariate(rate)
+    return out
+
+
 async def steady_latency(runner: DistributedRunner[Any], rate: float, requests: int, args: argparse.Namespace) -> dict[str, Any]:
-    """``requests`` one-image requests arriving every ``1 / rate`` s (open loop: an arrival
+    """``requests`` one-image requests arriving at ``rate`` per second (open loop: an arrival
     never waits for an earlier result); latency = arrival to result."""
     latencies: list[float] = []
     denoise: set[float] = set()
+    offsets = arrival_times(rate, requests, args.steady_arrivals)
     started = time.perf_counter()
 
     async def one(i: int) -> None:
-        arrival = started + i / rate
+        arrival = started + offsets[i]
         await asyncio.sleep(max(0.0, arrival - time.perf_counter()))
         payload = {**gridgen_payload(1, False, args, seed=1000 + i), "num_images": 1, "prompt": f"{PROMPT}, variant {i}"}
         result = await runner.invoke(payload)
@@ -127,6 +143,7 @@ async def steady_latency(runner: DistributedRunner[Any], rate: float, requests: 
     return {
         "max_batch": runner.max_batch,
         "rate_per_s": rate,
+        "arrivals": args.steady_arrivals,
         "requests": requests,
         "mean_s": round(statistics.fmean(ordered), 4),
         "p50_s": round(statistics.median(ordered), 4),
@@ -447,6 +464,7 @@ if __name__ == "__main__":
     parser.add_argument("--concurrent", type=int, default=0, help="also time N one-image requests submitted at once")
     parser.add_argument("--max-batch", type=int, default=None, help="runner option max_batch of the gridgen runner: most requests merged into one call (1: none; default: the runner's, 8)")
     parser.add_argument("--steady", type=_rates, default=[], help="arrival rates R[,R...] (requests/s): latency of one-image requests under a steady queue, merging on then off")
+    parser.add_argument("--steady-arrivals", choices=["fixed", "poisson"], default="fixed", help="--steady arrivals: every 1/R s, or a seeded Poisson process of rate R (default: %(default)s)")
     parser.add_argument("--steady-requests", type=int, default=24, help="requests per --steady measurement (default: %(default)s)")
     parser.add_argument("--bare", action="store_true", help="also time the bare optimised pipeline in the worker process (no runner, no encoding)")
     parser.add_argument("--no-seed-recipe", dest="seed_recipe", action="store_false", help="leave out the seed's recipe")
