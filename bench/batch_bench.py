@@ -87,10 +87,9 @@ async def runner_mode(args: argparse.Namespace) -> dict[str, list[float]]:
     from gridgen.sdxl import SDXLWorker
 
     runner = DistributedRunner(SDXLWorker, world_size=args.world_size, device="cpu",
-                               max_batch=args.max_batch)  # type: ignore[call-arg]
+                               setup_kwargs={"model": "tiny"}, max_batch=args.max_batch)
     times: dict[str, list[float]] = {"8 concurrent x 1": [], "one 8-image request": []}
     async with runner:
-        await runner.start(model="tiny")
 
         async def concurrent() -> None:
             await asyncio.gather(*(runner.invoke(p) for p in singles()))

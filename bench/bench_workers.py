@@ -31,6 +31,13 @@ def _peak() -> dict[str, float]:
 
 
 class BenchSDXLWorker(SDXLWorker):
+    @classmethod
+    def batch_key(cls, payload: dict[str, Any]) -> Any:
+        # bench-only requests are no SDXL requests: never merged, served by __call__ below
+        if "bench" in payload or payload.get("bench_latents"):
+            return None
+        return super().batch_key(payload)
+
     def __call__(self, streaming: bool = False, **payload: Any) -> Any:
         if payload.get("bench") == "memory":
             return _peak()

@@ -12,6 +12,14 @@ at ``world_size=1`` (``--world-size`` for more GPUs), in alternating rounds:
 
 Each measurement queues ``--requests`` requests at once and times first submit to last
 result, as a service under load sees it: s/image = that time / images made.
+``--concurrent N`` also times N one-image requests submitted at once (merged into one call
+up to ``--max-batch``, issue 12).
+
+``--steady R[,R...] --steady-requests N`` measures latency under a steady queue: N one-image
+requests (different prompts and seeds) arrive at R requests/s (every 1/R s, or
+``--steady-arrivals poisson``), each timed from its arrival
+to its result; once with merging on (``--max-batch``, default the runner's 8) and once off
+(``max_batch=1``), on the same warm runner. Mean, p50 and p90 go to the results' ``latency``.
 
     python bench/sdxl_bench.py --out results_dir [--rounds 2] [--images 1,4,8]
 
@@ -99,6 +107,54 @@ async def timed_batch(
     return time.perf_counter() - started, items, timings
 
 
+def arrival_times(rate: float, requests: int, arrivals: str) -> list[float]:
+    """Seconds from the start: every ``1 / rate`` (fixed), or a Poisson process of that rate
+    (seeded, so merging on and off see the same arrivals)."""
+    if arrivals == "fixed":
+        return [i / rate for i in range(requests)]
+    import random
+
+    rng, now, out = random.Random(12), 0.0, []
+    for _ in range(requests):
+        out.append(now)
+        now += rng.expovariate(rate)
+    return out
+
+
+async def steady_latency(runner: DistributedRunner[Any], rate: float, requests: int, args: argparse.Namespace) -> dict[str, Any]:
+    """``requests`` one-image requests arriving at ``rate`` per second (open loop: an arrival
+    never waits for an earlier result); latency = arrival to result."""
+    latencies: list[float] = []
+    denoise: set[float] = set()
+    offsets = arrival_times(rate, requests, args.steady_arrivals)
+    started = time.perf_counter()
+
+    async def one(i: int) -> None:
+        arrival = started + offsets[i]
+        await asyncio.sleep(max(0.0, arrival - time.perf_counter()))
+        payload = {**gridgen_payload(1, False, args, seed=1000 + i), "num_images": 1, "prompt": f"{PROMPT}, variant {i}"}
+        result = await runner.invoke(payload)
+        latencies.append(time.perf_counter() - arrival)
+        denoise.add(result["timings"]["denoise"])  # one value per call: merged requests share it
+
+    await asyncio.gather(*(one(i) for i in range(requests)))
+    wall = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return {
+        "max_batch": runner.max_batch,
+        "rate_per_s": rate,
+        "arrivals": args.steady_arrivals,
+        "requests": requests,
+        "mean_s": round(statistics.fmean(ordered), 4),
+        "p50_s": round(statistics.median(ordered), 4),
+        "p90_s": round(statistics.quantiles(ordered, n=10, method="inclusive")[8], 4),
+        "max_s": round(ordered[-1], 4),
+        "calls": len(denoise),
+        "wall_s": round(wall, 3),
+        "throughput_per_s": round(requests / wall, 4),
+    }
+
+
 async def peak_gib(runner: DistributedRunner[Any]) -> float:
     result = await runner.invoke({"bench": "memory"})
     return float(result["peak_gib"])
@@ -107,7 +163,7 @@ async def peak_gib(runner: DistributedRunner[Any]) -> float:
 class Results:
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
         self.path = path
-        self.data: dict[str, Any] = {**header, "runs": [], "startup": {}, "samples": {}, "accuracy": None}
+        self.data: dict[str, Any] = {**header, "runs": [], "latency": [], "startup": {}, "samples": {}, "accuracy": None}
 
     def save(self) -> None:
         self.path.write_text(json.dumps(self.data, indent=2))
@@ -214,7 +270,9 @@ async def main(args: argparse.Namespace) -> Results:
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-    gridgen = DistributedRunner(BenchSDXLWorker, setup_kwargs={"model": args.model, **setup}, **common)
+    batching = {} if args.max_batch is None else {"max_batch": args.max_batch}
+    gridgen = DistributedRunner(BenchSDXLWorker, setup_kwargs={"model": args.model, **setup}, **common, **batching)
+    results.data["max_batch"] = gridgen.max_batch
     started = time.perf_counter()
     await gridgen.start()
     results.data["startup"]["gridgen_cold_s"] = time.perf_counter() - started
@@ -272,6 +330,7 @@ async def main(args: argparse.Namespace) -> Results:
     results.save()
     if args.seed_recipe:
         await runners["seed_recipe"].stop()
+    await steady_runs(gridgen, results, args, log)
 
     if args.accuracy and setup:
         # the same request through an eager worker (no optimisation options) vs the optimised one
@@ -293,6 +352,19 @@ async def main(args: argparse.Namespace) -> Results:
         await fresh_start_with_cache(results, args, setup, common, cache_root, log)
     results.save()
     return results
+
+
+async def steady_runs(gridgen: DistributedRunner[Any], results: Results, args: argparse.Namespace, log: Any) -> None:
+    """Each ``--steady`` rate with merging on (the runner's max_batch), then off (1)."""
+    merged = gridgen.max_batch
+    for rate in args.steady:
+        for max_batch in dict.fromkeys((merged, 1)):
+            gridgen.max_batch = max_batch
+            entry = await steady_latency(gridgen, rate, args.steady_requests, args)
+            results.data["latency"].append(entry)
+            results.save()
+            log(f"steady {rate}/s, max_batch {max_batch}: mean {entry['mean_s']:.3f}s, p90 {entry['p90_s']:.3f}s, {entry['calls']} calls")
+    gridgen.max_batch = merged
 
 
 async def fresh_start_with_cache(
@@ -347,12 +419,26 @@ def print_table(data: dict[str, Any]) -> None:
             f"{run.get('image_format', '?'):>6} {run['s_per_image']:7.3f} {run['img_per_s_per_gpu']:7.3f} "
             f"{run['tflops']:8.1f} {run['peak_gib']:8.1f} {run.get('encode_s_median', float('nan')):8.3f}"
         )
+    if data.get("latency"):
+        print(f"\nsteady queue, one-image requests: {'req/s':>6} {'max_batch':>9} {'reqs':>4} {'calls':>5} {'mean s':>7} {'p50 s':>7} {'p90 s':>7} {'max s':>7}")
+        for row in data["latency"]:
+            print(
+                f"{'':34}{row['rate_per_s']:6.2f} {row['max_batch']:9d} {row['requests']:4d} {row['calls']:5d} "
+                f"{row['mean_s']:7.3f} {row['p50_s']:7.3f} {row['p90_s']:7.3f} {row['max_s']:7.3f}"
+            )
     if data.get("accuracy"):
         print(f"accuracy vs eager: {data['accuracy']}")
 
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
+
+
+def _rates(text: str) -> list[float]:
+    rates = [float(x) for x in text.split(",") if x]
+    if any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"arrival rates must be > 0 requests/s, got {text!r}")
+    return rates
 
 
 def _formats(text: str) -> list[str]:
@@ -376,6 +462,10 @@ if __name__ == "__main__":
     parser.add_argument("--world-size", type=int, default=1)
     parser.add_argument("--formats", type=_formats, default=["png"], help="output formats measured, e.g. png,jpeg (the first is used for streaming and --concurrent)")
     parser.add_argument("--concurrent", type=int, default=0, help="also time N one-image requests submitted at once")
+    parser.add_argument("--max-batch", type=int, default=None, help="runner option max_batch of the gridgen runner: most requests merged into one call (1: none; default: the runner's, 8)")
+    parser.add_argument("--steady", type=_rates, default=[], help="arrival rates R[,R...] (requests/s): latency of one-image requests under a steady queue, merging on then off")
+    parser.add_argument("--steady-arrivals", choices=["fixed", "poisson"], default="fixed", help="--steady arrivals: every 1/R s, or a seeded Poisson process of rate R (default: %(default)s)")
+    parser.add_argument("--steady-requests", type=int, default=24, help="requests per --steady measurement (default: %(default)s)")
     parser.add_argument("--bare", action="store_true", help="also time the bare optimised pipeline in the worker process (no runner, no encoding)")
     parser.add_argument("--no-seed-recipe", dest="seed_recipe", action="store_false", help="leave out the seed's recipe")
     parser.add_argument("--compile-cache", default=None, help="setup(compile_cache=...): load it if it exists, else write it after warm-up")

@@ -176,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     serve.add_argument(
+        "--max-batch", type=int, default=8, metavar="N",
+        help="most queued requests of the same shape merged into one call (0 or 1: no "
+        "merging; default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-batch-units", type=int, default=None, metavar="N",
+        help="most images in one merged call (a larger request still runs alone; "
+        "default: no cap)",
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
         help="uvicorn and gridgen log level (default: %(default)s)",
     )
@@ -392,8 +402,7 @@ def _serve(args: argparse.Namespace) -> int:
         from .ray._cli import serve_on_ray
 
         return serve_on_ray(args)
-    if args.max_queue < 0:
-        raise UsageError(f"--max-queue: must be 0 or more, got {args.max_queue}")
+    check_serve_options(args)
     check_device(args)
     check_model(args.model)
     listener = listen(args.host, args.port)  # before any worker: a busy port fails at once
@@ -416,6 +425,7 @@ def _serve(args: argparse.Namespace) -> int:
         device=args.device,
         setup_kwargs={"model": model},
         max_queue=args.max_queue,
+        **batch_options(args),
         auto_restart=True,  # a worker that died is respawned; the service keeps serving
     )
     server: Any = None
@@ -440,6 +450,21 @@ def _serve(args: argparse.Namespace) -> int:
     if failures:
         raise failures[0]
     return 0
+
+
+def check_serve_options(args: argparse.Namespace) -> None:
+    """The queue and merging limits of ``serve`` (also with ``--ray``), before anything starts."""
+    if args.max_queue < 0:
+        raise UsageError(f"--max-queue: must be 0 or more, got {args.max_queue}")
+    if args.max_batch < 0:
+        raise UsageError(f"--max-batch: must be 0 or more (0 or 1: no merging), got {args.max_batch}")
+    if args.max_batch_units is not None and args.max_batch_units < 1:
+        raise UsageError(f"--max-batch-units: must be at least 1, got {args.max_batch_units}")
+
+
+def batch_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The runner's merging options from ``serve``'s arguments."""
+    return {"max_batch": args.max_batch, "max_batch_units": args.max_batch_units}
 
 
 def _is_loopback(host: str) -> bool:

@@ -41,13 +41,13 @@ def parse_replicas(text: str | None) -> tuple[int | None, tuple[int, int] | None
 
 def _check_args(args: argparse.Namespace) -> tuple[int | None, tuple[int, int] | None]:
     from gridgen._preflight import UsageError, check_model
+    from gridgen.cli import check_serve_options
 
     if args.ray is None:
         raise UsageError("--replicas needs --ray ADDRESS (a Ray cluster to deploy the replicas onto)")
     if args.port == 0:
         raise UsageError("--port: Ray Serve's proxy needs a fixed port with --ray (0 is not allowed)")
-    if args.max_queue < 0:
-        raise UsageError(f"--max-queue: must be 0 or more, got {args.max_queue}")
+    check_serve_options(args)
     counts = parse_replicas(args.replicas)
     _check_reachable(args.ray)
     check_model(args.model)  # last: offline, the default hub model is itself an error
@@ -72,7 +72,7 @@ def _check_reachable(address: str) -> None:
 def _application(args: argparse.Namespace, replicas: Any, autoscaling: Any) -> Any:
     import ray
 
-    from gridgen.cli import _QUIET_ENV, _default_model
+    from gridgen.cli import _QUIET_ENV, _default_model, batch_options
 
     from ._deploy import application
 
@@ -86,6 +86,7 @@ def _application(args: argparse.Namespace, replicas: Any, autoscaling: Any) -> A
     app = application(
         "gridgen.sdxl:SDXLWorker",
         setup_kwargs={"model": model},
+        runner_options=batch_options(args),
         gpus=ranks if device == "cuda" else 0,
         cpu_ranks=ranks,
         max_queue=args.max_queue,
