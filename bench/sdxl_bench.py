@@ -270,9 +270,12 @@ async def main(args: argparse.Namespace) -> Results:
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-    batching = {} if args.max_batch is None else {"max_batch": args.max_batch}
+    batching: dict[str, Any] = {} if args.max_batch is None else {"max_batch": args.max_batch}
+    if args.batch_sizes:
+        batching["batch_sizes"] = args.batch_sizes
     gridgen = DistributedRunner(BenchSDXLWorker, setup_kwargs={"model": args.model, **setup}, **common, **batching)
     results.data["max_batch"] = gridgen.max_batch
+    results.data["batch_sizes"] = None if gridgen.batch_sizes is None else list(gridgen.batch_sizes)
     started = time.perf_counter()
     await gridgen.start()
     results.data["startup"]["gridgen_cold_s"] = time.perf_counter() - started
@@ -462,6 +465,7 @@ if __name__ == "__main__":
     parser.add_argument("--world-size", type=int, default=1)
     parser.add_argument("--formats", type=_formats, default=["png"], help="output formats measured, e.g. png,jpeg (the first is used for streaming and --concurrent)")
     parser.add_argument("--concurrent", type=int, default=0, help="also time N one-image requests submitted at once")
+    parser.add_argument("--batch-sizes", type=_ints, default=None, help="runner option batch_sizes: unit totals a merged call may have, e.g. 1,8 for warm-up sizes 1 and 8 on one GPU (default: any)")
     parser.add_argument("--max-batch", type=int, default=None, help="runner option max_batch of the gridgen runner: most requests merged into one call (1: none; default: the runner's, 8)")
     parser.add_argument("--steady", type=_rates, default=[], help="arrival rates R[,R...] (requests/s): latency of one-image requests under a steady queue, merging on then off")
     parser.add_argument("--steady-arrivals", choices=["fixed", "poisson"], default="fixed", help="--steady arrivals: every 1/R s, or a seeded Poisson process of rate R (default: %(default)s)")

@@ -6,8 +6,11 @@ exception there rejects that request before it is queued. When the group is free
 dispatcher takes the head of the queue and :meth:`BatchPolicy.gather` adds the queued
 requests with the same key, in queue order, while the caps allow (``max_batch``
 requests, ``max_batch_units`` units, and the frame under ``max_message_bytes``); the
-head is always taken. Requests it skips keep their places, so the queue stays FIFO
-for what cannot be merged and nothing starves: the next head is the oldest left.
+head is always taken. With ``batch_sizes`` a merge grows only to the longest run of
+those requests whose units add up to one of the sizes (so a compiled worker is never
+handed a batch it would pad or compile for). Requests it skips keep their places, so the
+queue stays FIFO for what cannot be merged and nothing starves: the next head is the
+oldest left.
 """
 
 from __future__ import annotations
@@ -81,11 +84,24 @@ class BatchPolicy:
 
     def _take(self, batch: list[Request], queue: RequestQueue) -> None:
         key = batch[0].key
+        taken: list[Request] = []
         for request in list(queue):
-            if self._full(batch):
-                return
-            if request.finished or request.key != key or not self._fits(batch, request):
+            if len(batch) + len(taken) >= max(1, self.options.max_batch):
+                break
+            if request.finished or request.key != key or not self._fits([*batch, *taken], request):
                 continue
+            taken.append(request)
+        sizes = self.options.batch_sizes
+        if sizes is not None:
+            # Only candidates are chosen above: what is left out here never left the queue.
+            total = sum(r.units for r in batch)
+            running, keep = total, 0
+            for i, request in enumerate(taken, start=1):
+                running += request.units
+                if running in sizes:
+                    keep = i
+            taken = taken[:keep]
+        for request in taken:
             queue.remove(request)
             batch.append(request)
 

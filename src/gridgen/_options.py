@@ -35,6 +35,7 @@ class RunnerOptions:
     max_batch: int = 8
     max_batch_units: int | None = None
     batch_wait: float = 0.0
+    batch_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.max_queue < 0:
@@ -54,6 +55,10 @@ class RunnerOptions:
             raise ValueError(f"max_batch must be an int >= 0 (0 or 1: no merging), got {self.max_batch!r}")
         if self.max_batch_units is not None and (type(self.max_batch_units) is not int or self.max_batch_units < 1):
             raise ValueError(f"max_batch_units must be None or an int >= 1, got {self.max_batch_units!r}")
+        if self.batch_sizes is not None and (
+            not self.batch_sizes or any(type(n) is not int or n < 1 for n in self.batch_sizes)
+        ):
+            raise ValueError(f"batch_sizes must be None or ints >= 1, got {self.batch_sizes!r}")
         if self.batch_wait < 0:
             raise ValueError(f"batch_wait must be >= 0, got {self.batch_wait}")
         if self.max_message_bytes < 1:

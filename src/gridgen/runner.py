@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ._batching import BatchPolicy
@@ -103,6 +103,11 @@ class DistributedRunner(Generic[W]):
             None: no cap. The head of the queue is always taken, even alone over the cap.
         batch_wait: seconds to wait for more compatible requests once the head is taken;
             0 (the default) merges only what is already queued and adds no latency.
+        batch_sizes: the unit totals a merged call may have (None: any). A compiled or
+            CUDA-graphed worker pads a batch up to a size it has already run, so give the
+            totals its warm shapes serve (warm images per rank times ``world_size``): merges
+            then form only those, and what does not fit runs in the next call, never padded
+            nor compiled at request time. The head of the queue alone is always allowed.
     """
 
     def __init__(
@@ -130,6 +135,7 @@ class DistributedRunner(Generic[W]):
         max_batch: int = 8,
         max_batch_units: int | None = None,
         batch_wait: float = 0.0,
+        batch_sizes: Sequence[int] | None = None,
     ) -> None:
         if not (isinstance(worker_cls, type) and issubclass(worker_cls, DistributedWorker)):
             raise TypeError(f"worker_cls must be a DistributedWorker subclass, got {worker_cls!r}")
@@ -151,6 +157,7 @@ class DistributedRunner(Generic[W]):
             max_batch=max_batch,
             max_batch_units=max_batch_units,
             batch_wait=batch_wait,
+            batch_sizes=None if batch_sizes is None else tuple(batch_sizes),
         )
         self.worker_cls = worker_cls
         self.devices, self.backend = resolve_devices(world_size, device, devices)
@@ -194,6 +201,7 @@ class DistributedRunner(Generic[W]):
     max_batch: _Option[int] = _Option()
     max_batch_units: _Option[int | None] = _Option()
     batch_wait: _Option[float] = _Option()
+    batch_sizes: _Option[tuple[int, ...] | None] = _Option()
 
     # -- public state -------------------------------------------------------------------
 

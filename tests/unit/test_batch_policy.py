@@ -108,3 +108,25 @@ def test_a_worker_without_batch_key_is_never_merged() -> None:
 def test_batch_options_are_checked(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RunnerOptions(**options)
+
+
+def test_batch_sizes_merge_only_to_the_listed_totals_and_leave_the_rest_queued() -> None:
+    one = {"batch": "s"}
+    # Sizes (1, 4): three queued one-unit requests cannot make 4, so the head runs alone
+    # and the others wait in order; once four are queued together they merge.
+    assert _gather(RunnerOptions(batch_sizes=(1, 4)), [one] * 3) == [[1], [2], [3]]
+    assert _gather(RunnerOptions(batch_sizes=(1, 4)), [one] * 6) == [[1, 2, 3, 4], [5], [6]]
+    # The longest run that reaches a size wins; what follows it stays queued, in order.
+    units = [{"batch": "s", "units": u} for u in (2, 2, 3, 4)]
+    assert _gather(RunnerOptions(batch_sizes=(4, 8)), units) == [[1, 2], [3], [4]]
+
+
+def test_batch_sizes_keep_other_keys_in_their_places() -> None:
+    payloads = [{"batch": "a"}, {"batch": "b"}, {"batch": "a"}, {"batch": "b"}, {"batch": "a"}]
+    assert _gather(RunnerOptions(batch_sizes=(2,)), payloads) == [[1, 3], [2, 4], [5]]
+
+
+@pytest.mark.parametrize("sizes", [(), (0,), (2, -1), ("4",)])
+def test_bad_batch_sizes_name_the_option(sizes: tuple[Any, ...]) -> None:
+    with pytest.raises(ValueError, match="batch_sizes must be None or ints >= 1"):
+        RunnerOptions(batch_sizes=sizes)
