@@ -16,6 +16,32 @@ __all__ = ["DistributedWorker", "WorkerContext"]
 
 StreamSink = Callable[[Any], None]
 
+_IMAGE_FORMATS = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png", "webp": "webp"}
+
+# The device of this worker process. The runtime sets it before it builds the worker, so
+# that a subclass whose ``__init__(self, rank=0, world_size=1)`` calls
+# ``super().__init__(rank, world_size)`` (fal's signature) still gets its device.
+_process_device = "cpu"
+
+
+def _encode_images(value: Any, fmt: str) -> Any:
+    """``value`` with each PIL image inside dicts, lists and tuples encoded as ``fmt``."""
+    from PIL import Image
+
+    from .images import encode_image
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, Image.Image):
+            return encode_image(node, fmt)
+        if isinstance(node, dict):
+            return {key: walk(item) for key, item in node.items()}
+        if isinstance(node, (list, tuple)):
+            items = [walk(item) for item in node]
+            return items if isinstance(node, list) else tuple(items)
+        return node
+
+    return walk(value)
+
 
 class WorkerContext:
     """What the worker process gives a worker: the one object the runtime shares with it.
@@ -55,10 +81,10 @@ class DistributedWorker:
     rank: int
     world_size: int
 
-    def __init__(self, rank: int = 0, world_size: int = 1, device: Any = "cpu") -> None:
+    def __init__(self, rank: int = 0, world_size: int = 1, device: Any = None) -> None:
         self.rank = rank
         self.world_size = world_size
-        self._device_spec = device
+        self._device_spec = _process_device if device is None else device
         self._device: torch.device | None = None
         self._context: WorkerContext | None = None
         self._local_cancel = threading.Event()
@@ -103,20 +129,42 @@ class DistributedWorker:
             self._device = torch.device(self._device_spec)
         return self._device
 
-    def add_streaming_result(self, result: Any, as_text_event: bool = False) -> None:
+    def add_streaming_result(self, result: Any, image_format: str = "jpeg", as_text_event: bool = False) -> None:
         """Send ``result`` to the caller of ``runner.stream()`` now, tagged to this request.
 
         Any rank may call it; items arrive in the order each rank sent them.
-        ``result`` is encoded immediately, so later changes to it are not seen.
+        ``result`` is encoded immediately, so later changes to it are not seen. PIL images
+        in it are encoded as ``image_format`` (``"jpeg"``, ``"png"`` or ``"webp"``);
+        :class:`~gridgen.EncodedImage` values are sent as they are.
         ``as_text_event`` is accepted for compatibility: the *caller* chooses the
         format with ``runner.stream(..., as_text_events=True)``.
         When the caller used ``invoke`` (not streaming), items are dropped.
         """
         del as_text_event
+        fmt = _IMAGE_FORMATS.get(str(image_format).lower())
+        if fmt is None:
+            raise ValueError(f"add_streaming_result: image_format must be 'jpeg', 'png' or 'webp', not {image_format!r}")
         if self._context is None:
             self.streamed.append(result)
         else:
-            self._context.emit(result)
+            self._context.emit(_encode_images(result, fmt))
+
+    def add_streaming_error(self, error: BaseException | str) -> None:
+        """Send an error item to the caller of ``runner.stream()``; the request goes on.
+
+        The item is ``{"error": {"type", "message", "rank"}}`` (the shape of the last event
+        of a failed ``as_text_events`` stream). To fail the request, raise instead.
+        """
+        if isinstance(error, BaseException):
+            kind, message = type(error).__name__, str(error)
+        else:
+            kind, message = "Error", str(error)
+        self.add_streaming_result({"error": {"type": kind, "message": message, "rank": self.rank}})
+
+    def rank_print(self, message: str, debug: bool = False) -> None:
+        """Print ``[rank N] message`` (``[debug] [rank N] message`` with ``debug=True``)."""
+        prefix = f"[debug] [rank {self.rank}]" if debug else f"[rank {self.rank}]"
+        print(f"{prefix} {message}", flush=True)
 
     @property
     def cancelled(self) -> bool:
