@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import Cancelled
@@ -108,15 +108,15 @@ class DistributedWorker:
 
     # -- what users override -------------------------------------------------
 
-    def setup(self, **kwargs: Any) -> None:
-        """Called once per rank by ``runner.start(**kwargs)``, before any request."""
+    def setup(self, **kwargs: Any) -> Awaitable[None] | None:
+        """Called once per rank by ``runner.start(**kwargs)``, before any request (may be ``async def``)."""
 
     def __call__(self, streaming: bool = False, **payload: Any) -> Any:
         """Called once per request on every rank with the request's payload as keywords."""
         raise NotImplementedError(f"{type(self).__name__} must implement __call__(streaming=False, **payload)")
 
-    def teardown(self) -> None:
-        """Called once per rank when the runner stops cleanly."""
+    def teardown(self) -> Awaitable[None] | None:
+        """Called once per rank when the runner stops cleanly (may be ``async def``)."""
 
     # -- what user code calls -------------------------------------------------
 
