@@ -82,13 +82,14 @@ async def _ops(worker: Any, streaming: bool, op: str, payload: dict[str, Any]) -
         else:
             worker.add_streaming_result(item, as_text_event=True)
         return {"image": small_image((10, 10, 250), (5, 7))}
-    if op == "arrays":
-        worker.add_streaming_result(
-            {
-                "array": np.arange(6, dtype=np.float32).reshape(2, 3),
-                "tensor": torch.tensor([[1.5, -2.0]], dtype=torch.bfloat16),
-            }
-        )
+    if op == "arrays":  # rank 0 streams an array and a bf16 tensor
+        if worker.rank == 0:
+            worker.add_streaming_result(
+                {
+                    "array": np.arange(6, dtype=np.float32).reshape(2, 3),
+                    "tensor": torch.tensor([[1.5, -2.0]], dtype=torch.bfloat16),
+                }
+            )
         return {"scalar": np.float32(2.5)}
     if op == "stream_error":  # an error item between two ordinary items; the request succeeds
         if worker.rank == 0:

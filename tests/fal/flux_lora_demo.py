@@ -206,6 +206,8 @@ class TrainerWorker(DistributedWorker):
         with torch.no_grad():
             module.lora_a.copy_(init.float())
         self.init_checksum = float(init.float().sum())
+        style = torch.Generator().manual_seed(99)
+        self.style = (torch.randn(features, 1, generator=style) @ torch.randn(1, features, generator=style) * 0.3).to(self.device)
         self.model = DistributedDataParallel(module)
         self.features = features
         self.rank_print("trainer ready", debug=True)
@@ -227,12 +229,15 @@ class TrainerWorker(DistributedWorker):
             raise ValueError(f"steps must be >= 1, got {steps}")
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = (torch.optim.Adam if optimizer == Optimizer.ADAM else torch.optim.SGD)(params, lr=learning_rate)
-        generator = torch.Generator().manual_seed(seed * 1000 + self.rank)  # each rank its own shard
-        target = torch.nn.functional.pad(torch.eye(self.features)[:, 1:], (0, 1))
+        # Each rank trains on its own shard: a fixed batch drawn from its own generator.
+        generator = torch.Generator().manual_seed(seed * 1000 + self.rank)
+        x = torch.randn(batch_size, self.features, generator=generator).to(self.device)
+        module = self.model.module
+        with torch.no_grad():
+            target = module.base(x) + x @ self.style.T  # the "style" the LoRA has to learn
         losses = []
         for step in range(steps):
-            x = torch.randn(batch_size, self.features, generator=generator).to(self.device)
-            loss = torch.nn.functional.mse_loss(self.model(x), x @ target.to(self.device))
+            loss = torch.nn.functional.mse_loss(self.model(x), target)
             opt.zero_grad()
             loss.backward()  # DDP all-reduces the LoRA gradients here
             opt.step()
@@ -244,7 +249,6 @@ class TrainerWorker(DistributedWorker):
                     {"step": step + 1, "total_steps": steps, "progress": (step + 1) / steps, "loss": losses[-1]},
                     as_text_event=True,
                 )
-        module = self.model.module
         checksums: list[Any] = [None] * self.world_size
         dist.all_gather_object(checksums, float(module.lora_b.detach().sum()))
         if self.rank != 0:

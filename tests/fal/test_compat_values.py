@@ -132,7 +132,7 @@ def test_an_unencodable_result_is_a_clear_error(compat: LiveRunner) -> None:
     with pytest.raises(WorkerError) as info:
         compat.sync.invoke({"op": "unencodable"})
     assert info.value.rank == 0 and info.value.remote_type == "TypeError"
-    assert "result['handle']" in info.value.remote_message
+    assert "['handle']: objects of type _thread.lock are not supported" in info.value.remote_message
     assert compat.sync.invoke({"op": "value", "value": [1]}) == [1]
 
 
@@ -198,3 +198,36 @@ def test_a_plain_stream_still_raises_the_typed_error(compat: LiveRunner) -> None
     with pytest.raises(WorkerError) as info:
         compat.run(body)
     assert info.value.rank == 0
+
+
+# -- the event shapes, without a runner ------------------------------------------------------
+
+
+def test_fal_shapes_of_an_encoded_image_keep_its_format() -> None:
+    from gridgen import encode_image
+    from gridgen._events import fal_shapes
+
+    encoded = encode_image(Image.new("RGBA", (9, 4), (1, 2, 3, 4)), "webp")
+    shaped = fal_shapes({"frames": (encoded,)})
+    frame = shaped["frames"][0]
+    assert frame["content_type"] == "image/webp" and (frame["width"], frame["height"]) == (9, 4)
+    assert base64.b64decode(frame["url"].split(",", 1)[1]) == encoded.data
+
+
+def test_fal_shapes_of_big_endian_and_strided_arrays_are_little_endian_c_order() -> None:
+    from gridgen._events import fal_shapes
+
+    arr = np.arange(12, dtype=">i4").reshape(3, 4)[:, ::2]
+    shaped = fal_shapes(arr)
+    assert shaped["dtype"] == "int32" and shaped["shape"] == [3, 2]
+    assert base64.b64decode(shaped["data"]) == np.ascontiguousarray(arr, dtype="<i4").tobytes()
+
+
+def test_error_fields_of_host_side_errors() -> None:
+    from gridgen import RequestTimeout, WorkerDiedError
+    from gridgen._events import error_event, error_fields
+
+    assert error_fields(WorkerDiedError(1, -9)) == {"type": "WorkerDiedError", "message": "worker rank 1 was killed by SIGKILL", "rank": 1}
+    assert error_fields(RequestTimeout("too slow")) == {"type": "RequestTimeout", "message": "too slow", "rank": None}
+    remote = WorkerError.from_remote(0, {"type": "mymod.OOM", "message": "no memory", "traceback": "Traceback..."})
+    assert error_event(remote) == b'data: {"error":{"type":"mymod.OOM","message":"no memory","rank":0}}\n\n'
