@@ -12,7 +12,8 @@ depends on the places where gridgen deliberately does differently:
   a rank raised or a worker process died, and a failing ``stream`` yields a last item
   ``{"error": "<message>"}`` (as an SSE event with ``as_text_events=True``), so
   ``if "error" in result`` checks keep working. Misuse (not started, a full queue, a
-  payload that cannot travel) and time limits still raise, as gridgen's own errors.
+  payload that cannot travel) and time limits still raise gridgen's own errors, except
+  in an ``as_text_events`` stream, which ends with the error event whatever failed.
 * **only rank 0's** ``add_streaming_result`` and ``add_streaming_error`` items reach the
   caller; ``add_streaming_error`` sends ``{"error": "<message>"}``.
 * the base ``DistributedWorker.__call__`` returns ``{}``.
@@ -32,7 +33,7 @@ from typing import Any, TypeVar
 from . import runner as _runner
 from . import worker as _worker
 from ._events import text_event
-from .errors import WorkerDiedError, WorkerError
+from .errors import GridgenError, WorkerDiedError, WorkerError
 
 __all__ = ["DistributedRunner", "DistributedWorker"]
 
@@ -101,14 +102,20 @@ class DistributedRunner(_runner.DistributedRunner[W]):
         as_text_events: bool = False,
         **options: Any,
     ) -> AsyncGenerator[Any, None]:
-        """gridgen's ``stream``, ending with an ``{"error": "<message>"}`` item instead of raising."""
+        """gridgen's ``stream``, ending with an ``{"error": "<message>"}`` item instead of raising.
+
+        With ``as_text_events=True`` every gridgen error (a time limit too) ends the stream
+        this way, as an SSE event, so an HTTP client always gets a complete response.
+        """
+        caught = GridgenError if as_text_events else _RETURNED_ERRORS
         items = super().stream(payload, timeout, streaming_timeout, False, **options)
         try:
             try:
                 async for item in items:
                     yield text_event(item) if as_text_events else item
-            except _RETURNED_ERRORS as exc:
+            except caught as exc:
                 error = _error_result(exc)
+                logger.warning("stream ended with an error item: %s", error["error"])
                 yield text_event(error) if as_text_events else error
         finally:
             await items.aclose()
