@@ -109,6 +109,11 @@ def test_keepalive_interval_alone_sends_an_empty_payload() -> None:
     assert run(body) >= 3
 
 
+def test_keepalive_payload_without_an_interval_is_an_error() -> None:
+    with pytest.raises(ValueError, match="keepalive_interval"):
+        DistributedRunner(ProbeWorker, world_size=1, device="cpu", keepalive_payload={"op": "echo"})
+
+
 # -- lifecycle ------------------------------------------------------------------------------
 
 

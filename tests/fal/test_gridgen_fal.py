@@ -57,6 +57,24 @@ def test_a_failing_text_event_stream_ends_with_an_error_event(rt: LiveRunner) ->
     assert events == [b'data: {"step":1}\n\n', b'data: {"error":"nan loss"}\n\n']
 
 
+def test_a_text_event_stream_ends_with_an_error_event_for_any_gridgen_error(rt: LiveRunner) -> None:
+    async def body(runner: Any) -> list[bytes]:
+        # a time limit is raised by invoke and a plain stream, but ends a text-event stream
+        return [e async for e in runner.stream({"op": "sleep", "items": 1, "delay": 1.0}, 0.2, None, True)]
+
+    events = rt.run(body)
+    assert len(events) == 1 and events[0].startswith(b'data: {"error":"request ')
+    assert b"time limit" in events[0] and events[0].endswith(b'"}\n\n')
+
+
+def test_a_time_limit_still_raises_from_invoke(rt: LiveRunner) -> None:
+    async def body(runner: Any) -> Any:
+        return await runner.invoke({"op": "sleep", "items": 1, "delay": 1.0}, 0.2)
+
+    with pytest.raises(gridgen.RequestTimeout):
+        rt.run(body)
+
+
 def test_a_dead_worker_is_returned_as_an_error_too() -> None:
     from gridgen.testing import ProbeWorker
 
