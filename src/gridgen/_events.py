@@ -10,7 +10,7 @@ clients read:
 * a numpy array or a tensor is ``{"content_type": "application/ndarray", "dtype", "shape",
   "data"}``, ``data`` being the base64 of its elements in C order, little-endian
   (``bfloat16`` as its 16-bit pattern);
-* everything else as :func:`gridgen._codec.to_jsonable` makes it (numpy scalars as numbers,
+* everything else as :func:`gridgen._json.to_jsonable` makes it (numpy scalars as numbers,
   bytes as base64, tuples as lists ...).
 
 An error ends such a stream with :func:`error_event`:
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ._codec import EncodedImage, image_data_url
-from ._codec import text_event as _json_event
+from ._json import text_event as _json_event
 from .errors import WorkerError
+from .images import EncodedImage, image_data_url
 
 __all__ = ["error_event", "error_fields", "fal_shapes", "text_event"]
 

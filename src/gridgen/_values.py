@@ -12,7 +12,8 @@ value                                    sent as
 ``datetime``, ``date``, ``time``         ``isoformat()``
 ``uuid.UUID``                            ``str(uuid)``
 ``Enum`` members                         their ``value`` (itself encoded by the same rules)
-``set``, ``frozenset``                   a list, sorted when its items can be sorted
+``set``, ``frozenset``                   a list, a tuple (hashable: it can be a dict key),
+                                         sorted when the items can be sorted
 dataclass instances                      a dict of their fields
 pydantic models                          ``model_dump()``
 pydantic URLs                            ``str(url)``
@@ -76,8 +77,10 @@ def plain_form(obj: Any) -> Any:
         return str(obj)
     if isinstance(obj, enum.Enum):
         return obj.value
-    if isinstance(obj, (set, frozenset)):
+    if isinstance(obj, set):
         return _set_items(obj)
+    if isinstance(obj, frozenset):
+        return tuple(_set_items(obj))
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {field.name: getattr(obj, field.name) for field in dataclasses.fields(obj)}
     if _is_pydantic_model(obj):
