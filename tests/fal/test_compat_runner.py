@@ -29,8 +29,8 @@ from gridgen import (
 )
 from gridgen.testing import ProbeWorker
 
-from compat_workers import CompatWorker
-from runtime_helpers import LiveRunner, live
+from helpers.fal_workers import CompatWorker
+from helpers.runtime import LiveRunner, live
 
 
 @pytest.fixture(scope="module")

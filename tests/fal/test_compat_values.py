@@ -25,8 +25,8 @@ from PIL import Image
 from gridgen import DistributedRunner, WorkerError
 from gridgen._codec import decode, encode
 
-from compat_workers import CompatWorker
-from runtime_helpers import LiveRunner, live
+from helpers.fal_workers import CompatWorker
+from helpers.runtime import LiveRunner, live
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,8 @@ class Point:
         (Plain.A, "a"),
         (Plain.NESTED, ("x", 1)),
         ({3, 1, 2}, [1, 2, 3]),
-        (frozenset({"b", "a"}), ["a", "b"]),
+        (frozenset({"b", "a"}), ("a", "b")),
+        ({frozenset({2, 1}): "key"}, {(1, 2): "key"}),
         ({1, "a"}, None),  # unsortable: a list in some order (checked below)
         (Point(1.0, 2.0, Plain.A), {"x": 1.0, "y": 2.0, "label": "a"}),
         ({"where": [Point(0.5, 0.0)]}, {"where": [{"x": 0.5, "y": 0.0, "label": None}]}),

@@ -19,8 +19,8 @@ from PIL import Image
 
 from gridgen import DistributedRunner, DistributedWorker
 
-from compat_workers import CompatWorker
-from runtime_helpers import LiveRunner, live
+from helpers.fal_workers import CompatWorker
+from helpers.runtime import LiveRunner, live
 
 
 @pytest.fixture(scope="module")

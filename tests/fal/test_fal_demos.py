@@ -21,8 +21,9 @@ from PIL import Image
 
 from gridgen import WorkerError
 
-import flux_lora_demo
-from fal_helpers import LiveServer, plain_variant, read_sse
+from helpers import flux_lora_demo
+from helpers.fal import plain_variant, read_sse
+from helpers.server import LiveServer
 
 COLORS = [(200, 20, 20), (20, 200, 20), (20, 20, 200), (220, 30, 10), (10, 30, 220)]
 EXPECTED_TONES = ["reddish", "greenish", "bluish", "reddish", "bluish"]

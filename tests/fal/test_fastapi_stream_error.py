@@ -10,8 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from fal_helpers import LiveServer, read_sse
-from fastapi_error_app import create_app
+from helpers.fal import read_sse
+from helpers.fal_error_app import create_app
+from helpers.server import LiveServer
 
 
 @pytest.fixture(scope="module")

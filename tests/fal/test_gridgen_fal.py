@@ -16,8 +16,8 @@ import pytest
 import gridgen
 from gridgen import fal
 
-from compat_workers import FalWorker
-from runtime_helpers import LiveRunner
+from helpers.fal_workers import FalWorker
+from helpers.runtime import LiveRunner
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from gridgen import DistributedRunner
 
-from compat_workers import CompatWorker
+from helpers.fal_workers import CompatWorker
 
 
 class StreamRequest(BaseModel):

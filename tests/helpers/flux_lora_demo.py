@@ -15,7 +15,7 @@ is the calls such programs make, not the model. What they rely on:
 
 The import line below is the only line that differs between the fal program and this one.
 The tests also run this file with it changed to ``from gridgen import ...``
-(``fal_helpers.plain_variant``): both must work.
+(``helpers.fal.plain_variant``): both must work.
 
 A module of its own, importable by name, because spawned workers import the classes by reference.
 """
