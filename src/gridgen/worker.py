@@ -66,6 +66,10 @@ class DistributedWorker:
     thread, after ``torch.cuda.set_device(self.device)`` on that thread, with
     ``torch.distributed`` already initialised (gloo on CPU, NCCL on CUDA), so
     ``dist.gather``, ``dist.all_reduce`` and ``dist.barrier`` work between ranks.
+    All three may be ``async def``: they are then awaited on that same thread, in one
+    event loop kept for the process. A subclass may override ``__init__(self, rank=0,
+    world_size=1)`` (fal's signature) and call ``super().__init__(rank, world_size)``:
+    ``self.device`` is still this rank's device.
 
     ``invoke`` returns rank 0's return value; the other ranks' return values
     are ignored (they are not even encoded). ``__call__`` may also return a
@@ -156,7 +160,10 @@ class DistributedWorker:
         of a failed ``as_text_events`` stream). To fail the request, raise instead.
         """
         if isinstance(error, BaseException):
-            kind, message = type(error).__name__, str(error)
+            cls = type(error)  # named as WorkerError.remote_type names remote exceptions
+            builtin = cls.__module__ in ("builtins", "__main__")
+            kind = cls.__qualname__ if builtin else f"{cls.__module__}.{cls.__qualname__}"
+            message = str(error)
         else:
             kind, message = "Error", str(error)
         self.add_streaming_result({"error": {"type": kind, "message": message, "rank": self.rank}})
