@@ -5,9 +5,9 @@
 
 Works against ``gridgen serve`` (named events: ``queued``, ``progress`` with
 ``preview_image``, ``result`` with ``grid``, or ``error``) and against the seed-style app in
-``examples/seed_app_fastapi.py`` (unnamed ``data:`` events carrying ``{"image": ...}``,
-the last one being the result). Writes ``preview-001.png``, ``preview-002.png``, ... and
-``result.png`` into ``--out``. Ctrl-C closes the connection, which cancels the request
+``examples/seed_app_fastapi.py`` (unnamed ``data:`` events carrying ``{"image": {"url": ...}}``
+in fal's shape, the last one being the result). Writes ``preview-001.jpg``, ``preview-002.jpg``,
+... (or ``.png``, as the server encoded them) and ``result.png`` into ``--out``. Ctrl-C closes the connection, which cancels the request
 on the server's workers.
 """
 
@@ -128,9 +128,12 @@ def stream(args: argparse.Namespace) -> int:
                     previews += 1
                     path = save_data_url(last_image, out / f"preview-{previews:03d}")
                     print(f"{elapsed:6.2f}s preview -> {path}")
-                last_image = message["image"]
-            elif "error" in message:
-                print(f"{elapsed:6.2f}s error: {message['error']}", file=sys.stderr)
+                image = message["image"]  # fal's shape: {"url", "content_type", "width", "height"}
+                last_image = image["url"] if isinstance(image, dict) else image
+            elif "error" in message:  # a failed stream's last event: {"error": {"type", "message", "rank"}}
+                error = message["error"]
+                text = f"{error['type']}: {error['message']}" if isinstance(error, dict) else error
+                print(f"{elapsed:6.2f}s error: {text}", file=sys.stderr)
                 return 1
     if last_image is not None:
         print(f"result -> {save_data_url(last_image, out / 'result')}")

@@ -1,4 +1,4 @@
-"""Numeric buffers on the wire: numpy arrays (ext 2) and torch tensors (ext 3).
+"""Numeric buffers on the wire: numpy arrays (ext 2), torch tensors (ext 3), numpy scalars (ext 5).
 
 The layout (a msgpack header ``[dtype, shape]`` then the raw little-endian elements)
 and the dtype whitelist are specified in :mod:`gridgen._codec`. torch is imported only
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 EXT_NDARRAY: Final = 2
 EXT_TENSOR: Final = 3
+EXT_SCALAR: Final = 5
 _MAX_HEADER: Final = 1024
 _MAX_NDIM: Final = 64
 
@@ -67,6 +68,19 @@ def _ndarray_ext(arr: np.ndarray[Any, Any]) -> msgpack.ExtType:
     if not arr.flags.c_contiguous:
         arr = arr.copy(order="C")  # (np.ascontiguousarray would turn a 0-d array into 1-d)
     return msgpack.ExtType(EXT_NDARRAY, _header_and_buffer([name, list(arr.shape)], arr))
+
+
+def _scalar_ext(obj: np.generic[Any]) -> msgpack.ExtType:
+    """A numpy scalar as ext 5: the layout of a 0-d array, so it decodes with its own type."""
+    name = obj.dtype.name
+    wire = _WIRE_DTYPES.get(name)
+    if wire is None:
+        raise EncodeFailure(
+            obj,
+            f"numpy scalars of dtype {obj.dtype} are not supported; "
+            f"use one of {', '.join(_NUMERIC_DTYPE_NAMES)}",
+        )
+    return msgpack.ExtType(EXT_SCALAR, _header_and_buffer([name, []], np.asarray(obj, dtype=wire)))
 
 
 def _torch() -> Any:
@@ -156,6 +170,14 @@ def _decode_buffer(
 
 def _decode_ndarray(payload: bytes) -> np.ndarray[Any, Any]:
     return _decode_buffer(payload, _WIRE_DTYPES)[1]
+
+
+def _decode_scalar(payload: bytes) -> np.generic[Any]:
+    arr = _decode_buffer(payload, _WIRE_DTYPES)[1]
+    if arr.shape != ():
+        raise CodecError(f"numpy scalar ext: the shape must be [], not {list(arr.shape)}")
+    scalar: np.generic[Any] = arr.reshape(1)[0]  # indexing one element gives the numpy scalar
+    return scalar
 
 
 def _decode_tensor(payload: bytes) -> torch.Tensor:

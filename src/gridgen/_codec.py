@@ -1,9 +1,9 @@
-"""The gridgen wire codec: msgpack plus four extension types.
+"""The gridgen wire codec: msgpack plus five extension types.
 
 Everything the host and the workers send each other over ZeroMQ (requests, results,
 stream items, errors) is one msgpack document encoded by :func:`encode` and read back
 by :func:`decode`. Nothing on any socket is ever unpickled, evaluated or imported from:
-the decoder builds only the plain values and the four extension types described here,
+the decoder builds only the plain values and the five extension types described here,
 and rejects everything else with :class:`~gridgen.errors.CodecError`.
 
 Plain values
@@ -22,14 +22,16 @@ Python value                           on the wire (msgpack, ``use_bin_type=True
                                        (``str``, ``int``, ``bytes``, ``tuple`` ...); decoded as
                                        ``dict`` with the same keys
 ``tuple``                              ext 1 (below); decoded as ``tuple``
-numpy scalars (``np.float32(1.0)``,    the plain Python number (``.item()``); numpy complex
-``np.int64(3)``, ``np.bool_``)         scalars are rejected (use a 0-d array)
+numpy scalars (``np.float32(1.0)``,    ext 5 (below); decoded as the same numpy scalar type
+``np.int64(3)``, ``np.bool_``)
 =====================================  ======================================================
 
 Subclasses of ``dict``, ``list``, ``tuple``, ``str``, ``int``, ``float`` and ``bytes``
 (``OrderedDict``, named tuples, ``IntEnum`` members, ``np.str_`` ...) are sent as their
-base type and come back as the base type. Anything else raises ``TypeError`` naming the
-type and where it sits inside the value, for example
+base type and come back as the base type. Paths, datetimes, UUIDs, enums, sets,
+dataclasses and pydantic models and URLs are sent as their plain (JSON) form and arrive
+as it (the table is in :mod:`gridgen._values`). Anything else raises ``TypeError``
+naming the type and where it sits inside the value, for example
 ``cannot encode result['images'][2]: ...``.
 
 Extension types
@@ -59,7 +61,11 @@ reader parses the header and takes the rest of the payload as the buffer.
     payload: header ``format: str`` (``"png"``, ``"jpeg"`` or ``"webp"``), then the
     encoded image file, as is.
 
-Dtype names (ext 2 and 3), a whitelist of numeric types only: ``bool``, ``int8``,
+``ext 5: numpy scalar``
+    payload: the layout of ext 2 with shape ``[]``. Decoded as a numpy scalar of that
+    dtype, so ``np.float32(0.5)`` comes back as ``np.float32(0.5)``.
+
+Dtype names (ext 2, 3 and 5), a whitelist of numeric types only: ``bool``, ``int8``,
 ``int16``, ``int32``, ``int64``, ``uint8``, ``uint16``, ``uint32``, ``uint64``,
 ``float16``, ``float32``, ``float64``, ``complex64``, ``complex128``, and ``bfloat16``
 for tensors only. Object, string, structured, datetime and other dtypes are a
@@ -68,7 +74,7 @@ for tensors only. Object, string, structured, datetime and other dtypes are a
 (little-endian) arrays with equal values. Non-contiguous arrays and tensors are made
 contiguous on encode. Bool buffers must hold only the bytes 0 and 1.
 
-Codes 1..4 are the only extension codes; any other code, including msgpack's own
+Codes 1..5 are the only extension codes; any other code, including msgpack's own
 timestamp (-1), is a ``CodecError``.
 
 Images
@@ -92,16 +98,19 @@ import numpy as np
 from PIL import Image
 
 from ._arrays import (
-    _WIRE_DTYPES,
     EXT_NDARRAY,
+    EXT_SCALAR,
     EXT_TENSOR,
     _decode_ndarray,
+    _decode_scalar,
     _decode_tensor,
     _ndarray_ext,
     _read_header,
+    _scalar_ext,
     _tensor_ext,
 )
 from ._encode_errors import EncodeFailure, find_path, unsupported
+from ._values import NOT_PLAIN, plain_form
 from .errors import CodecError, PayloadTooLarge
 from .images import (
     FORMATS,
@@ -122,6 +131,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EXT_IMAGE",
     "EXT_NDARRAY",
+    "EXT_SCALAR",
     "EXT_TENSOR",
     "EXT_TUPLE",
     "EncodedImage",
@@ -199,6 +209,9 @@ def _tuple_ext(obj: tuple[Any, ...]) -> msgpack.ExtType:
         _local.tuple_depth = depth
 
 
+_NATIVE: Final = frozenset((dict, list, str, int, float, bool, bytes, type(None)))
+
+
 def _default(obj: Any) -> Any:
     """msgpack ``default`` hook: everything msgpack does not pack natively in strict mode."""
     cls = type(obj)
@@ -208,6 +221,8 @@ def _default(obj: Any) -> Any:
         return _ndarray_ext(obj)
     if cls is EncodedImage or isinstance(obj, Image.Image):
         return _image_ext(obj)
+    if isinstance(obj, np.generic):  # before int and float: np.float64 is a float
+        return _scalar_ext(obj)
     if isinstance(obj, int):  # int subclasses, and ints outside the 64-bit range
         value = int(obj)
         if not _INT_MIN <= value <= _INT_MAX:
@@ -229,14 +244,6 @@ def _default(obj: Any) -> Any:
         return list(obj)
     if isinstance(obj, (bytes, bytearray)):
         return bytes(obj)
-    if isinstance(obj, np.generic):
-        if obj.dtype.kind in "biuf" and obj.dtype.name in _WIRE_DTYPES:
-            return obj.item()
-        raise EncodeFailure(
-            obj,
-            f"numpy scalars of dtype {obj.dtype} are not supported; "
-            "send a bool, int or float scalar, or a 0-d numpy array",
-        )
     if isinstance(obj, np.ndarray):
         if isinstance(obj, np.ma.MaskedArray):
             raise EncodeFailure(
@@ -245,7 +252,11 @@ def _default(obj: Any) -> Any:
         return _ndarray_ext(np.asarray(obj))
     if _is_tensor(obj):
         return _tensor_ext(obj)
-    raise unsupported(obj)
+    form = plain_form(obj)  # paths, datetimes, enums, sets, dataclasses ... (gridgen._values)
+    if form is NOT_PLAIN:
+        raise unsupported(obj)
+    # msgpack calls this hook once per value: what it returns must pack as it is.
+    return form if type(form) in _NATIVE else _default(form)
 
 
 def _packb(obj: Any) -> bytes:
@@ -312,6 +323,8 @@ def _ext_hook(depth: int, code: int, payload: bytes) -> Any:
         return _decode_tensor(payload)
     if code == EXT_IMAGE:
         return _decode_image(payload)
+    if code == EXT_SCALAR:
+        return _decode_scalar(payload)
     raise CodecError(f"unknown extension type code {code}")
 
 

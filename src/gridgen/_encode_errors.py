@@ -6,6 +6,8 @@ Shared by the wire codec (:mod:`gridgen._codec`) and the JSON converter (:mod:`g
 
 from __future__ import annotations
 
+from ._values import children as plain_children
+
 __all__ = ["EncodeFailure", "find_path", "unsupported"]
 
 SUPPORTED = (
@@ -59,7 +61,10 @@ def find_path(root: object, target: object, name: str) -> str:
         elif isinstance(node, (list, tuple)):
             children = [(value, f"{path}[{i}]") for i, value in enumerate(node)]
         else:
-            continue
+            inside = plain_children(node, path)  # a dataclass's fields, a set's items
+            if inside is None:
+                continue
+            children = inside
         for value, child_path in children:
             if value is target:
                 return child_path

@@ -7,11 +7,17 @@ validates them again. What each setting means is documented on
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RunnerOptions", "normalize_payload"]
+__all__ = ["RunnerOptions", "collective_timeout_of", "log_ignored_ports", "normalize_payload"]
+
+logger = logging.getLogger("gridgen.runner")
+
+DEFAULT_COLLECTIVE_TIMEOUT = 600.0
 
 
 @dataclass
@@ -28,7 +34,7 @@ class RunnerOptions:
     keepalive_interval: float | None = None
     max_message_bytes: int = 256 * 1024 * 1024
     stream_buffer: int = 64
-    collective_timeout: float = 600.0
+    collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT
     stop_grace: float = 30.0
     start_timeout: float | None = None
     prefix_output: bool = True
@@ -36,14 +42,18 @@ class RunnerOptions:
     max_batch_units: int | None = None
     batch_wait: float = 0.0
     batch_sizes: tuple[int, ...] | None = None
+    cwd: str | None = None
+    set_device: bool = True
 
     def __post_init__(self) -> None:
         if self.max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
         if self.stream_buffer < 1:
             raise ValueError(f"stream_buffer must be >= 1, got {self.stream_buffer}")
-        if (self.keepalive_payload is None) != (self.keepalive_interval is None):
-            raise ValueError("keepalive_payload and keepalive_interval go together")
+        if self.keepalive_payload is not None and self.keepalive_interval is None:
+            raise ValueError("keepalive_payload needs keepalive_interval (how long the runner idles first)")
+        if self.keepalive_interval is not None and self.keepalive_payload is None:
+            self.keepalive_payload = {}  # an interval alone keeps the ranks warm with {}, as fal does
         if self.keepalive_interval is not None and self.keepalive_interval <= 0:
             raise ValueError(f"keepalive_interval must be > 0, got {self.keepalive_interval}")
         if self.keepalive_payload is not None:
@@ -63,6 +73,29 @@ class RunnerOptions:
             raise ValueError(f"batch_wait must be >= 0, got {self.batch_wait}")
         if self.max_message_bytes < 1:
             raise ValueError(f"max_message_bytes must be >= 1, got {self.max_message_bytes}")
+        if self.cwd is not None:
+            self.cwd = os.path.abspath(os.fspath(self.cwd))
+            if not os.path.isdir(self.cwd):
+                raise ValueError(f"cwd must be an existing directory, got {self.cwd!r}")
+
+
+def collective_timeout_of(collective_timeout: float | None, timeout: float | None) -> float:
+    """The collective timeout: fal's constructor calls it ``timeout``, gridgen's ``collective_timeout``."""
+    if timeout is not None and collective_timeout is not None:
+        raise ValueError("timeout (fal's name) and collective_timeout are one setting: give one of them")
+    value = timeout if timeout is not None else collective_timeout
+    return DEFAULT_COLLECTIVE_TIMEOUT if value is None else float(value)
+
+
+def log_ignored_ports(**given: Any) -> None:
+    """fal's port keywords are accepted and ignored, with one log line."""
+    named = sorted(name for name, value in given.items() if value is not None)
+    if named:
+        logger.info(
+            "%s accepted and ignored: gridgen uses no ports (an ipc:// socket and a file store "
+            "in a private directory)",
+            ", ".join(named),
+        )
 
 
 def normalize_payload(payload: Any) -> dict[str, Any]:
@@ -75,6 +108,6 @@ def normalize_payload(payload: Any) -> dict[str, Any]:
     for key in payload:
         if not isinstance(key, str):
             raise TypeError(f"payload keys must be str (they become keyword arguments), got {key!r}")
-    if "streaming" in payload:
-        raise ValueError("payload key 'streaming' is reserved: use runner.stream() to stream")
-    return dict(payload)
+    # The runner says whether a request streams (invoke: False, stream: True), whatever the
+    # caller put there, as fal does: fal programs send the key in their payloads.
+    return {key: value for key, value in payload.items() if key != "streaming"}

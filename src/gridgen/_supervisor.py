@@ -324,6 +324,8 @@ class Supervisor:
                 max_message_bytes=self.options.max_message_bytes,
                 log_level=logging.getLogger("gridgen").getEffectiveLevel(),
                 prefix_output=self.options.prefix_output,
+                cwd=self.options.cwd,
+                set_device=self.options.set_device,
             )
             for rank, device in enumerate(self.devices)
         ]

@@ -44,6 +44,11 @@ def prefix_output(rank: int) -> list[threading.Thread]:
     Done at the file-descriptor level so output from C extensions (NCCL, CUDA) is prefixed too.
     """
     prefix = b"[rank %d] " % rank
+    own = (prefix, b"[debug] " + prefix)  # lines rank_print already prefixed keep one prefix
+
+    def prefixed(line: bytes) -> bytes:
+        return (line if line.startswith(own) else prefix + line) + b"\n"
+
     pumps = []
     for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
         stream.flush()
@@ -59,9 +64,9 @@ def prefix_output(rank: int) -> list[threading.Thread]:
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
                     if lines:
-                        os.write(target, b"".join(prefix + line + b"\n" for line in lines))
+                        os.write(target, b"".join(map(prefixed, lines)))
                 if pending:
-                    os.write(target, prefix + pending + b"\n")
+                    os.write(target, prefixed(pending))
 
         thread = threading.Thread(target=pump, name=f"gridgen-fd{fd}", daemon=True)
         thread.start()

@@ -18,8 +18,10 @@ Nothing here sleeps to poll: both threads block on ``zmq.Poller`` or a queue.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import functools
+import inspect
 import logging
 import multiprocessing
 import multiprocessing.util
@@ -28,12 +30,14 @@ import queue
 import shutil
 import signal
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import zmq
 
+from . import worker as worker_module
 from ._batch import Batch, BatchItem
 from ._protocol import HOST_KINDS, ErrorInfo, Kind, Message, pack, parse, routing_id
 from ._worker_logging import configure_logging, drain_output, prefix_output
@@ -62,6 +66,8 @@ class WorkerSpec:
     max_message_bytes: int | None = None
     log_level: int = logging.WARNING
     prefix_output: bool = True
+    cwd: str | None = None  # the workers' working directory (fal's cwd=)
+    set_device: bool = True  # torch.cuda.set_device before setup (fal's set_device=)
 
 
 _OUT_HWM = 16  # frames queued per hop on the way out (main thread -> I/O thread -> host)
@@ -203,6 +209,16 @@ class _WorkerRuntime:
         self._cancelled_ids: set[int] = set()
         self._streaming = False
         self._batch_ids: frozenset[int] = frozenset()  # the requests of the running batch
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _await(self, value: Any) -> Any:
+        """``value``, or its result when it is awaitable (``async def`` setup, __call__ or
+        teardown): run here, on the main thread, in one event loop kept for the process."""
+        if not inspect.isawaitable(value):
+            return value
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(value)
 
     # Called on the I/O thread.
     def _on_cancel(self, request_id: int) -> None:
@@ -231,7 +247,7 @@ class _WorkerRuntime:
         import torch.distributed as dist
 
         spec = self.spec
-        if spec.device.startswith("cuda"):
+        if spec.device.startswith("cuda") and spec.set_device:
             torch.cuda.set_device(torch.device(spec.device))
         else:
             _share_cpu_cores(spec.world_size)
@@ -254,9 +270,9 @@ class _WorkerRuntime:
         self.io.send(Kind.HELLO, 0, {"pid": os.getpid()})
         try:
             self.context = WorkerContext(self._emit, self._init_distributed())
-            worker = spec.worker_cls(rank=spec.rank, world_size=spec.world_size, device=spec.device)
+            worker = _build_worker(spec)
             worker._attach(self.context)
-            worker.setup(**spec.setup_kwargs)
+            self._await(worker.setup(**spec.setup_kwargs))
         except Exception as exc:
             logger.error("setup failed on rank %d", spec.rank, exc_info=True)
             self.io.send_error(Kind.SETUP_ERROR, 0, exc)
@@ -272,9 +288,11 @@ class _WorkerRuntime:
             else:
                 self._call(worker, request_id, data)
         try:
-            worker.teardown()
+            self._await(worker.teardown())
         except Exception:
             logger.exception("teardown failed on rank %d", spec.rank)
+        if self._loop is not None:
+            self._loop.close()
         self.io.close()
         return 0
 
@@ -289,7 +307,7 @@ class _WorkerRuntime:
             if request_id in self._cancelled_ids:
                 context.cancel.set()
         try:
-            result = worker(streaming=streaming, **payload)
+            result = self._await(worker(streaming=streaming, **payload))
         except Cancelled:
             self.io.send(Kind.CANCELLED, request_id)
         except Exception as exc:
@@ -403,6 +421,20 @@ class _WorkerRuntime:
             self.io.send_error(Kind.ERROR, request_id, error)
 
 
+def _build_worker(spec: WorkerSpec) -> DistributedWorker:
+    """The user's worker for this rank. A subclass with fal's ``__init__(self, rank=0,
+    world_size=1)`` takes no device argument: it gets the device from the process."""
+    worker_module._process_device = spec.device
+    parameters: Mapping[str, inspect.Parameter]
+    try:
+        parameters = inspect.signature(spec.worker_cls).parameters
+    except (TypeError, ValueError):  # no signature to read: pass the device, as always
+        parameters = {"device": inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY)}
+    if "device" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return spec.worker_cls(rank=spec.rank, world_size=spec.world_size, device=spec.device)
+    return spec.worker_cls(rank=spec.rank, world_size=spec.world_size)
+
+
 def _share_cpu_cores(world_size: int) -> None:
     """Give each CPU rank its share of the cores, as torchrun does with OMP_NUM_THREADS.
 
@@ -427,6 +459,8 @@ def worker_main(spec: WorkerSpec) -> None:
     """The target of each spawned worker process."""
     # Ctrl-C in a terminal reaches the whole process group; the host decides how workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if spec.cwd is not None:
+        os.chdir(spec.cwd)
     pumps = prefix_output(spec.rank) if spec.prefix_output else []
     configure_logging(spec.rank, spec.log_level)
     if spec.backend == "gloo":

@@ -24,18 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ._batching import BatchPolicy
 from ._control import ControlSocket
 from ._dispatch import Dispatcher
-from ._json import text_event
-from ._options import RunnerOptions
+from ._events import error_event, error_fields, text_event
+from ._options import RunnerOptions, collective_timeout_of, log_ignored_ports
 from ._protocol import Kind, Message
 from ._requests import RequestHandle
 from ._supervisor import Supervisor, resolve_devices
-from .errors import RunnerClosed
+from .errors import GridgenError, RunnerClosed, WorkerDiedError
 from .worker import DistributedWorker
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ class DistributedRunner(Generic[W]):
         keepalive_interval: float | None = None,
         max_message_bytes: int = 256 * 1024 * 1024,
         stream_buffer: int = 64,
-        collective_timeout: float = 600.0,
+        collective_timeout: float | None = None,
         stop_grace: float = 30.0,
         start_timeout: float | None = None,
         prefix_output: bool = True,
@@ -136,9 +137,17 @@ class DistributedRunner(Generic[W]):
         max_batch_units: int | None = None,
         batch_wait: float = 0.0,
         batch_sizes: Sequence[int] | None = None,
+        timeout: float | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        set_device: bool | None = None,
+        master_addr: str | None = None,
+        master_port: int | None = None,
+        worker_addr: str | None = None,
+        worker_port: int | None = None,
     ) -> None:
         if not (isinstance(worker_cls, type) and issubclass(worker_cls, DistributedWorker)):
             raise TypeError(f"worker_cls must be a DistributedWorker subclass, got {worker_cls!r}")
+        log_ignored_ports(master_addr=master_addr, master_port=master_port, worker_addr=worker_addr, worker_port=worker_port)
         self.options = RunnerOptions(
             max_queue=max_queue,
             request_timeout=request_timeout,
@@ -150,7 +159,7 @@ class DistributedRunner(Generic[W]):
             keepalive_interval=keepalive_interval,
             max_message_bytes=max_message_bytes,
             stream_buffer=stream_buffer,
-            collective_timeout=collective_timeout,
+            collective_timeout=collective_timeout_of(collective_timeout, timeout),
             stop_grace=stop_grace,
             start_timeout=start_timeout,
             prefix_output=prefix_output,
@@ -158,19 +167,26 @@ class DistributedRunner(Generic[W]):
             max_batch_units=max_batch_units,
             batch_wait=batch_wait,
             batch_sizes=None if batch_sizes is None else tuple(batch_sizes),
+            cwd=None if cwd is None else os.fspath(cwd),
+            set_device=set_device is not False,
         )
         self.worker_cls = worker_cls
         self.devices, self.backend = resolve_devices(world_size, device, devices)
         self.world_size = len(self.devices)
+        self._build_owners(dict(setup_kwargs or {}))
+        self._lifecycle = asyncio.Lock()
+        self._start_error: Exception | None = None
+
+    def _build_owners(self, setup_kwargs: dict[str, Any]) -> None:
+        """The socket, the supervisor and the dispatcher of one run, from new to stopped."""
         self._control = ControlSocket(self.options)
         self._supervisor = Supervisor(
-            worker_cls, self.devices, self.backend, self.options, self._control, self._on_group_lost
+            self.worker_cls, self.devices, self.backend, self.options, self._control, self._on_group_lost
         )
-        self._supervisor.setup_kwargs = dict(setup_kwargs or {})
-        policy = BatchPolicy(worker_cls, self.world_size, self.options)
+        self._supervisor.setup_kwargs = setup_kwargs
+        policy = BatchPolicy(self.worker_cls, self.world_size, self.options)
         self._dispatcher = Dispatcher(self.options, self._control, self._supervisor, policy)
         self._phase = "new"  # new, starting, running, stopping, stopped
-        self._lifecycle = asyncio.Lock()
         self._stopped = asyncio.Event()
 
     # -- settings (see the class docstring) ----------------------------------------------
@@ -246,10 +262,13 @@ class DistributedRunner(Generic[W]):
 
         Returns once every rank is ready. Raises :class:`StartupError` (with the failing
         rank and its traceback) or :class:`StartupTimeout`; every process is cleaned up first.
+        After ``stop()`` or ``terminate()`` it starts a fresh group.
         """
         async with self._lifecycle:
-            if self._phase in ("stopping", "stopped"):
-                raise RunnerClosed("this runner was stopped; create a new DistributedRunner")
+            if self._phase == "stopping":
+                await self._stopped.wait()
+            if self._phase == "stopped":
+                self._build_owners(self.setup_kwargs)
             if self._phase != "new":
                 if setup_kwargs and setup_kwargs != self.setup_kwargs:
                     raise RuntimeError(
@@ -262,12 +281,15 @@ class DistributedRunner(Generic[W]):
                 self.setup_kwargs = dict(setup_kwargs)
             self._phase = "starting"
             self._control.open(self._on_message)
+            self._start_error = None
             try:
                 await self._supervisor.start(self.options.start_timeout if timeout is None else timeout)
-            except BaseException:
+            except BaseException as exc:
                 await self._control.close()
                 self._supervisor.forget()
                 self._phase = "new"
+                if isinstance(exc, Exception):
+                    self._start_error = exc
                 raise
             self._dispatcher.start()
             self._phase = "running"
@@ -279,6 +301,17 @@ class DistributedRunner(Generic[W]):
 
         Idempotent; also runs when leaving ``async with``.
         """
+        await self._shut_down(self.options.stop_grace if timeout is None else timeout, graceful=True)
+
+    async def terminate(self) -> None:
+        """Kill the worker processes now (SIGTERM, then SIGKILL after a second), without ``teardown``.
+
+        Queued requests fail with :class:`RunnerClosed`, the running one with
+        :class:`RequestCancelled`. The runner is then stopped; ``start()`` starts it again.
+        """
+        await self._shut_down(0.0, graceful=False)
+
+    async def _shut_down(self, grace: float, graceful: bool) -> None:
         if self._phase == "stopped":
             return
         if self._phase == "stopping":
@@ -292,10 +325,10 @@ class DistributedRunner(Generic[W]):
         supervisor = self._supervisor
         supervisor.close()
         await supervisor.cancel_restart()
-        abandoned = await self._dispatcher.stop(self.options.stop_grace if timeout is None else timeout)
+        abandoned = await self._dispatcher.stop(grace)
         await supervisor.cancel_restart()  # one the dispatcher began before it saw the stop
         # Ranks still busy with an abandoned request cannot run teardown: go straight to SIGTERM.
-        await supervisor.retire(graceful=not abandoned)
+        await supervisor.retire(graceful=graceful and not abandoned)
         await self._control.close()
         supervisor.forget()
         self._phase = "stopped"
@@ -334,38 +367,97 @@ class DistributedRunner(Generic[W]):
         request = self._dispatcher.submit(payload, streaming=streaming, timeout=timeout)
         return RequestHandle(request, self._dispatcher.queue, self._dispatcher.cancel)
 
-    async def invoke(self, payload: Mapping[str, Any] | Any, *, timeout: float | None = None) -> Any:
-        """Run ``payload`` on every rank and return rank 0's return value.
+    async def invoke(self, payload: Mapping[str, Any] | Any = None, timeout: float | None = None) -> Any:
+        """Run ``payload`` (default ``{}``) on every rank and return rank 0's return value.
 
-        Raises :class:`WorkerError` (a rank raised), :class:`WorkerDiedError`,
-        :class:`RequestTimeout`, :class:`QueueFull` or :class:`RunnerClosed`.
-        Cancelling the awaiting task cancels the request on every rank.
+        ``timeout`` limits the request, counted from submission. Raises :class:`WorkerError`
+        (a rank raised), :class:`WorkerDiedError`, :class:`RequestTimeout`, :class:`QueueFull`
+        or :class:`RunnerClosed`. Cancelling the awaiting task cancels the request on every rank.
         """
-        return await self.submit(payload, timeout=timeout).result()
+        return await self.submit({} if payload is None else payload, timeout=timeout).result()
 
     async def stream(
         self,
-        payload: Mapping[str, Any] | Any,
-        *,
-        as_text_events: bool = False,
+        payload: Mapping[str, Any] | Any = None,
         timeout: float | None = None,
+        streaming_timeout: float | None = None,
+        as_text_events: bool = False,
+        *,
         idle_timeout: float | None = None,
     ) -> AsyncGenerator[Any, None]:
         """Yield every ``add_streaming_result`` item of this request as it is produced, then
-        rank 0's return value.
+        rank 0's return value. The arguments are fal's, in fal's order.
 
-        With ``as_text_events=True`` each item is server-sent-event bytes
-        ``b"data: {json}\\n\\n"`` with images as ``data:image/...;base64,`` URLs.
-        Leaving the loop early cancels the request on every rank.
+        ``timeout`` limits the request (from submission); ``streaming_timeout`` (fal's name)
+        or ``idle_timeout`` the wait between two items. With ``as_text_events=True`` each
+        item is server-sent-event bytes ``b"data: {json}\\n\\n"``, images and arrays in
+        fal's JSON shapes, and an error ends the stream with a last event
+        ``data: {"error": {"type", "message", "rank"}}`` instead of raising, so an HTTP
+        client gets a complete response. Leaving the loop early cancels the request.
         """
-        handle = self.submit(payload, streaming=True, timeout=timeout)
-        idle = self.options.stream_idle_timeout if idle_timeout is None else idle_timeout
-        events = handle.events(idle_timeout=idle)
+        if streaming_timeout is not None and idle_timeout is not None:
+            raise ValueError("streaming_timeout (fal's name) and idle_timeout are one limit: give one of them")
+        idle = streaming_timeout if streaming_timeout is not None else idle_timeout
+        items = self._text_events(payload, timeout, idle) if as_text_events else self._items(payload, timeout, idle)
+        try:
+            async for item in items:
+                yield item
+        finally:
+            await items.aclose()
+
+    async def _items(self, payload: Any, timeout: float | None, idle: float | None) -> AsyncGenerator[Any, None]:
+        handle = self.submit({} if payload is None else payload, streaming=True, timeout=timeout)
+        events = handle.events(idle_timeout=self.options.stream_idle_timeout if idle is None else idle)
         try:
             async for item in events:
-                yield text_event(item) if as_text_events else item
+                yield item
         finally:
             await events.aclose()
+
+    async def _text_events(self, payload: Any, timeout: float | None, idle: float | None) -> AsyncGenerator[bytes, None]:
+        items = self._items(payload, timeout, idle)
+        try:
+            async for item in items:
+                yield text_event(item)
+        except Exception as exc:  # anything: the response must end with the error, not be cut off
+            logger.error("a text-event stream ended with an error event: %s", error_fields(exc), exc_info=not isinstance(exc, GridgenError))
+            yield error_event(exc)
+        finally:
+            await items.aclose()
+
+    # -- health -------------------------------------------------------------------------------
+
+    def is_alive(self) -> bool:
+        """True while the runner is started, its group ready and every worker process alive."""
+        supervisor = self._supervisor
+        return self._phase == "running" and supervisor.health == "ready" and supervisor.dead_rank() is None
+
+    def ensure_alive(self) -> None:
+        """Return if :meth:`is_alive`, else raise why not: the :class:`WorkerDiedError` of a
+        rank whose process died, or :class:`RunnerClosed` (not started, restarting, stopped)."""
+        if self.is_alive():
+            return
+        if self._phase == "running":
+            if self._supervisor.dead_error is not None:
+                raise self._supervisor.dead_error
+            dead = self._supervisor.dead_rank()
+            if dead is not None:
+                raise WorkerDiedError(*dead)
+        raise RunnerClosed(f"the runner is {self.state}, not serving")
+
+    def gather_errors(self) -> list[Exception]:
+        """The errors that left the runner unusable: the failed ``start()``'s, a dead rank's.
+
+        Empty while it is healthy (the errors of single requests went to their callers).
+        """
+        errors: list[Exception] = [] if self._start_error is None else [self._start_error]
+        if self._phase == "running":
+            dead = self._supervisor.dead_rank()
+            if self._supervisor.dead_error is not None:
+                errors.append(self._supervisor.dead_error)
+            elif dead is not None:
+                errors.append(WorkerDiedError(*dead))
+        return errors
 
     # -- internals ------------------------------------------------------------------------
 

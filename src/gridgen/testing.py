@@ -24,7 +24,7 @@ Ops (``on_rank``: the rank that misbehaves, None for every rank):
   ``fail`` is true): the rank is free for the next request before its value is sent.
 * ``threads``: returns ``torch.get_num_threads()`` in this rank.
 * ``calls``: returns how many requests this rank has served (keepalives included).
-* ``unencodable``: returns a value the codec cannot carry (a ``set``).
+* ``unencodable``: returns a value the codec cannot carry (a ``threading.Lock``).
 * ``allreduce``: all-reduces ``rank + 1`` and returns the sum.
 * ``steps``: ``steps`` iterations of ``delay`` seconds, each ending with the collective
   ``should_stop()``; streams ``{"step": i}`` from rank 0; returns ``{"completed": n}``.
@@ -129,7 +129,7 @@ class ProbeWorker(DistributedWorker):
         if op == "calls":
             return self.calls
         if op == "unencodable":
-            return {"bad": {1, 2}}
+            return {"bad": threading.Lock()}
         if op == "allreduce":
             import torch
             import torch.distributed as dist

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import Cancelled
@@ -15,6 +15,32 @@ if TYPE_CHECKING:
 __all__ = ["DistributedWorker", "WorkerContext"]
 
 StreamSink = Callable[[Any], None]
+
+_IMAGE_FORMATS = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png", "webp": "webp"}
+
+# The device of this worker process. The runtime sets it before it builds the worker, so
+# that a subclass whose ``__init__(self, rank=0, world_size=1)`` calls
+# ``super().__init__(rank, world_size)`` (fal's signature) still gets its device.
+_process_device = "cpu"
+
+
+def _encode_images(value: Any, fmt: str) -> Any:
+    """``value`` with each PIL image inside dicts, lists and tuples encoded as ``fmt``."""
+    from PIL import Image
+
+    from .images import encode_image
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, Image.Image):
+            return encode_image(node, fmt)
+        if isinstance(node, dict):
+            return {key: walk(item) for key, item in node.items()}
+        if isinstance(node, (list, tuple)):
+            items = [walk(item) for item in node]
+            return items if isinstance(node, list) else tuple(items)
+        return node
+
+    return walk(value)
 
 
 class WorkerContext:
@@ -40,6 +66,10 @@ class DistributedWorker:
     thread, after ``torch.cuda.set_device(self.device)`` on that thread, with
     ``torch.distributed`` already initialised (gloo on CPU, NCCL on CUDA), so
     ``dist.gather``, ``dist.all_reduce`` and ``dist.barrier`` work between ranks.
+    All three may be ``async def``: they are then awaited on that same thread, in one
+    event loop kept for the process. A subclass may override ``__init__(self, rank=0,
+    world_size=1)`` (fal's signature) and call ``super().__init__(rank, world_size)``:
+    ``self.device`` is still this rank's device.
 
     ``invoke`` returns rank 0's return value; the other ranks' return values
     are ignored (they are not even encoded). ``__call__`` may also return a
@@ -55,10 +85,10 @@ class DistributedWorker:
     rank: int
     world_size: int
 
-    def __init__(self, rank: int = 0, world_size: int = 1, device: Any = "cpu") -> None:
+    def __init__(self, rank: int = 0, world_size: int = 1, device: Any = None) -> None:
         self.rank = rank
         self.world_size = world_size
-        self._device_spec = device
+        self._device_spec = _process_device if device is None else device
         self._device: torch.device | None = None
         self._context: WorkerContext | None = None
         self._local_cancel = threading.Event()
@@ -82,15 +112,15 @@ class DistributedWorker:
 
     # -- what users override -------------------------------------------------
 
-    def setup(self, **kwargs: Any) -> None:
-        """Called once per rank by ``runner.start(**kwargs)``, before any request."""
+    def setup(self, **kwargs: Any) -> Awaitable[None] | None:
+        """Called once per rank by ``runner.start(**kwargs)``, before any request (may be ``async def``)."""
 
     def __call__(self, streaming: bool = False, **payload: Any) -> Any:
         """Called once per request on every rank with the request's payload as keywords."""
         raise NotImplementedError(f"{type(self).__name__} must implement __call__(streaming=False, **payload)")
 
-    def teardown(self) -> None:
-        """Called once per rank when the runner stops cleanly."""
+    def teardown(self) -> Awaitable[None] | None:
+        """Called once per rank when the runner stops cleanly (may be ``async def``)."""
 
     # -- what user code calls -------------------------------------------------
 
@@ -103,20 +133,45 @@ class DistributedWorker:
             self._device = torch.device(self._device_spec)
         return self._device
 
-    def add_streaming_result(self, result: Any, as_text_event: bool = False) -> None:
+    def add_streaming_result(self, result: Any, image_format: str = "jpeg", as_text_event: bool = False) -> None:
         """Send ``result`` to the caller of ``runner.stream()`` now, tagged to this request.
 
         Any rank may call it; items arrive in the order each rank sent them.
-        ``result`` is encoded immediately, so later changes to it are not seen.
+        ``result`` is encoded immediately, so later changes to it are not seen. PIL images
+        in it are encoded as ``image_format`` (``"jpeg"``, ``"png"`` or ``"webp"``);
+        :class:`~gridgen.EncodedImage` values are sent as they are.
         ``as_text_event`` is accepted for compatibility: the *caller* chooses the
         format with ``runner.stream(..., as_text_events=True)``.
         When the caller used ``invoke`` (not streaming), items are dropped.
         """
         del as_text_event
+        fmt = _IMAGE_FORMATS.get(str(image_format).lower())
+        if fmt is None:
+            raise ValueError(f"add_streaming_result: image_format must be 'jpeg', 'png' or 'webp', not {image_format!r}")
         if self._context is None:
             self.streamed.append(result)
         else:
-            self._context.emit(result)
+            self._context.emit(_encode_images(result, fmt))
+
+    def add_streaming_error(self, error: BaseException | str) -> None:
+        """Send an error item to the caller of ``runner.stream()``; the request goes on.
+
+        The item is ``{"error": {"type", "message", "rank"}}`` (the shape of the last event
+        of a failed ``as_text_events`` stream). To fail the request, raise instead.
+        """
+        if isinstance(error, BaseException):
+            cls = type(error)  # named as WorkerError.remote_type names remote exceptions
+            builtin = cls.__module__ in ("builtins", "__main__")
+            kind = cls.__qualname__ if builtin else f"{cls.__module__}.{cls.__qualname__}"
+            message = str(error)
+        else:
+            kind, message = "Error", str(error)
+        self.add_streaming_result({"error": {"type": kind, "message": message, "rank": self.rank}})
+
+    def rank_print(self, message: str, debug: bool = False) -> None:
+        """Print ``[rank N] message`` (``[debug] [rank N] message`` with ``debug=True``)."""
+        prefix = f"[debug] [rank {self.rank}]" if debug else f"[rank {self.rank}]"
+        print(f"{prefix} {message}", flush=True)
 
     @property
     def cancelled(self) -> bool:

@@ -191,8 +191,10 @@ def test_seed_app_with_stream_client(seed_app: str, env: dict[str, str], tmp_pat
         env,
         tmp_path,
     ).stdout
-    previews = sorted((tmp_path / "previews").glob("preview-*.png"))
+    previews = sorted((tmp_path / "previews").glob("preview-*"))
     assert len(previews) == 2, out  # the seed's callback: step 0 and step 5 of 6
+    # streamed images are JPEG unless add_streaming_result(image_format=...) says otherwise
+    assert [p.suffix for p in previews] == [".jpg", ".jpg"]
     assert "result -> " in out
     with Image.open(tmp_path / "previews" / "result.png") as grid:
         assert grid.size == (64, 128)  # the seed's grid: floor(sqrt(2)) = 1 column of 64x64

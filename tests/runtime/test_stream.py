@@ -35,7 +35,10 @@ def test_text_events_are_sse_bytes(probe: LiveRunner) -> None:
     event = events[0]
     assert isinstance(event, bytes) and event.startswith(b"data: ") and event.endswith(b"\n\n")
     body = json.loads(event[len(b"data: "):])
-    assert body["image"].startswith("data:image/png;base64,")
+    # fal's shape: the seed's client reads event["image"]["url"]
+    assert body["image"]["url"].startswith("data:image/png;base64,")
+    assert body["image"]["content_type"] == "image/png"
+    assert (body["image"]["width"], body["image"]["height"]) == (2, 2)
 
 
 def test_invoke_drops_stream_items(probe: LiveRunner) -> None:

@@ -61,4 +61,6 @@ def test_seed_app_flow_on_two_cpu_ranks(tiny_cache: str) -> None:
         assert chunk.startswith(b"data: {") and chunk.endswith(b"}\n\n")
         body = json.loads(chunk[len(b"data: ") : -2])
         assert set(body) == {"image"}
-        assert _data_url_image(body["image"]).size == (64, 128)
+        image = body["image"]  # fal's shape: {"url", "content_type", "width", "height"}
+        assert (image["width"], image["height"]) == (64, 128)
+        assert _data_url_image(image["url"]).size == (64, 128)

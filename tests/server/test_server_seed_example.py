@@ -47,8 +47,11 @@ def test_stream_endpoint_sends_the_seed_events(seed_example: LiveServer) -> None
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         events = list(sse_events(response.iter_lines()))
-    # unnamed data events: previews at steps 0 and 5, then the result; images as data URLs
+    # unnamed data events: previews at steps 0 and 5, then the result; images in fal's shape,
+    # streamed previews JPEG (add_streaming_result's default), the returned grid PNG
     assert [name for name, _ in events] == ["message"] * 3
-    for _, data in events:
+    for (_, data), mime in zip(events, ["image/jpeg", "image/jpeg", "image/png"], strict=True):
         assert set(data) == {"image"}
-        assert decode_data_url(data["image"]).size == (64, 128)
+        image = data["image"]
+        assert image["content_type"] == mime and (image["width"], image["height"]) == (64, 128)
+        assert decode_data_url(image["url"], mime).size == (64, 128)

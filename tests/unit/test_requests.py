@@ -263,10 +263,10 @@ def test_idle_timeout_names_the_request() -> None:
     [
         ({"max_queue": -1}, "max_queue must be >= 0"),
         ({"stream_buffer": 0}, "stream_buffer must be >= 1"),
-        ({"keepalive_interval": 1.0}, "go together"),
+        ({"keepalive_payload": {"op": "x"}}, "keepalive_payload needs keepalive_interval"),
+        ({"cwd": "/nonexistent/gridgen"}, "cwd must be an existing directory"),
         ({"keepalive_payload": {}, "keepalive_interval": 0}, "keepalive_interval must be > 0"),
         ({"error_grace": -1}, "error_grace must be >= 0"),
-        ({"keepalive_payload": {"streaming": True}, "keepalive_interval": 1}, "reserved"),
     ],
 )
 def test_options_are_checked_once_with_the_rule_named(options: dict[str, Any], message: str) -> None:
@@ -280,8 +280,13 @@ def test_payload_normalisation_rules() -> None:
         normalize_payload([1])
     with pytest.raises(TypeError, match="keys must be str"):
         normalize_payload({1: 2})
-    with pytest.raises(ValueError, match="'streaming' is reserved"):
-        normalize_payload({"streaming": True})
+    # the runner sets streaming itself (invoke: False, stream: True), as fal does
+    assert normalize_payload({"streaming": True, "a": 1}) == {"a": 1}
+
+
+def test_a_keepalive_interval_alone_sends_an_empty_payload() -> None:
+    assert RunnerOptions(keepalive_interval=5.0).keepalive_payload == {}
+    assert RunnerOptions(keepalive_payload={"a": 1, "streaming": True}, keepalive_interval=5.0).keepalive_payload == {"a": 1}
 
 
 def test_one_error_ending_several_requests_names_each() -> None:
