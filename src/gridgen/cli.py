@@ -107,7 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gridgen {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_generate_parser(commands)
+    _add_serve_parser(commands)
+    return parser
 
+
+def _add_generate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gen = commands.add_parser(
         "generate",
         help="generate images for one prompt and write the grid",
@@ -158,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runner_options(gen)
     gen.set_defaults(handler=_generate)
 
+
+def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser(
         "serve",
         help="serve the HTTP API and the playground page",
@@ -202,7 +209,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --ray: N replicas, or autoscale between MIN and MAX on queue depth (default 1)",
     )
     serve.set_defaults(handler=_serve)
-    return parser
 
 
 # -- generate ----------------------------------------------------------------------------

@@ -198,6 +198,22 @@ def make_grid(
     ncols, nrows = _grid_shape(n, cols, rows)
 
     tiles = [_to_pil(item, i) for i, item in enumerate(items)]
+    _check_alike(tiles)
+    width, height = tiles[0].size
+    mode = tiles[0].mode
+    grid = Image.new(
+        mode,
+        (ncols * width + (ncols + 1) * padding, nrows * height + (nrows + 1) * padding),
+        _fill_color(background, mode),  # type: ignore[arg-type]
+    )
+    for i, tile in enumerate(tiles):
+        row, col = divmod(i, ncols)
+        grid.paste(tile, (padding + col * (width + padding), padding + row * (height + padding)))
+    return grid
+
+
+def _check_alike(tiles: Sequence[Image.Image]) -> None:
+    """Raise ``ValueError`` naming the first tile whose size or mode differs from tile 0's."""
     width, height = tiles[0].size
     mode = tiles[0].mode
     for i, tile in enumerate(tiles[1:], start=1):
@@ -211,13 +227,3 @@ def make_grid(
                 f"image {i} has mode {tile.mode} but image 0 has mode {mode}; "
                 "all images in a grid must have the same mode"
             )
-
-    grid = Image.new(
-        mode,
-        (ncols * width + (ncols + 1) * padding, nrows * height + (nrows + 1) * padding),
-        _fill_color(background, mode),  # type: ignore[arg-type]
-    )
-    for i, tile in enumerate(tiles):
-        row, col = divmod(i, ncols)
-        grid.paste(tile, (padding + col * (width + padding), padding + row * (height + padding)))
-    return grid

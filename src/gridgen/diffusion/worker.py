@@ -128,6 +128,7 @@ class DiffusionWorker(RankSteps):
     model: str
     # -- setup ------------------------------------------------------------------------
 
+    # One piece: its docstring (57 lines) is the options' reference; the body runs in order: checks, load, warm-up.
     def setup(  # type: ignore[override]
         self,
         model: str | None = None,

@@ -100,6 +100,11 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 """``create_app``'s default request body limit: 1 MiB, a thousand times a full SDXL request."""
 _ECHO_CHARS = 200  # of a rejected input, echoed back in a 422 body
 _CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"; nobody reads it
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # in /generate's and /stream's OpenAPI
+    500: {"description": "A worker failed (WorkerError, WorkerDiedError)"},
+    503: {"description": "Queue full, or the runner is not ready (Retry-After set)"},
+    504: {"description": "The request's time limit passed"},
+}
 _PLAYGROUND_CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
     "img-src data: blob:; connect-src 'self'; form-action 'none'; base-uri 'none'"
@@ -249,10 +254,43 @@ def create_app(
     if response_model is _DEFAULT:
         is_sdxl = isinstance(request_model, type) and issubclass(request_model, GenerateRequest)
         response_model = GenerateResult if is_sdxl else None
-    convert_result = _result_converter(response_model)
     pace = _Pace()
-
     start_error: list[BaseException] = []
+    app = FastAPI(
+        title=title,
+        version=_version(),
+        description="Image generation on a group of worker processes, one per GPU, driven by gridgen.",
+        lifespan=_lifespan(runner, manage_runner, on_start_failed, start_error),
+    )
+    app.state.runner = runner
+    page = _playground(
+        title,
+        {
+            "title": title,
+            "world_size": runner.world_size,
+            "fields": _field_limits(request_model.model_json_schema()),
+        },
+    )
+    _add_error_handling(app, pace, max_body_bytes)
+    convert_result = _result_converter(response_model)
+    _add_generate_route(app, runner, request_model, response_model, convert_result, pace)
+    _add_stream_route(app, runner, request_model, convert_result, pace, stream_ping)
+    _add_status_routes(app, runner, pace, start_error)
+    _add_playground_route(app, page)
+    return app
+
+
+def _lifespan(
+    runner: DistributedRunner[Any],
+    manage_runner: bool,
+    on_start_failed: Callable[[BaseException], None] | None,
+    start_error: list[BaseException],
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """The app's lifespan: start ``runner`` in the background, stop it at shutdown.
+
+    A failed start is logged, appended to ``start_error`` (``/ready`` reports it) and
+    passed to ``on_start_failed``.
+    """
 
     async def start_runner() -> None:
         try:
@@ -277,24 +315,21 @@ def create_app(
             if manage_runner:
                 await runner.stop()
 
-    app = FastAPI(
-        title=title,
-        version=_version(),
-        description="Image generation on a group of worker processes, one per GPU, driven by gridgen.",
-        lifespan=lifespan,
-    )
-    app.state.runner = runner
-    config = {
-        "title": title,
-        "world_size": runner.world_size,
-        "fields": _field_limits(request_model.model_json_schema()),
-    }
-    page = _playground(title, config)
+    return lifespan
+
+
+def _error_response(exc: BaseException, pace: _Pace) -> JSONResponse:
+    """gridgen's error body for ``exc``; a 503 says when to retry."""
+    status, body = error_body(exc)
+    headers = {"Retry-After": str(pace.retry_after())} if status == 503 else None
+    return JSONResponse({"detail": body["message"], "error": body}, status_code=status, headers=headers)
+
+
+def _add_error_handling(app: FastAPI, pace: _Pace, max_body_bytes: int | None) -> None:
+    """Exception handlers for gridgen errors, 413s and invalid bodies; the body limit middleware."""
 
     def error_response(exc: BaseException) -> JSONResponse:
-        status, body = error_body(exc)
-        headers = {"Retry-After": str(pace.retry_after())} if status == 503 else None
-        return JSONResponse({"detail": body["message"], "error": body}, status_code=status, headers=headers)
+        return _error_response(exc, pace)
 
     @app.exception_handler(GridgenError)
     async def on_gridgen_error(request: Request, exc: GridgenError) -> JSONResponse:
@@ -320,11 +355,16 @@ def create_app(
         errors = [{**e, "input": _clip(e["input"])} if "input" in e else e for e in exc.errors()]
         return await request_validation_exception_handler(request, RequestValidationError(errors))
 
-    error_responses: dict[int | str, dict[str, Any]] = {
-        500: {"description": "A worker failed (WorkerError, WorkerDiedError)"},
-        503: {"description": "Queue full, or the runner is not ready (Retry-After set)"},
-        504: {"description": "The request's time limit passed"},
-    }
+
+def _add_generate_route(
+    app: FastAPI,
+    runner: DistributedRunner[Any],
+    request_model: type[BaseModel],
+    response_model: Any,
+    convert_result: Callable[[Any], Any],
+    pace: _Pace,
+) -> None:
+    """``POST /generate``: run a ``request_model`` body, answer with the result."""
 
     async def generate(request: Request, body: BaseModel) -> Response:
         handle = runner.submit(body.model_dump(mode="json"))
@@ -339,6 +379,26 @@ def create_app(
             logger.info("request %d: client disconnected; cancelled", handle.id)
             return Response(status_code=_CLIENT_CLOSED_REQUEST)
         return JSONResponse(convert_result(result))
+
+    # The body's type is chosen at runtime: FastAPI reads it from the annotation.
+    generate.__annotations__["body"] = request_model
+    app.post(
+        "/generate",
+        response_model=response_model,
+        responses=_ERROR_RESPONSES,
+        summary="Generate and return the result",
+    )(generate)
+
+
+def _add_stream_route(
+    app: FastAPI,
+    runner: DistributedRunner[Any],
+    request_model: type[BaseModel],
+    convert_result: Callable[[Any], Any],
+    pace: _Pace,
+    stream_ping: float,
+) -> None:
+    """``POST /stream``: run a ``request_model`` body, its events as server-sent events."""
 
     async def stream(request: Request, body: BaseModel) -> Response:
         handle = runner.submit(body.model_dump(mode="json"), streaming=True)
@@ -361,25 +421,23 @@ def create_app(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # as fastapi.sse's own
         )
 
-    # The body's type is chosen at runtime: FastAPI reads it from the annotation.
-    generate.__annotations__["body"] = request_model
-    stream.__annotations__["body"] = request_model
-    app.post(
-        "/generate",
-        response_model=response_model,
-        responses=error_responses,
-        summary="Generate and return the result",
-    )(generate)
+    stream.__annotations__["body"] = request_model  # as generate's
     app.post(
         "/stream",
         # Not response_class=EventSourceResponse: FastAPI would take the endpoint for a generator.
         response_class=StreamingResponse,
         responses={
             200: {"content": {"text/event-stream": {}}, "description": "queued, progress..., result | error"},
-            **error_responses,
+            **_ERROR_RESPONSES,
         },
         summary="Generate, streaming progress and previews as server-sent events",
     )(stream)
+
+
+def _add_status_routes(
+    app: FastAPI, runner: DistributedRunner[Any], pace: _Pace, start_error: list[BaseException]
+) -> None:
+    """``GET /health`` (the process serves HTTP) and ``GET /ready`` (the runner takes requests)."""
 
     @app.get("/health", response_model=HealthResponse, summary="The process is alive")
     async def health() -> HealthResponse:
@@ -406,13 +464,15 @@ def create_app(
             body.model_dump(exclude_none=True), status_code=200 if runner.ready else 503, headers=headers
         )
 
+
+def _add_playground_route(app: FastAPI, page: str) -> None:
+    """``GET /``: the playground ``page``, kept out of the OpenAPI schema."""
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
         return HTMLResponse(
             page, headers={"Content-Security-Policy": _PLAYGROUND_CSP, "Cache-Control": "no-cache"}
         )
-
-    return app
 
 
 class _BodyLimit:
