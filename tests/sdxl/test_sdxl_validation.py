@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from gridgen import WorkerError
-from gridgen.sdxl import GenerateRequest, InvalidRequestError, validate_request
+from gridgen import DistributedRunner, WorkerError
+from gridgen.sdxl import GenerateRequest, InvalidRequestError, SDXLWorker, validate_request
 
 from helpers.sdxl import SMALL
 
@@ -95,12 +95,32 @@ def test_the_direct_worker_validates_before_any_work(
         direct(**{**SMALL, "width": 63})
 
 
-def test_every_rank_rejects_a_bad_request_and_the_group_carries_on(sdxl2: Any) -> None:
+def test_the_host_rejects_a_bad_request_before_queueing_and_the_group_carries_on(sdxl2: Any) -> None:
     pids = sdxl2.runner.pids
-    with pytest.raises(WorkerError) as caught:
+    with pytest.raises(InvalidRequestError) as caught:  # batch_key validates at submit
         sdxl2.invoke({**SMALL, "num_images": 100, "strength": 0.5})
-    error = caught.value
-    assert error.remote_type.endswith("InvalidRequestError")
-    assert "num_images" in error.remote_message and "strength" in error.remote_message
-    assert sdxl2.runner.pids == pids  # no rank was left in a collective: nothing restarted
+    assert not isinstance(caught.value, WorkerError)  # no rank saw it
+    assert {e.field for e in caught.value.errors} >= {"num_images", "strength"}
+    assert sdxl2.runner.pids == pids
     assert sdxl2.invoke({**SMALL, "num_images": 1})["num_images"] == 1
+
+
+class UnmergedSDXL(SDXLWorker):
+    """Declares no batch key, so requests reach the ranks unchecked by the host."""
+
+    @classmethod
+    def batch_key(cls, payload: dict[str, Any]) -> None:
+        return None
+
+
+def test_every_rank_rejects_a_bad_request_and_the_group_carries_on(tiny_cache: str) -> None:
+    runner = DistributedRunner(UnmergedSDXL, world_size=2, device="cpu")
+    with runner.sync(model="tiny") as sync:
+        pids = sync.runner.pids
+        with pytest.raises(WorkerError) as caught:
+            sync.invoke({**SMALL, "num_images": 100, "strength": 0.5})
+        error = caught.value
+        assert error.remote_type.endswith("InvalidRequestError")
+        assert "num_images" in error.remote_message and "strength" in error.remote_message
+        assert sync.runner.pids == pids  # no rank was left in a collective: nothing restarted
+        assert sync.invoke({**SMALL, "num_images": 1})["num_images"] == 1
