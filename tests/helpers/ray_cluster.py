@@ -83,6 +83,11 @@ class LocalRayCluster:
         # Replica actors and their worker processes import test workers from this folder.
         self._set_env("PYTHONPATH", os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
         self._set_env("RAY_USAGE_STATS_ENABLED", "0")
+        # Ray's router waits 0.1 s for a replica's queue length before it drops that replica
+        # from the choice; on two loaded cores that probe is often late, and routing then
+        # looks random. A second is still far below any request here.
+        self._set_env("RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "1.0")
+        self._set_env("RAY_SERVE_MAX_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "2.0")
         # Short: Ray's Unix socket paths live under it and must stay under 108 bytes.
         self.temp_dir = tempfile.mkdtemp(prefix="ggray-")
         node = {"num_cpus": self.num_cpus, "node_ip_address": "127.0.0.1"}
