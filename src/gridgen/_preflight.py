@@ -6,12 +6,23 @@ from __future__ import annotations
 
 import argparse
 import errno
+import ipaddress
 import os
 import socket
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["UsageError", "check_device", "check_model", "check_outputs", "listen"]
+__all__ = [
+    "UsageError",
+    "batch_options",
+    "check_device",
+    "check_model",
+    "check_outputs",
+    "check_serve_options",
+    "is_loopback",
+    "listen",
+]
 
 
 class UsageError(Exception):
@@ -91,3 +102,27 @@ def listen(host: str, port: int) -> socket.socket:
         hint = "; pick another --port (0: any free one)" if exc.errno == errno.EADDRINUSE else ""
         raise UsageError(f"--host/--port: cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
     return sock
+
+
+def check_serve_options(args: argparse.Namespace) -> None:
+    """The queue and merging limits of ``serve`` (also with ``--ray``), before anything starts."""
+    if args.max_queue < 0:
+        raise UsageError(f"--max-queue: must be 0 or more, got {args.max_queue}")
+    if args.max_batch < 0:
+        raise UsageError(f"--max-batch: must be 0 or more (0 or 1: no merging), got {args.max_batch}")
+    if args.max_batch_units is not None and args.max_batch_units < 1:
+        raise UsageError(f"--max-batch-units: must be at least 1, got {args.max_batch_units}")
+
+
+def batch_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The runner's merging options from ``serve``'s arguments."""
+    return {"max_batch": args.max_batch, "max_batch_units": args.max_batch_units}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

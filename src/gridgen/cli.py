@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import os
 import sys
@@ -24,7 +23,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._preflight import UsageError, check_device, check_model, check_outputs, listen
+from ._preflight import (
+    UsageError,
+    batch_options,
+    check_device,
+    check_model,
+    check_outputs,
+    check_serve_options,
+    is_loopback,
+    listen,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -423,7 +431,7 @@ def _serve(args: argparse.Namespace) -> int:
     model = args.model or _default_model()
     family = _family(model)
     worker_cls = _worker_class(model)
-    if not _is_loopback(args.host):
+    if not is_loopback(args.host):
         _err(f"gridgen: warning: listening on {args.host}: the service has no authentication")
     runner = DistributedRunner(
         worker_cls,
@@ -456,30 +464,6 @@ def _serve(args: argparse.Namespace) -> int:
     if failures:
         raise failures[0]
     return 0
-
-
-def check_serve_options(args: argparse.Namespace) -> None:
-    """The queue and merging limits of ``serve`` (also with ``--ray``), before anything starts."""
-    if args.max_queue < 0:
-        raise UsageError(f"--max-queue: must be 0 or more, got {args.max_queue}")
-    if args.max_batch < 0:
-        raise UsageError(f"--max-batch: must be 0 or more (0 or 1: no merging), got {args.max_batch}")
-    if args.max_batch_units is not None and args.max_batch_units < 1:
-        raise UsageError(f"--max-batch-units: must be at least 1, got {args.max_batch_units}")
-
-
-def batch_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The runner's merging options from ``serve``'s arguments."""
-    return {"max_batch": args.max_batch, "max_batch_units": args.max_batch_units}
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _url_host(host: str) -> str:

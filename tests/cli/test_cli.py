@@ -14,15 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from helpers.cli import run_cli
 
-def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gridgen.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-    )
+_run = run_cli
 
 
 def test_help_explains_every_option() -> None:

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from gridgen._preflight import UsageError
-from gridgen.cli import batch_options, build_parser, check_serve_options
+from gridgen._preflight import UsageError, batch_options, check_serve_options
+from gridgen.cli import build_parser
 
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2, "num_images": 1, "image_format": "jpeg"}
 BLOCKER = {"prompt": "blocker", "width": 256, "height": 256, "num_inference_steps": 30, "num_images": 2}

@@ -3,24 +3,18 @@ refuses exits 2 before any worker starts."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from helpers.cli import run_cli
+
 
 def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gridgen.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-    )
+    return run_cli(*args, env=env, timeout=timeout)
 
 
 def test_flux_refuses_a_negative_prompt_before_starting_workers() -> None:

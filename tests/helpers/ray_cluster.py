@@ -22,7 +22,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -190,22 +190,3 @@ def read_ledger(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def sse_events(lines: Iterator[str]) -> list[tuple[str, Any]]:
-    """``(event name, parsed JSON data)`` of a ``text/event-stream`` body's lines."""
-    events: list[tuple[str, Any]] = []
-    event, data = "message", list[str]()
-    for line in lines:
-        if line == "":
-            if data:
-                events.append((event, json.loads("\n".join(data))))
-            event, data = "message", list[str]()
-        elif not line.startswith(":"):
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "event":
-                event = value
-            elif field == "data":
-                data.append(value)
-    return events

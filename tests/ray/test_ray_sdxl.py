@@ -17,7 +17,8 @@ from ray import serve
 
 from gridgen.ray import REPLICA_HEADER, application
 
-from helpers.ray_cluster import LocalRayCluster, deploy, is_loopback, replica_statuses, sse_events
+from helpers.ray_cluster import LocalRayCluster, deploy, is_loopback, replica_statuses
+from helpers.server import sse_events
 
 SMALL: dict[str, Any] = {"prompt": "a lighthouse at dawn", "width": 64, "height": 64, "num_inference_steps": 2}
 
@@ -79,7 +80,7 @@ def test_stream_sends_server_sent_events_through_the_proxy(sdxl_app: SDXLApp) ->
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers[REPLICA_HEADER]
-        events = sse_events(response.iter_lines())
+        events = list(sse_events(response.iter_lines()))
     assert [name for name, _ in events] == ["queued", "progress", "progress", "progress", "result"]
     assert [data["step"] for name, data in events if name == "progress"] == [1, 2, 3]
     assert events[-1][1]["seeds"] == [5]

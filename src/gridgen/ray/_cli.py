@@ -40,8 +40,7 @@ def parse_replicas(text: str | None) -> tuple[int | None, tuple[int, int] | None
 
 
 def _check_args(args: argparse.Namespace) -> tuple[int | None, tuple[int, int] | None]:
-    from gridgen._preflight import UsageError, check_model
-    from gridgen.cli import check_serve_options
+    from gridgen._preflight import UsageError, check_model, check_serve_options
 
     if args.ray is None:
         raise UsageError("--replicas needs --ray ADDRESS (a Ray cluster to deploy the replicas onto)")
@@ -72,7 +71,8 @@ def _check_reachable(address: str) -> None:
 def _application(args: argparse.Namespace, replicas: Any, autoscaling: Any) -> Any:
     import ray
 
-    from gridgen.cli import _QUIET_ENV, _default_model, batch_options
+    from gridgen._preflight import batch_options
+    from gridgen.cli import _QUIET_ENV, _default_model
 
     from ._deploy import application
 

@@ -59,36 +59,22 @@ import contextlib
 import html
 import json
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
 
 from .._json import to_jsonable
-from ..errors import (
-    GridgenError,
-    InvalidRequestError,
-    PayloadTooLarge,
-    QueueFull,
-    RequestCancelled,
-    RequestTimeout,
-    RunnerClosed,
-    WorkerDiedError,
-    WorkerError,
-)
 from ..images import keep_encoded
 from ..runner import DistributedRunner, RequestHandle
 from ..sdxl.request import GenerateRequest, GenerateResult
+from .errors import DEFAULT_MAX_BODY_BYTES, Pace, add_error_handling, error_body
 from .sse import event_stream, request_events
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app", "error_body"]
@@ -96,9 +82,6 @@ __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app", "error_body"]
 logger = logging.getLogger("gridgen.server")
 
 _DEFAULT = object()
-DEFAULT_MAX_BODY_BYTES = 1 << 20
-"""``create_app``'s default request body limit: 1 MiB, a thousand times a full SDXL request."""
-_ECHO_CHARS = 200  # of a rejected input, echoed back in a 422 body
 _CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"; nobody reads it
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # in /generate's and /stream's OpenAPI
     500: {"description": "A worker failed (WorkerError, WorkerDiedError)"},
@@ -122,58 +105,6 @@ class ReadyResponse(BaseModel):
     queue_size: int
     max_queue: int
     error: str | None = None
-
-
-def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and the JSON error object for an exception (see the module docstring)."""
-    body: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
-    if isinstance(exc, WorkerError):
-        body["rank"] = exc.rank
-        body["remote_type"] = exc.remote_type
-        # str(WorkerError) carries the remote traceback: keep that in the server log.
-        body["message"] = exc.args[0] if exc.args else exc.remote_message
-        status = 422 if isinstance(exc, InvalidRequestError) else 500
-    elif isinstance(exc, InvalidRequestError):
-        status = 422
-    elif isinstance(exc, WorkerDiedError):
-        body.update(rank=exc.rank, exitcode=exc.exitcode, signal=exc.signal)
-        status = 500
-    elif isinstance(exc, (QueueFull, RunnerClosed, RequestCancelled)):
-        status = 503
-    elif isinstance(exc, RequestTimeout):
-        status = 504
-    elif isinstance(exc, PayloadTooLarge):
-        status = 413
-    elif isinstance(exc, GridgenError):
-        status = 500
-    else:
-        body["message"] = "internal server error (the server log has the traceback)"
-        status = 500
-    body["status"] = status
-    return status, body
-
-
-class _Pace:
-    """How long one request keeps the workers busy (a running mean): what ``Retry-After`` says
-    when the service is full, since a full queue frees one slot each time a request ends.
-
-    Requests run one at a time in FIFO order, so request ``i`` started at
-    ``max(its arrival, the previous request's end)``; that start, not the arrival, is what
-    a request's service time counts from.
-    """
-
-    def __init__(self) -> None:
-        self.mean: float | None = None
-        self._last_end = 0.0
-
-    def record(self, arrived: float, ended: float, ok: bool) -> None:
-        service = ended - max(arrived, self._last_end)
-        self._last_end = max(self._last_end, ended)
-        if ok and service >= 0:
-            self.mean = service if self.mean is None else 0.7 * self.mean + 0.3 * service
-
-    def retry_after(self) -> int:
-        return 1 if self.mean is None else max(1, min(600, math.ceil(self.mean)))
 
 
 def _field_limits(schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,7 +185,7 @@ def create_app(
     if response_model is _DEFAULT:
         is_sdxl = isinstance(request_model, type) and issubclass(request_model, GenerateRequest)
         response_model = GenerateResult if is_sdxl else None
-    pace = _Pace()
+    pace = Pace()
     start_error: list[BaseException] = []
     app = FastAPI(
         title=title,
@@ -271,7 +202,7 @@ def create_app(
             "fields": _field_limits(request_model.model_json_schema()),
         },
     )
-    _add_error_handling(app, pace, max_body_bytes)
+    add_error_handling(app, pace, max_body_bytes)
     convert_result = _result_converter(response_model)
     _add_generate_route(app, runner, request_model, response_model, convert_result, pace)
     _add_stream_route(app, runner, request_model, convert_result, pace, stream_ping)
@@ -318,51 +249,13 @@ def _lifespan(
     return lifespan
 
 
-def _error_response(exc: BaseException, pace: _Pace) -> JSONResponse:
-    """gridgen's error body for ``exc``; a 503 says when to retry."""
-    status, body = error_body(exc)
-    headers = {"Retry-After": str(pace.retry_after())} if status == 503 else None
-    return JSONResponse({"detail": body["message"], "error": body}, status_code=status, headers=headers)
-
-
-def _add_error_handling(app: FastAPI, pace: _Pace, max_body_bytes: int | None) -> None:
-    """Exception handlers for gridgen errors, 413s and invalid bodies; the body limit middleware."""
-
-    def error_response(exc: BaseException) -> JSONResponse:
-        return _error_response(exc, pace)
-
-    @app.exception_handler(GridgenError)
-    async def on_gridgen_error(request: Request, exc: GridgenError) -> JSONResponse:
-        status, _ = error_body(exc)
-        if status >= 500 and status != 503:
-            logger.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return error_response(exc)
-
-    if max_body_bytes is not None:
-        app.add_middleware(_BodyLimit, max_bytes=max_body_bytes, reply=error_response)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 413:  # from _BodyLimit, counting a body sent without a length
-            return error_response(
-                PayloadTooLarge(f"the request body is larger than {max_body_bytes} bytes (max_body_bytes)")
-            )
-        return await http_exception_handler(request, exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI echoes each rejected input: a 50 MB prompt would come back as a 50 MB body.
-        errors = [{**e, "input": _clip(e["input"])} if "input" in e else e for e in exc.errors()]
-        return await request_validation_exception_handler(request, RequestValidationError(errors))
-
-
 def _add_generate_route(
     app: FastAPI,
     runner: DistributedRunner[Any],
     request_model: type[BaseModel],
     response_model: Any,
     convert_result: Callable[[Any], Any],
-    pace: _Pace,
+    pace: Pace,
 ) -> None:
     """``POST /generate``: run a ``request_model`` body, answer with the result."""
 
@@ -395,7 +288,7 @@ def _add_stream_route(
     runner: DistributedRunner[Any],
     request_model: type[BaseModel],
     convert_result: Callable[[Any], Any],
-    pace: _Pace,
+    pace: Pace,
     stream_ping: float,
 ) -> None:
     """``POST /stream``: run a ``request_model`` body, its events as server-sent events."""
@@ -435,7 +328,7 @@ def _add_stream_route(
 
 
 def _add_status_routes(
-    app: FastAPI, runner: DistributedRunner[Any], pace: _Pace, start_error: list[BaseException]
+    app: FastAPI, runner: DistributedRunner[Any], pace: Pace, start_error: list[BaseException]
 ) -> None:
     """``GET /health`` (the process serves HTTP) and ``GET /ready`` (the runner takes requests)."""
 
@@ -473,59 +366,6 @@ def _add_playground_route(app: FastAPI, page: str) -> None:
         return HTMLResponse(
             page, headers={"Content-Security-Policy": _PLAYGROUND_CSP, "Cache-Control": "no-cache"}
         )
-
-
-class _BodyLimit:
-    """413 for a request body over ``max_bytes``, in gridgen's error shape.
-
-    A declared ``Content-Length`` over the limit is answered before reading anything; a
-    body without one is counted as it arrives. (FastAPI's own ``max_body_size`` does the
-    same but answers a declared length in plain text from outside the app's handlers.)
-    """
-
-    def __init__(self, app: Any, max_bytes: int, reply: Callable[[BaseException], Response]) -> None:
-        self.app, self.max_bytes, self.reply = app, max_bytes, reply
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            error = PayloadTooLarge(f"the request body is larger than {self.max_bytes} bytes (max_body_bytes)")
-            await self.reply(error)(scope, receive, send)
-            return
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message: Message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                # FastAPI lets an HTTPException raised while reading the body reach the handlers.
-                raise HTTPException(413)
-            return message
-
-        await self.app(scope, counted, send)
-
-
-def _clip(value: Any, depth: int = 0) -> Any:
-    """``value`` with long strings cut and big containers summarised, for echoing back."""
-    if isinstance(value, str):
-        if len(value) <= _ECHO_CHARS:
-            return value
-        return f"{value[:_ECHO_CHARS]}... ({len(value)} characters)"
-    if isinstance(value, (bytes, bytearray)):
-        return _clip(bytes(value).decode("utf-8", "replace"), depth)
-    if isinstance(value, Mapping):
-        if depth >= 2 or len(value) > 32:
-            return f"(an object with {len(value)} keys)"
-        return {str(k): _clip(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        if depth >= 2 or len(value) > 32:
-            return f"(an array of {len(value)} items)"
-        return [_clip(v, depth + 1) for v in value]
-    return value
 
 
 def _result_converter(response_model: Any) -> Callable[[Any], Any]:

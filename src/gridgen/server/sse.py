@@ -10,7 +10,7 @@ One request streams, in order::
 ``position`` is how many requests were waiting ahead of this one when it was queued
 (0: it runs next). Or, when the request fails after it was queued, ``queued``, maybe some ``progress``,
 then one ``event: error`` with ``data: {"type", "message", "status", ...}`` (see
-:func:`gridgen.server.app.error_body`). Framing (``event:``/``data:`` lines, blank line,
+:func:`gridgen.server.errors.error_body`). Framing (``event:``/``data:`` lines, blank line,
 ``: ping`` keep-alive comments) is ``fastapi.sse``'s.
 
 Why not FastAPI's generator endpoints (``response_class=EventSourceResponse`` with
