@@ -24,9 +24,10 @@ from gridgen._preflight import UsageError, batch_options, check_serve_options
 from gridgen.cli import build_parser
 
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2, "num_images": 1, "image_format": "jpeg"}
-BLOCKER = {"prompt": "blocker", "width": 256, "height": 256, "num_inference_steps": 30, "num_images": 2}
+BLOCKER = {"prompt": "blocker", "width": 256, "height": 256, "num_inference_steps": 150, "num_images": 2,
+           "preview_every": 1}
 """A request of another shape that holds the workers for a few seconds, so that the two small
-requests sent meanwhile are both queued when the group is next free."""
+requests sent once it streams its first step are both queued when the group is next free."""
 
 
 def _serve_args(*extra: str) -> argparse.Namespace:
@@ -131,12 +132,13 @@ def _two_behind_a_blocker(url: str) -> list[dict[str, Any]]:
         result: dict[str, Any] = response.json()
         return result
 
-    with ThreadPoolExecutor(3) as pool:
-        blocker = pool.submit(post, BLOCKER)
-        time.sleep(1.0)  # the blocker is on the workers now (or still queued first: FIFO keeps it first)
+    with ThreadPoolExecutor(2) as pool, httpx.stream("POST", f"{url}/stream", json=BLOCKER, timeout=120) as blocker:
+        assert blocker.status_code == 200
+        lines = blocker.iter_lines()
+        next(line for line in lines if line.startswith("event: progress"))  # it runs on the workers now
         small = [pool.submit(post, {**SMALL, "prompt": f"small {i}", "seed": 10 + i}) for i in range(2)]
+        assert any(line.startswith("event: result") for line in lines)
         results = [future.result() for future in small]
-        blocker.result()
     return results
 
 
