@@ -32,6 +32,8 @@ from ._preflight import (
     check_serve_options,
     is_loopback,
     listen,
+    port_number,
+    positive_int,
 )
 
 __all__ = ["build_parser", "main"]
@@ -49,26 +51,6 @@ _QUIET_ENV = {
 # -- arguments -------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
-    return value
-
-
 def _add_runner_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and workers")
     group.add_argument(
@@ -83,7 +65,7 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="W",
         help="worker processes, one per device (default: the visible GPUs, else 1)",
@@ -183,7 +165,7 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument(
-        "--port", type=_port, default=8000, help="port to listen on (0: any free one; default: %(default)s)"
+        "--port", type=port_number, default=8000, help="port to listen on (0: any free one; default: %(default)s)"
     )
     serve.add_argument(
         "--max-queue", type=int, default=16, metavar="N",
