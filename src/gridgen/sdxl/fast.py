@@ -17,15 +17,20 @@ H100 (``bench/explore/NOTES.md``), then on one H200 (``bench/explore/NOTES-h200.
 * **Regional compile** (``optimize="compile"``): ``torch.compile`` with ``fullgraph=True,
   dynamic=False`` of the UNet's regions named by :data:`CompileRegions` (default
   ``"transformers"``: 229 ms per 8-image forward on an H200 against 241 ms for
-  ``"blocks"``; ``"stages"`` measured 234 ms and compiles 4x longer) and of the VAE's
-  ``ResnetBlock2D``. About 25 s of compile per (batch, size) shape on first use: warm the
-  shapes you serve in ``setup(warmup=...)``, and keep the compiled artifacts across
-  machines with :func:`save_compile_cache` / :func:`load_compile_cache`.
+  ``"blocks"``; ``"stages"`` measured 234 ms and compiles 4x longer) and of the whole VAE
+  decoder (36.8 ms per image at 8 images, 35.5 ms at one, against 41.9 / 43.4 ms when only
+  its ``ResnetBlock2D``s are compiled; the same compile time). About 25 s of compile per
+  (batch, size) shape on first use: warm the shapes you serve in ``setup(warmup=...)``,
+  and keep the compiled artifacts across machines with :func:`save_compile_cache` /
+  :func:`load_compile_cache`.
 
 Not used, because they measured slower, equal or too inaccurate for what they give:
-channels_last (-8 %), forcing an SDPA backend (the default is already cuDNN flash
-attention), ``cudnn.benchmark``, a bf16 UNet (2 % faster on an H200 at 8 times fp16's
-error against eager), whole-stage compile regions.
+channels_last (-8 % on the UNet, no change on the compiled VAE decoder), forcing an SDPA
+backend (the default is already cuDNN flash attention), ``cudnn.benchmark``, a bf16 UNet
+(2 % faster on an H200 at 8 times fp16's error against eager), whole-stage compile
+regions, and ``max-autotune`` (benchmarking Triton GEMM and convolution templates per
+shape: over 5 minutes for one 8-image shape without finishing, and cuBLAS / cuDNN won
+every large GEMM and convolution it had timed; Triton won only the tiny time-embedding GEMMs).
 """
 
 from __future__ import annotations
@@ -289,8 +294,7 @@ def optimize_pipeline(
             options["mode"] = "max-autotune-no-cudagraphs"
         unet._repeated_blocks = _REGIONS[regions]
         unet.compile_repeated_blocks(**options)
-        vae._repeated_blocks = ["ResnetBlock2D"]
-        vae.compile_repeated_blocks(fullgraph=True, dynamic=False)
+        vae.decoder.compile(fullgraph=True, dynamic=False)
     if text_encoder_graphs and is_cuda:
         for name in ("text_encoder", "text_encoder_2"):
             encoder = getattr(pipeline, name, None)
