@@ -41,6 +41,8 @@ class BenchSDXLWorker(SDXLWorker):
     def __call__(self, streaming: bool = False, **payload: Any) -> Any:
         if payload.get("bench") == "memory":
             return _peak()
+        if payload.get("bench") == "setup":
+            return dict(getattr(self, "setup_phases", {}))
         if payload.get("bench") == "bare":
             return self._bare(payload["payload"], int(payload.get("repeats", 1)))
         want_latents = bool(payload.pop("bench_latents", False))

@@ -155,6 +155,13 @@ async def steady_latency(runner: DistributedRunner[Any], rate: float, requests: 
     }
 
 
+async def setup_phases(runner: DistributedRunner[Any], started: float, ready: float) -> dict[str, float]:
+    """Seconds per phase of rank 0's setup, and ``process_start``: the rest of the start
+    (spawning the worker, imports, the process group) before and after setup."""
+    phases: dict[str, float] = await runner.invoke({"bench": "setup"})
+    return {"process_start": round(ready - started - sum(phases.values()), 3), **phases}
+
+
 async def peak_gib(runner: DistributedRunner[Any]) -> float:
     result = await runner.invoke({"bench": "memory"})
     return float(result["peak_gib"])
@@ -279,7 +286,8 @@ async def main(args: argparse.Namespace) -> Results:
     started = time.perf_counter()
     await gridgen.start()
     results.data["startup"]["gridgen_cold_s"] = time.perf_counter() - started
-    log(f"gridgen started (cold) in {results.data['startup']['gridgen_cold_s']:.1f}s")
+    results.data["startup"]["gridgen_cold_phases"] = await setup_phases(gridgen, started, started + results.data["startup"]["gridgen_cold_s"])
+    log(f"gridgen started (cold) in {results.data['startup']['gridgen_cold_s']:.1f}s: {results.data['startup']['gridgen_cold_phases']}")
     results.save()
     runners: dict[str, DistributedRunner[Any]] = {"gridgen": gridgen}
     if args.seed_recipe:
@@ -384,8 +392,10 @@ async def fresh_start_with_cache(
     runner = DistributedRunner(BenchSDXLWorker, setup_kwargs={"model": args.model, **setup}, **common)
     started = time.perf_counter()
     await runner.start()
-    results.data["startup"]["gridgen_fresh_caches_with_cache_file_s"] = time.perf_counter() - started
-    log(f"gridgen started with empty local caches and the cache file in {results.data['startup']['gridgen_fresh_caches_with_cache_file_s']:.1f}s")
+    ready = time.perf_counter()
+    results.data["startup"]["gridgen_fresh_caches_with_cache_file_s"] = ready - started
+    results.data["startup"]["gridgen_fresh_phases"] = phases = await setup_phases(runner, started, ready)
+    log(f"gridgen started with empty local caches and the cache file in {ready - started:.1f}s: {phases}")
     payload = {**gridgen_payload(max(args.images), False, args), "image_format": args.formats[0]}
     seconds, _, _ = await timed_batch(runner, payload, False, 1)
     results.data["startup"]["first_request_after_fresh_start_s"] = seconds
@@ -414,7 +424,7 @@ def compare(fast: dict[str, Any], eager: dict[str, Any]) -> dict[str, Any]:
 
 def print_table(data: dict[str, Any]) -> None:
     print(f"\n{data['device']}, torch {data['torch']}, diffusers {data['diffusers']}, {data['width']}x{data['height']}, {data['steps']} steps")
-    print(f"startup: {json.dumps({k: round(v, 1) for k, v in data['startup'].items()})}")
+    print(f"startup: {json.dumps({k: v if isinstance(v, dict) else round(v, 1) for k, v in data['startup'].items()})}")
     print(f"{'run':14} {'img/gpu':>7} {'reqs':>4} {'stream':>6} {'format':>6} {'s/img':>7} {'img/s':>7} {'TFLOP/s':>8} {'peak GiB':>8} {'encode s':>8}")
     for run in data["runs"]:
         print(

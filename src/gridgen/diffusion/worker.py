@@ -37,9 +37,10 @@ an interrupt, so the worker always asks for latents and decodes them itself.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .._batch import Batch, BatchItem
@@ -80,6 +81,7 @@ __all__ = ["DiffusionWorker", "PreviewMode"]
 PreviewMode = Literal["auto", "taesd", "linear"] | None
 
 _ENCODE_QUALITY = 90  # jpeg / webp
+logger = logging.getLogger("gridgen.diffusion")
 COMPILE_CACHE_ENV = "GRIDGEN_COMPILE_CACHE"
 """Environment variable: the default of ``setup(compile_cache=...)``."""
 
@@ -190,6 +192,8 @@ class DiffusionWorker(RankSteps):
         import torch
 
         started = time.perf_counter()
+        phases: dict[str, float] = {}
+        mark = _phase_clock(phases)
         if preview not in ("auto", "taesd", "linear", None):
             raise ValueError(f"preview must be 'auto', 'taesd', 'linear' or None, got {preview!r}")
         if self.world_size > 1 and not _dist_ready():
@@ -206,6 +210,7 @@ class DiffusionWorker(RankSteps):
             self.family, model, device=self.device, dtype=self.dtype, **from_pretrained_kwargs
         )
         self.pipeline.set_progress_bar_config(disable=True)
+        mark("load")
         self.graphed_unet = (
             optimize_pipeline(
                 self.pipeline, optimize, self.device,
@@ -216,7 +221,9 @@ class DiffusionWorker(RankSteps):
         )
         if compile_cache is None:
             compile_cache = os.environ.get(COMPILE_CACHE_ENV) or None
+        mark("optimize")
         cache_loaded = compile_cache is not None and load_compile_cache(compile_cache)
+        mark("compile_cache_load")
         vae = self.pipeline.vae
         if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
             # SDXL's VAE overflows in float16; diffusers upcasts it on every call and casts it
@@ -243,6 +250,7 @@ class DiffusionWorker(RankSteps):
             self.previewer = LinearPreview(factors=factors, bias=bias)
         else:
             self.previewer = None
+        mark("preview")
         width, height = warmup_size
         for per_rank in warmup:
             # Every rank runs the same warm-up in lockstep (the gathers are collectives).
@@ -252,9 +260,18 @@ class DiffusionWorker(RankSteps):
             )
             if isinstance(warm, concurrent.futures.Future):
                 warm.result()
+            mark(f"warmup_{per_rank}")
         if compile_cache is not None and not cache_loaded and self.rank == 0:
             save_compile_cache(compile_cache)
+            mark("compile_cache_save")
         self.setup_seconds: float | None = time.perf_counter() - started
+        self.setup_phases = phases
+        """Seconds per phase of the last :meth:`setup` (``load``, ``optimize``,
+        ``compile_cache_load``, ``preview``, ``warmup_<n>`` per warm-up size, ...)."""
+        logger.info(
+            "rank %d set up in %.1fs: %s", self.rank, self.setup_seconds,
+            ", ".join(f"{name} {seconds:.1f}s" for name, seconds in phases.items()),
+        )
 
     def _check_options(self, model: str, preview: PreviewMode, optimize: OptimizeMode) -> None:
         """Refuse what this family cannot do, before loading anything."""
@@ -472,6 +489,18 @@ class DiffusionWorker(RankSteps):
         if self._encoder_pool is not None:
             return self._encoder_pool.submit(finish)
         return finish()
+
+def _phase_clock(phases: dict[str, float]) -> Callable[[str], None]:
+    """``mark(name)`` records the seconds since the previous mark (or since creation) as ``name``."""
+    last = [time.perf_counter()]
+
+    def mark(name: str) -> None:
+        now = time.perf_counter()
+        phases[name] = round(now - last[0], 3)
+        last[0] = now
+
+    return mark
+
 
 def _thread_lock_for_progress_bars() -> None:
     """Give tqdm (which diffusers uses while loading) a thread lock, not its default
