@@ -6,7 +6,8 @@ exception there rejects that request before it is queued. When the group is free
 dispatcher takes the head of the queue and :meth:`BatchPolicy.gather` adds the queued
 requests with the same key, in queue order, while the caps allow (``max_batch``
 requests, ``max_batch_units`` units, and the frame under ``max_message_bytes``); the
-head is always taken. With ``batch_sizes`` a merge grows only to the longest run of
+head is always taken. With batch sizes (the runner's ``batch_sizes`` option, else the
+worker's own ``batch_sizes`` declared in setup) a merge grows only to the longest run of
 those requests whose units add up to one of the sizes (so a compiled worker is never
 handed a batch it would pad or compile for). Requests it skips keep their places, so the
 queue stays FIFO for what cannot be merged and nothing starves: the next head is the
@@ -16,7 +17,7 @@ oldest left.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from ._options import RunnerOptions
@@ -32,10 +33,25 @@ _FRAME_OVERHEAD = 64  # bytes of msgpack framing per merged request, rounded up
 class BatchPolicy:
     """Which requests may share a call, and how many."""
 
-    def __init__(self, worker_cls: type[DistributedWorker], world_size: int, options: RunnerOptions) -> None:
+    def __init__(
+        self,
+        worker_cls: type[DistributedWorker],
+        world_size: int,
+        options: RunnerOptions,
+        declared: Callable[[], tuple[int, ...] | None] = lambda: None,
+    ) -> None:
         self.worker_cls = worker_cls
         self.world_size = world_size
         self.options = options
+        self._declared = declared
+
+    @property
+    def sizes(self) -> tuple[int, ...] | None:
+        """The unit totals a merge may have: the runner's ``batch_sizes`` option, else what
+        the worker declared in setup (``DistributedWorker.batch_sizes``), else None (any)."""
+        if self.options.batch_sizes is not None:
+            return self.options.batch_sizes
+        return self._declared()
 
     def describe(self, payload: dict[str, Any]) -> tuple[Hashable | None, int]:
         """(key, units) of a request; raises what ``batch_key`` / ``batch_units`` raise."""
@@ -91,7 +107,7 @@ class BatchPolicy:
             if request.finished or request.key != key or not self._fits([*batch, *taken], request):
                 continue
             taken.append(request)
-        sizes = self.options.batch_sizes
+        sizes = self.sizes
         if sizes is not None:
             # Only candidates are chosen above: what is left out here never left the queue.
             total = sum(r.units for r in batch)

@@ -14,7 +14,8 @@ Frames, every body encoded with :mod:`gridgen._codec` (never pickle):
 
 Kinds host -> worker: ``call`` (data ``[streaming, payload]``), ``batch`` (merged
 requests: data is the list of their ``call`` frames, each as encoded at submit; the
-request id is the first one's), ``cancel``, ``shutdown``. Kinds worker -> host: ``hello`` (data ``{"pid": int}``), ``ready``,
+request id is the first one's), ``cancel``, ``shutdown``. Kinds worker -> host: ``hello`` (data ``{"pid": int}``), ``ready``
+(data ``{"batch_sizes": [int, ...] | None}``: the worker's declared batch sizes),
 ``setup_error`` (error info), ``item`` (a streamed item), ``released`` (the rank is
 free for the next request; its value follows: ``__call__`` returned a
 ``concurrent.futures.Future``), ``done`` (rank 0: the return value; other ranks:

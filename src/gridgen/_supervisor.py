@@ -271,6 +271,8 @@ class Supervisor:
         self.dead_error: GridgenError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready_ranks: set[int] = set()
+        self.worker_batch_sizes: tuple[int, ...] | None = None
+        """What rank 0's worker declared in ``batch_sizes`` at its last ready."""
         self._startup: asyncio.Future[None] | None = None
         self._restarting: asyncio.Future[None] | None = None
         self._background: set[asyncio.Future[None]] = set()
@@ -302,6 +304,9 @@ class Supervisor:
             startup.set_exception(StartupError.from_remote(rank, info, during="setup"))
             return
         self._ready_ranks.add(rank)
+        if rank == 0:
+            sizes = message.data.get("batch_sizes") if isinstance(message.data, dict) else None
+            self.worker_batch_sizes = None if sizes is None else tuple(sizes)
         if len(self._ready_ranks) == self.world_size:
             startup.set_result(None)
 

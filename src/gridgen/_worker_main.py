@@ -30,7 +30,7 @@ import queue
 import shutil
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -273,12 +273,13 @@ class _WorkerRuntime:
             worker = _build_worker(spec)
             worker._attach(self.context)
             self._await(worker.setup(**spec.setup_kwargs))
+            sizes = declared_batch_sizes(worker)
         except Exception as exc:
             logger.error("setup failed on rank %d", spec.rank, exc_info=True)
             self.io.send_error(Kind.SETUP_ERROR, 0, exc)
             self.io.close()
             return 1
-        self.io.send(Kind.READY, 0)
+        self.io.send(Kind.READY, 0, {"batch_sizes": sizes})
         while True:
             kind, request_id, data = self.io.commands.get()
             if kind is Kind.SHUTDOWN:
@@ -419,6 +420,20 @@ class _WorkerRuntime:
             self.io.send(Kind.CANCELLED, request_id)
         else:
             self.io.send_error(Kind.ERROR, request_id, error)
+
+
+def declared_batch_sizes(worker: DistributedWorker) -> list[int] | None:
+    """``worker.batch_sizes`` after setup, checked and sorted (a bad value fails setup)."""
+    sizes = worker.batch_sizes
+    if sizes is None:
+        return None
+    values = list(sizes) if isinstance(sizes, Collection) and not isinstance(sizes, str) else None
+    if not values or any(type(n) is not int or n < 1 for n in values):
+        raise ValueError(
+            f"{type(worker).__name__}.batch_sizes must be None or a non-empty collection of "
+            f"ints >= 1, got {sizes!r}"
+        )
+    return sorted(set(values))
 
 
 def _build_worker(spec: WorkerSpec) -> DistributedWorker:

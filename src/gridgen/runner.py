@@ -104,7 +104,8 @@ class DistributedRunner(Generic[W]):
             None: no cap. The head of the queue is always taken, even alone over the cap.
         batch_wait: seconds to wait for more compatible requests once the head is taken;
             0 (the default) merges only what is already queued and adds no latency.
-        batch_sizes: the unit totals a merged call may have (None: any). A compiled or
+        batch_sizes: the unit totals a merged call may have (None: what the worker declares
+            in its ``batch_sizes`` after setup, else any). A compiled or
             CUDA-graphed worker pads a batch up to a size it has already run, so give the
             totals its warm shapes serve (warm images per rank times ``world_size``): merges
             then form only those, and what does not fit runs in the next call, never padded
@@ -185,7 +186,10 @@ class DistributedRunner(Generic[W]):
             self.worker_cls, self.devices, self.backend, self.options, self._control, self._on_group_lost
         )
         self._supervisor.setup_kwargs = setup_kwargs
-        policy = BatchPolicy(self.worker_cls, self.world_size, self.options)
+        supervisor = self._supervisor
+        policy = BatchPolicy(
+            self.worker_cls, self.world_size, self.options, lambda: supervisor.worker_batch_sizes
+        )
         self._dispatcher = Dispatcher(self.options, self._control, self._supervisor, policy)
         self._phase = "new"  # new, starting, running, stopping, stopped
         self._stopped = asyncio.Event()
@@ -233,6 +237,12 @@ class DistributedRunner(Generic[W]):
     def ready(self) -> bool:
         """True when every rank is started and healthy and requests run."""
         return self.state == "ready"
+
+    @property
+    def worker_batch_sizes(self) -> tuple[int, ...] | None:
+        """The ``batch_sizes`` the worker declared at its last setup (used when the
+        ``batch_sizes`` option is None); None before the first start or when it declared none."""
+        return self._supervisor.worker_batch_sizes
 
     @property
     def queue_size(self) -> int:

@@ -218,7 +218,14 @@ class _Rule:
 
 
 class BatchProbeWorker(ProbeWorker):
-    """A ProbeWorker whose requests with the same ``batch`` value merge; see the module docstring."""
+    """A ProbeWorker whose requests with the same ``batch`` value merge; see the module docstring.
+
+    ``setup(batch_sizes=...)`` declares :attr:`~gridgen.DistributedWorker.batch_sizes`.
+    """
+
+    def setup(self, batch_sizes: Any = None, **kwargs: Any) -> None:  # type: ignore[override]
+        super().setup(**kwargs)
+        self.batch_sizes = batch_sizes
 
     @classmethod
     def batch_key(cls, payload: dict[str, Any]) -> Any:

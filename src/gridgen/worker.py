@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from .errors import Cancelled
@@ -84,6 +84,11 @@ class DistributedWorker:
 
     rank: int
     world_size: int
+    batch_sizes: Collection[int] | None = None
+    """The unit totals (see :meth:`batch_units`) a merged call should have on this worker,
+    set in ``setup`` (rank 0's value is used): e.g. the batch sizes it warmed up, which run
+    without padding or compiling. The runner merges only into these totals unless its own
+    ``batch_sizes`` option is set. None (the default): any total."""
 
     def __init__(self, rank: int = 0, world_size: int = 1, device: Any = None) -> None:
         self.rank = rank

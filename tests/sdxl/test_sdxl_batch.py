@@ -107,6 +107,10 @@ def test_batch_key_rejects_bad_requests_naming_the_field(payload: dict[str, Any]
         SDXLWorker.batch_units(payload, 2)
 
 
+def test_an_unoptimised_worker_declares_no_batch_sizes(direct: SDXLWorker) -> None:
+    assert direct.graphed_unet is None and direct.batch_sizes is None  # any merge runs as is
+
+
 def test_run_batch_refuses_requests_of_different_keys(direct: SDXLWorker) -> None:
     with pytest.raises(ValueError, match="batch_key"):
         direct.run_batch(Batch.of([A, {**A, "width": 128}]))
@@ -117,6 +121,11 @@ def test_graphed_path_pads_to_warm_sizes(tiny_cache: str, alone: dict[str, Any])
     worker.setup(model="tiny", optimize="graphs", warmup=(4,), warmup_size=(64, 64))
     graphs = worker.graphed_unet
     assert graphs is not None and len(graphs.entries) == 1  # the warm-up's batch of 4
+    assert worker.batch_sizes == [4]  # the runner merges only into warm sizes
+    phases = worker.setup_phases
+    assert list(phases)[:2] == ["load", "optimize"] and "warmup_4" in phases
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert worker.setup_seconds is not None and sum(phases.values()) <= worker.setup_seconds + 0.01
     a, b = worker.run_batch(Batch.of([A, B]))  # 3 images, padded to 4
     close(arrays(a), alone["A"])
     assert len(graphs.entries) == 1, "a merged batch of 3 must reuse the warm shape"

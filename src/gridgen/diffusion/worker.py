@@ -167,7 +167,9 @@ class DiffusionWorker(RankSteps):
                 ``"none"``. See :mod:`gridgen.sdxl.fast` for the measurements.
             warmup: images per rank to run once at setup (2 steps at ``warmup_size``), so the
                 CUDA graphs and compiled kernels of the shapes you serve exist before the
-                first request, e.g. ``warmup=(1, 4)``.
+                first request, e.g. ``warmup=(1, 4)``. With ``optimize`` on, these sizes
+                (times ``world_size``) become the worker's ``batch_sizes``: the runner then
+                merges queued requests only into batches of those sizes.
             warmup_size: ``(width, height)`` of the warm-up requests.
             defer_encoding: encode images in a background thread on rank 0 so the next
                 request starts on the GPU meanwhile. ``None``: when run by a runner.
@@ -261,6 +263,10 @@ class DiffusionWorker(RankSteps):
             if isinstance(warm, concurrent.futures.Future):
                 warm.result()
             mark(f"warmup_{per_rank}")
+        if self.graphed_unet is not None and warmup:
+            # A merge is padded up to a warm size (or compiles a new shape): let the runner
+            # form only merges of warm sizes.
+            self.batch_sizes = sorted({per_rank * self.world_size for per_rank in warmup})
         if compile_cache is not None and not cache_loaded and self.rank == 0:
             save_compile_cache(compile_cache)
             mark("compile_cache_save")
