@@ -20,10 +20,12 @@ __all__ = [
     "check_model",
     "check_outputs",
     "check_serve_options",
+    "int_list",
     "is_loopback",
     "listen",
     "port_number",
     "positive_int",
+    "worker_options",
 ]
 
 
@@ -36,6 +38,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: whole numbers >= 1 separated by commas, e.g. ``1,8``."""
+    try:
+        return [positive_int(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"must be whole numbers >= 1 separated by commas, e.g. 1,8 ({exc})") from None
 
 
 def port_number(text: str) -> int:
@@ -126,6 +136,31 @@ def listen(host: str, port: int) -> socket.socket:
         hint = "; pick another --port (0: any free one)" if exc.errno == errno.EADDRINUSE else ""
         raise UsageError(f"--host/--port: cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
     return sock
+
+
+def worker_options(args: argparse.Namespace, family: Any) -> dict[str, Any]:
+    """The worker's ``setup`` arguments from the speed options, checked against the model's family."""
+    options: dict[str, Any] = {}
+    if args.optimize is not None:
+        from .diffusion.families import SDXL
+
+        if family is not SDXL and args.optimize not in ("auto", "none"):
+            raise UsageError(f"--optimize {args.optimize}: SDXL only; {family.title} takes auto or none")
+        options["optimize"] = args.optimize
+    if args.compile_cache is not None:
+        if args.optimize != "compile":
+            raise UsageError("--compile-cache: only used with --optimize compile")
+        cache = Path(args.compile_cache).expanduser()
+        if cache.is_dir():
+            raise UsageError(f"--compile-cache: {cache} is a folder; name the cache file, e.g. {cache / 'sdxl.bin'}")
+        if not cache.exists():
+            _check_folder("--compile-cache", cache.parent)  # rank 0 writes it after the warm-up
+        options["compile_cache"] = str(cache)
+    if args.warmup is not None:
+        options["warmup"] = args.warmup
+    if args.dtype is not None:
+        options["dtype"] = args.dtype
+    return options
 
 
 def check_serve_options(args: argparse.Namespace) -> None:

@@ -28,11 +28,14 @@ def test_help_explains_every_option() -> None:
     for option in (
         "PROMPT", "--model", "--num-images", "--workers", "--device", "--steps", "--width", "--height",
         "--seed", "--guidance", "--negative-prompt", "--output", "--save-dir", "--preview-every",
+        "--optimize", "--warmup", "--dtype", "--compile-cache",
     ):
         assert option in generate.stdout, option
     serve = _run("serve", "--help")
     assert serve.returncode == 0
-    for option in ("--model", "--workers", "--device", "--host", "--port", "--max-queue"):
+    for option in (
+        "--model", "--workers", "--device", "--host", "--port", "--max-queue", "--optimize", "--warmup",
+    ):
         assert option in serve.stdout, option
     assert "127.0.0.1" in serve.stdout  # loopback by default
 

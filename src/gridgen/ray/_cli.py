@@ -40,13 +40,15 @@ def parse_replicas(text: str | None) -> tuple[int | None, tuple[int, int] | None
 
 
 def _check_args(args: argparse.Namespace) -> tuple[int | None, tuple[int, int] | None]:
-    from gridgen._preflight import UsageError, check_model, check_serve_options
+    from gridgen._preflight import UsageError, check_model, check_serve_options, worker_options
+    from gridgen.cli import _default_model, _family
 
     if args.ray is None:
         raise UsageError("--replicas needs --ray ADDRESS (a Ray cluster to deploy the replicas onto)")
     if args.port == 0:
         raise UsageError("--port: Ray Serve's proxy needs a fixed port with --ray (0 is not allowed)")
     check_serve_options(args)
+    worker_options(args, _family(args.model or _default_model()))
     counts = parse_replicas(args.replicas)
     _check_reachable(args.ray)
     check_model(args.model)  # last: offline, the default hub model is itself an error
@@ -71,8 +73,8 @@ def _check_reachable(address: str) -> None:
 def _application(args: argparse.Namespace, replicas: Any, autoscaling: Any) -> Any:
     import ray
 
-    from gridgen._preflight import batch_options
-    from gridgen.cli import _QUIET_ENV, _default_model
+    from gridgen._preflight import batch_options, worker_options
+    from gridgen.cli import _QUIET_ENV, _default_model, _family
 
     from ._deploy import application
 
@@ -85,7 +87,7 @@ def _application(args: argparse.Namespace, replicas: Any, autoscaling: Any) -> A
         actor["runtime_env"] = {"env_vars": dict(_QUIET_ENV)}
     app = application(
         "gridgen.sdxl:SDXLWorker",
-        setup_kwargs={"model": model},
+        setup_kwargs={"model": model, **worker_options(args, _family(model))},
         runner_options=batch_options(args),
         gpus=ranks if device == "cuda" else 0,
         cpu_ranks=ranks,

@@ -1,0 +1,72 @@
+"""The speed options (--optimize, --warmup, --dtype, --compile-cache): checked before any
+worker starts, and passed to the workers' setup."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gridgen._preflight import UsageError, worker_options
+from gridgen.cli import build_parser
+from gridgen.diffusion.families import FLUX_DEV, SDXL
+
+from helpers.cli import run_cli
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["serve", *argv])
+
+
+def test_the_options_become_setup_arguments(tmp_path: Path) -> None:
+    cache = tmp_path / "made" / "sdxl.bin"
+    args = _args("--optimize", "compile", "--warmup", "1,8", "--dtype", "bf16", "--compile-cache", str(cache))
+    assert worker_options(args, SDXL) == {
+        "optimize": "compile", "warmup": [1, 8], "dtype": "bf16", "compile_cache": str(cache),
+    }
+    assert cache.parent.is_dir()  # made now: rank 0 writes the file there after the warm-up
+    assert worker_options(_args(), SDXL) == {}  # the worker's own defaults
+
+
+@pytest.mark.parametrize(
+    ("argv", "family", "message"),
+    [
+        (["--optimize", "compile"], FLUX_DEV, "--optimize compile: SDXL only; FLUX.1-dev takes auto or none"),
+        (["--compile-cache", "x.bin"], SDXL, "--compile-cache: only used with --optimize compile"),
+        (["--optimize", "graphs", "--compile-cache", "x.bin"], SDXL, "only used with --optimize compile"),
+    ],
+)
+def test_options_the_model_cannot_use_are_usage_errors(argv: list[str], family: object, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        worker_options(_args(*argv), family)
+
+
+def test_a_compile_cache_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"--compile-cache: .* is a folder; name the cache file"):
+        worker_options(_args("--optimize", "compile", "--compile-cache", str(tmp_path)), SDXL)
+
+
+def test_bad_values_exit_2_before_any_worker_starts() -> None:
+    warmup = run_cli("serve", "--model", "tiny", "--warmup", "1,0")
+    assert warmup.returncode == 2 and "--warmup: must be whole numbers >= 1 separated by commas" in warmup.stderr
+    flux = run_cli("generate", "a cat", "--model", "tiny-flux", "--optimize", "graphs")
+    assert flux.returncode == 2 and "--optimize graphs: SDXL only" in flux.stderr
+    assert "starting" not in flux.stderr
+
+
+def test_dtype_reaches_the_workers(tmp_path: Path) -> None:
+    grids = {}
+    for dtype in ("fp32", "bf16"):
+        out = tmp_path / f"{dtype}.png"
+        result = run_cli(
+            "generate", "a lighthouse", "--model", "tiny", "--workers", "1", "--device", "cpu",
+            "--width", "64", "--height", "64", "--steps", "2", "--seed", "3",
+            "--optimize", "none", "--warmup", "1", "--dtype", dtype, "-o", str(out), timeout=240,
+        )
+        assert result.returncode == 0, result.stderr
+        with Image.open(out) as image:
+            grids[dtype] = np.asarray(image, dtype=np.int16)
+    assert np.abs(grids["fp32"] - grids["bf16"]).max() > 0  # the same seed, another precision
