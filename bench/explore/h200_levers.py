@@ -134,7 +134,19 @@ def inputs(batch: int, dtype: torch.dtype) -> dict[str, Any]:
     }
 
 
-def make_variant(base: Any, regions: str | None, dtype: torch.dtype, autotune: bool) -> tuple[Any, GraphedUNet]:
+def compile_options(flags: list[str]) -> dict[str, Any]:
+    """Inductor options of a variant's flags: ``coord`` (coordinate-descent tuning of the
+    Triton pointwise/reduction kernels), ``autotune`` (max-autotune of GEMMs and
+    convolutions, plus ``coord``)."""
+    options: dict[str, Any] = {}
+    if "coord" in flags or "autotune" in flags:
+        options["coordinate_descent_tuning"] = True
+    if "autotune" in flags:
+        options["max_autotune"] = True
+    return options
+
+
+def make_variant(base: Any, regions: str | None, dtype: torch.dtype, flags: list[str]) -> tuple[Any, GraphedUNet]:
     unet = copy.deepcopy(base)
     if dtype != torch.float16:
         unet.to(dtype)
@@ -142,8 +154,8 @@ def make_variant(base: Any, regions: str | None, dtype: torch.dtype, autotune: b
     if regions:
         unet._repeated_blocks = _REGIONS[regions]
         kw: dict[str, Any] = {"fullgraph": True, "dynamic": False}
-        if autotune:
-            kw["mode"] = "max-autotune-no-cudagraphs"
+        if options := compile_options(flags):
+            kw["options"] = options
         unet.compile_repeated_blocks(**kw)
     if dtype != torch.float16:
         inner = unet.forward
@@ -186,17 +198,17 @@ def stage_unet(pipe: Any, res: dict[str, Any], args: argparse.Namespace, out: Pa
     res["variants"] = {}
     for spec in args.variants.split(","):
         regions, dt, *rest = spec.split(":")
-        autotune = "autotune" in rest
-        batches = [16] if "b16only" in rest else [2, 16]
-        need = 240 if autotune else 100
+        batches = [16] if "b16only" in rest else [16, 2]
+        need = 240 if "autotune" in rest else 100
         if left(args) < need:
             log(f"skip {spec}: {left(args):.0f}s left")
             continue
         dtype = torch.bfloat16 if dt == "bf16" else torch.float16
         log(f"variant {spec}")
+        torch._dynamo.reset()  # each variant's compiled code is its own
         entry: dict[str, Any] = {}
         res["variants"][spec] = entry
-        unet, graphed = make_variant(base, None if regions == "none" else regions, dtype, autotune)
+        unet, graphed = make_variant(base, None if regions == "none" else regions, dtype, rest)
         for b in batches:
             x = inputs(b, torch.float16)
 
@@ -244,6 +256,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch._dynamo.config.cache_size_limit = 256
+    torch._dynamo.config.accumulated_cache_size_limit = 4096  # several variants compile the same classes
     res: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
     stages = args.stages.split(",")
     if "encode" in stages:

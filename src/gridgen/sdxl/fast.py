@@ -26,8 +26,9 @@ H100 (``bench/explore/NOTES.md``), then on one H200 (``bench/explore/NOTES-h200.
 
 Not used, because they measured slower, equal or too inaccurate for what they give:
 channels_last (-8 % on the UNet, no change on the compiled VAE decoder), forcing an SDPA
-backend (the default is already cuDNN flash attention), ``cudnn.benchmark``, a bf16 UNet
-(2 % faster on an H200 at 8 times fp16's error against eager), whole-stage compile
+backend (the default is already cuDNN flash attention), ``cudnn.benchmark``, bf16 by
+default (``setup(dtype="bf16")`` is 3 % faster end to end on an H200, at 9 times fp16's
+difference from eager: an option, so that a seed keeps its image), whole-stage compile
 regions, and ``max-autotune`` (benchmarking Triton GEMM and convolution templates per
 shape: over 5 minutes for one 8-image shape without finishing, and cuBLAS / cuDNN won
 every large GEMM and convolution it had timed; Triton won only the tiny time-embedding GEMMs).
