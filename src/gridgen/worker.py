@@ -88,7 +88,8 @@ class DistributedWorker:
     """The unit totals (see :meth:`batch_units`) a merged call should have on this worker,
     set in ``setup`` (rank 0's value is used): e.g. the batch sizes it warmed up, which run
     without padding or compiling. The runner merges only into these totals unless its own
-    ``batch_sizes`` option is set. None (the default): any total."""
+    ``batch_sizes`` option is set. None (the default): any total. Ignored by a worker that
+    never merges (no :meth:`batch_key`)."""
 
     def __init__(self, rank: int = 0, world_size: int = 1, device: Any = None) -> None:
         self.rank = rank

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gridgen import DistributedRunner, StartupError
-from gridgen.testing import BatchProbeWorker
+from gridgen.testing import BatchProbeWorker, ProbeWorker
 
 from helpers.runtime import live
 
@@ -43,6 +43,20 @@ def test_without_a_declaration_any_total_merges() -> None:
         assert rt.runner.worker_batch_sizes is None
         calls = rt.run(lambda runner: _calls(runner, 5))
     assert [len(call) for call in calls] == [5]
+
+
+class NoMergeWorker(ProbeWorker):
+    """No batch_key: an attribute of that name means something else to this worker."""
+
+    def setup(self, **kwargs: Any) -> None:
+        super().setup(**kwargs)
+        self.batch_sizes = {"small": 1}  # type: ignore[assignment]
+
+
+def test_a_worker_that_never_merges_may_use_the_name_for_anything() -> None:
+    with live(NoMergeWorker) as rt:
+        assert rt.runner.worker_batch_sizes is None
+        assert rt.run(lambda runner: runner.invoke({"op": "echo", "message": "hi"}))["echo"] == "hi"
 
 
 @pytest.mark.parametrize("sizes", [[0], [], "8", [1.5]])
