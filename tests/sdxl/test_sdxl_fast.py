@@ -34,6 +34,11 @@ def test_graphed_unet_path_matches_eager(tiny_cache: str) -> None:
         np.testing.assert_array_equal(a, b)
     # the static-buffer path ran (one entry per CFG batch shape), without eager fallbacks
     assert len(fast.graphed_unet.entries) == 1 and fast.graphed_unet.fallbacks == 0
+    fast.graphed_unet.uninstall()  # back to the eager forward, graphs dropped
+    assert "forward" not in vars(fast.pipeline.unet) and not fast.graphed_unet.entries
+    for a, b in zip(_pixels(expected), _pixels(fast(**REQUEST)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not fast.graphed_unet.entries  # nothing went through the graphs
 
 
 def test_auto_is_eager_on_cpu(tiny_cache: str) -> None:

@@ -100,10 +100,12 @@ class GraphedUNet:
         self.pool = torch.cuda.graph_pool_handle() if self.cuda else None
 
     def install(self) -> GraphedUNet:
+        """Route ``unet.forward`` through the graphs; returns self."""
         self.unet.forward = self
         return self
 
     def uninstall(self) -> None:
+        """Give ``unet`` its eager forward back and drop the graphs (and their buffers)."""
         self.unet.__dict__.pop("forward", None)
         self.entries.clear()
 
