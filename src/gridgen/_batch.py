@@ -10,15 +10,16 @@ Hooks for the runtime (the worker process builds the batch; nothing else is need
 
     items = [
         BatchItem(index=i, request_id=rid, payload=payload, streaming=streaming,
-                  sink=functools.partial(send_item, rid))
+                  sink=functools.partial(send_item, rid))   # send_item(rid, item, image_format)
         for i, (rid, streaming, payload) in enumerate(calls)
     ]
     batch = Batch(items, is_cancelled=lambda rid: rid in cancelled_ids, group=control_group)
     results = worker.run_batch(batch)   # one value (or Future) per item, rank 0's are used
 
-* ``sink(result)``: called on the main thread by ``item.add_streaming_result``; the runtime
-  encodes the item, tags it with that request's id, and drops it when the request is not
-  streaming or is already over on the host.
+* ``sink(result, image_format)``: called on the main thread by ``item.add_streaming_result``
+  with the checked format (``"jpeg"``, ``"png"`` or ``"webp"``); the runtime encodes the
+  item's PIL images in it, tags the item with that request's id, and drops it when the
+  request is not streaming or is already over on the host.
 * ``is_cancelled(request_id) -> bool``: this rank's local view (the caller cancelled, left,
   or the request's own time limit fired). Read on the main thread while the I/O thread
   adds ids, so it must be thread-safe (a membership test on a set is).
@@ -34,7 +35,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
+
+if TYPE_CHECKING:
+    from .images import ImageFormat
 
 __all__ = ["Batch", "BatchItem"]
 
@@ -51,19 +55,23 @@ class BatchItem:
     """The request's keywords, without ``streaming``."""
     streaming: bool
     """Whether the caller used ``runner.stream`` (items are dropped otherwise)."""
-    sink: Callable[[Any], None] | None = field(default=None, repr=False, compare=False)
+    sink: Callable[[Any, ImageFormat], None] | None = field(default=None, repr=False, compare=False)
     """Set by the runtime; ``None`` keeps stream items in :attr:`streamed`."""
     streamed: list[Any] = field(default_factory=list, repr=False, compare=False)
     """Stream items of a directly built batch (no ``sink``)."""
 
-    def add_streaming_result(self, result: Any, as_text_event: bool = False) -> None:
-        """Send ``result`` to this request's caller only (see
-        :meth:`DistributedWorker.add_streaming_result <gridgen.DistributedWorker.add_streaming_result>`)."""
+    def add_streaming_result(self, result: Any, image_format: str = "jpeg", as_text_event: bool = False) -> None:
+        """Send ``result`` to this request's caller only, its PIL images encoded as
+        ``image_format`` (see :meth:`DistributedWorker.add_streaming_result
+        <gridgen.DistributedWorker.add_streaming_result>`)."""
+        from .images import stream_format
+
         del as_text_event  # the caller picks the format with runner.stream(as_text_events=...)
+        fmt = stream_format(image_format)
         if self.sink is None:
             self.streamed.append(result)
         else:
-            self.sink(result)
+            self.sink(result, fmt)
 
 
 class Batch(Sequence[BatchItem]):

@@ -33,7 +33,7 @@ import threading
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -43,6 +43,9 @@ from ._protocol import HOST_KINDS, ErrorInfo, Kind, Message, pack, parse, routin
 from ._worker_logging import configure_logging, drain_output, prefix_output
 from .errors import Cancelled
 from .worker import DistributedWorker, WorkerContext
+
+if TYPE_CHECKING:
+    from .images import ImageFormat
 
 logger = logging.getLogger("gridgen.worker")
 
@@ -370,9 +373,11 @@ class _WorkerRuntime:
                 # can never matter again. Later ids may belong to requests still to come.
                 self._cancelled_ids = {i for i in self._cancelled_ids if i > ids[0] and i not in ids}
 
-    def _emit_item(self, request_id: int, streaming: bool, item: Any) -> None:
+    def _emit_item(self, request_id: int, streaming: bool, item: Any, image_format: ImageFormat) -> None:
         if streaming and request_id not in self._cancelled_ids:
-            self.io.send(Kind.ITEM, request_id, item)
+            from .images import encode_images_in  # PIL: only once a worker streams
+
+            self.io.send(Kind.ITEM, request_id, encode_images_in(item, image_format))
 
     def _send_all(self, ids: list[int], kind: Kind, data: Any = None) -> None:
         for request_id in ids:

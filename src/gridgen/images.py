@@ -87,6 +87,31 @@ def format_of(name: str) -> ImageFormat | None:
     return _ALIASES.get(str(name).lower().lstrip("."))
 
 
+def stream_format(image_format: str) -> ImageFormat:
+    """``add_streaming_result``'s ``image_format``, checked: the canonical name, or ValueError."""
+    fmt = format_of(image_format)
+    if fmt is None:
+        raise ValueError(f"add_streaming_result: image_format must be 'jpeg', 'png' or 'webp', not {image_format!r}")
+    return fmt
+
+
+def encode_images_in(value: Any, fmt: ImageFormat) -> Any:
+    """``value`` with each PIL image inside dicts, lists and tuples encoded as ``fmt``
+    (what a worker streams; :class:`EncodedImage` values are left as they are)."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, Image.Image):
+            return encode_image(node, fmt)
+        if isinstance(node, dict):
+            return {key: walk(item) for key, item in node.items()}
+        if isinstance(node, (list, tuple)):
+            items = [walk(item) for item in node]
+            return items if isinstance(node, list) else tuple(items)
+        return node
+
+    return walk(value)
+
+
 
 @dataclass(frozen=True, eq=True, repr=False)
 class EncodedImage:

@@ -16,31 +16,10 @@ __all__ = ["DistributedWorker", "WorkerContext"]
 
 StreamSink = Callable[[Any], None]
 
-_IMAGE_FORMATS = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png", "webp": "webp"}
-
 # The device of this worker process. The runtime sets it before it builds the worker, so
 # that a subclass whose ``__init__(self, rank=0, world_size=1)`` calls
 # ``super().__init__(rank, world_size)`` (fal's signature) still gets its device.
 _process_device = "cpu"
-
-
-def _encode_images(value: Any, fmt: str) -> Any:
-    """``value`` with each PIL image inside dicts, lists and tuples encoded as ``fmt``."""
-    from PIL import Image
-
-    from .images import encode_image
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, Image.Image):
-            return encode_image(node, fmt)
-        if isinstance(node, dict):
-            return {key: walk(item) for key, item in node.items()}
-        if isinstance(node, (list, tuple)):
-            items = [walk(item) for item in node]
-            return items if isinstance(node, list) else tuple(items)
-        return node
-
-    return walk(value)
 
 
 class WorkerContext:
@@ -150,14 +129,14 @@ class DistributedWorker:
         format with ``runner.stream(..., as_text_events=True)``.
         When the caller used ``invoke`` (not streaming), items are dropped.
         """
+        from .images import encode_images_in, stream_format
+
         del as_text_event
-        fmt = _IMAGE_FORMATS.get(str(image_format).lower())
-        if fmt is None:
-            raise ValueError(f"add_streaming_result: image_format must be 'jpeg', 'png' or 'webp', not {image_format!r}")
+        fmt = stream_format(image_format)
         if self._context is None:
             self.streamed.append(result)
         else:
-            self._context.emit(_encode_images(result, fmt))
+            self._context.emit(encode_images_in(result, fmt))
 
     def add_streaming_error(self, error: BaseException | str) -> None:
         """Send an error item to the caller of ``runner.stream()``; the request goes on.

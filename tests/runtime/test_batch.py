@@ -16,7 +16,7 @@ def test_items_stream_to_their_own_request() -> None:
     sent: list[tuple[int, Any]] = []
     items = [
         BatchItem(index=i, request_id=10 + i, payload={"n": i}, streaming=True,
-                  sink=lambda item, rid=10 + i: sent.append((rid, item)))
+                  sink=lambda item, fmt, rid=10 + i: sent.append((rid, item)))
         for i in range(3)
     ]
     batch = Batch(items)
@@ -24,6 +24,19 @@ def test_items_stream_to_their_own_request() -> None:
     batch[0].add_streaming_result({"a": 1}, as_text_event=True)
     assert sent == [(12, "c"), (10, {"a": 1})]
     assert all(item.streamed == [] for item in batch)  # a sink means nothing is kept
+
+
+def test_the_image_format_reaches_the_sink_checked_jpeg_by_default() -> None:
+    sent: list[Any] = []
+    item = BatchItem(index=0, request_id=1, payload={}, streaming=True,
+                     sink=lambda result, fmt: sent.append((result, fmt)))
+    item.add_streaming_result({"step": 1})
+    item.add_streaming_result({"step": 2}, image_format="JPG")
+    item.add_streaming_result({"step": 3}, "PNG", as_text_event=True)
+    assert sent == [({"step": 1}, "jpeg"), ({"step": 2}, "jpeg"), ({"step": 3}, "png")]
+    with pytest.raises(ValueError, match="image_format must be 'jpeg', 'png' or 'webp', not 'gif'"):
+        item.add_streaming_result({"step": 4}, image_format="gif")
+    assert len(sent) == 3  # nothing sent for the bad one
 
 
 def test_a_directly_built_batch_keeps_items_per_request() -> None:

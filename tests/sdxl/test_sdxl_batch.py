@@ -57,7 +57,7 @@ def test_cancelling_one_request_shrinks_the_batch(
     hook = direct.pipeline.unet.register_forward_pre_hook(lambda _, args: rows.append(args[0].shape[0]))
     cancelled: set[int] = set()
     batch = Batch.of([{**A, "preview_every": 1}, C], streaming=True, is_cancelled=cancelled.__contains__)
-    batch[0].sink = lambda event: (batch[0].streamed.append(event), cancelled.add(0))  # cancel at step 1
+    batch[0].sink = lambda event, fmt: (batch[0].streamed.append(event), cancelled.add(0))  # cancel at step 1
     try:
         a, c = direct.run_batch(batch)
     finally:

@@ -43,7 +43,7 @@ def test_generate_and_stream(server: tuple[str, LiveServer]) -> None:
         events = stream_events(client, {**SMALL, "num_images": 2, "seed": 1, "preview_every": 1})
     progress = [data for name, data in events if name == "progress"]
     assert [p["step"] for p in progress] == [1, 2]
-    assert decode_data_url(progress[0]["preview_image"]).size == (32, 16)  # 2 previews of 16x16
+    assert decode_data_url(progress[0]["preview_image"], "image/jpeg").size == (32, 16)  # 2 previews of 16x16
     assert events[-1][0] == "result" and events[-1][1]["seeds"] == [1, 2]
 
 

@@ -25,7 +25,7 @@ def test_events_arrive_in_order_with_their_fields(sdxl_server: LiveServer) -> No
     assert {p["total_steps"] for p in progress} == {3}
     assert [p["progress"] for p in progress] == [1 / 3, 2 / 3, 1.0]
     for p in progress:
-        width, height = decode_data_url(p["preview_image"]).size
+        width, height = decode_data_url(p["preview_image"], "image/jpeg").size
         assert width == 2 * height and 8 <= height <= 64  # two cheap previews side by side
 
     result = events[-1][1]
