@@ -84,7 +84,7 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
                        "compiles each batch shape once, about a minute) or none")
     speed.add_argument("--warmup", type=int_list, default=None, metavar="N[,N]",
                        help="images per worker to warm up at start, e.g. 1,8: those shapes are "
-                       "compiled before the first request, and merges only form those sizes")
+                       "compiled before the first request and, optimised, the only merge sizes")
     speed.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
                        help="weights and activations (default: fp16 on GPUs, fp32 on CPU); bf16 is "
                        "about 3 %% faster on an H200 and less precise")
