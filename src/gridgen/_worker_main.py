@@ -30,7 +30,7 @@ import queue
 import shutil
 import signal
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -42,7 +42,7 @@ from ._batch import Batch, BatchItem
 from ._protocol import HOST_KINDS, ErrorInfo, Kind, Message, pack, parse, routing_id
 from ._worker_logging import configure_logging, drain_output, prefix_output
 from .errors import Cancelled
-from .worker import DistributedWorker, WorkerContext
+from .worker import DistributedWorker, WorkerContext, declared_batch_sizes
 
 if TYPE_CHECKING:
     from .images import ImageFormat
@@ -425,25 +425,6 @@ class _WorkerRuntime:
             self.io.send(Kind.CANCELLED, request_id)
         else:
             self.io.send_error(Kind.ERROR, request_id, error)
-
-
-def declared_batch_sizes(worker: DistributedWorker) -> list[int] | None:
-    """``worker.batch_sizes`` after setup, checked and sorted (a bad value fails setup).
-
-    Only for a worker that merges (it overrides ``batch_key``): code written for fal may
-    use the name for something else, and without merging it means nothing here.
-    """
-    sizes = worker.batch_sizes
-    merges = type(worker).batch_key.__func__ is not DistributedWorker.batch_key.__func__  # type: ignore[attr-defined]
-    if sizes is None or not merges:
-        return None
-    values = list(sizes) if isinstance(sizes, Collection) and not isinstance(sizes, str) else None
-    if not values or any(type(n) is not int or n < 1 for n in values):
-        raise ValueError(
-            f"{type(worker).__name__}.batch_sizes must be None or a non-empty collection of "
-            f"ints >= 1, got {sizes!r}"
-        )
-    return sorted(set(values))
 
 
 def _build_worker(spec: WorkerSpec) -> DistributedWorker:

@@ -241,3 +241,22 @@ class DistributedWorker:
             f"{type(self).__name__} must implement run_batch(batch); or let batch_key return "
             "None to run each request alone through __call__"
         )
+
+
+def declared_batch_sizes(worker: DistributedWorker) -> list[int] | None:
+    """``worker.batch_sizes`` after setup, checked and sorted (a bad value fails setup).
+
+    Only for a worker that merges (it overrides ``batch_key``): code written for fal may
+    use the name for something else, and without merging it means nothing here.
+    """
+    sizes = worker.batch_sizes
+    merges = type(worker).batch_key.__func__ is not DistributedWorker.batch_key.__func__  # type: ignore[attr-defined]
+    if sizes is None or not merges:
+        return None
+    values = list(sizes) if isinstance(sizes, Collection) and not isinstance(sizes, str) else None
+    if not values or any(type(n) is not int or n < 1 for n in values):
+        raise ValueError(
+            f"{type(worker).__name__}.batch_sizes must be None or a non-empty collection of "
+            f"ints >= 1, got {sizes!r}"
+        )
+    return sorted(set(values))

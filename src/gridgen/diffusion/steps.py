@@ -1,4 +1,5 @@
-"""The per-step, decode and gather work of :class:`~gridgen.diffusion.DiffusionWorker`, on every rank.
+"""The per-step, decode and gather work of :class:`~gridgen.diffusion.DiffusionWorker`, on
+every rank, and rank 0's encoding of each request's result.
 
 Split from the worker module to keep it readable; the order of collectives is the
 worker's contract (every rank calls the same ones in the same order), see
@@ -7,21 +8,27 @@ worker's contract (every rank calls the same ones in the same order), see
 
 from __future__ import annotations
 
+import concurrent.futures
+import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..grid import make_grid
-from ..sdxl.batching import BatchRun, WarmSizes, stack_gathered, to_pil
+from ..sdxl.batching import BatchRun, Marks, WarmSizes, pixels_of, stack_gathered, to_pil
 from ..worker import DistributedWorker
 from .vae import decode_latents
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from PIL import Image
 
+    from ..sdxl.encoding import OutputEncoder
     from ..sdxl.preview import Previewer
     from .families import Family
 
 __all__ = ["RankSteps"]
+
+_ENCODE_QUALITY = 90  # jpeg / webp
 
 
 class RankSteps(DistributedWorker):
@@ -34,6 +41,10 @@ class RankSteps(DistributedWorker):
     graphed_unet: Any
     decode_batch_size: int = 4
     """Images decoded by the VAE at a time (bounds decode memory at large sizes)."""
+    _output_encoder: OutputEncoder | None
+    setup_seconds: float | None
+    """Seconds the last ``setup`` took, until the first result after it reports them."""
+    _encoder_pool: concurrent.futures.ThreadPoolExecutor | None
 
     def _after_step(self, run: BatchRun, step: int, latents: torch.Tensor | None) -> None:
         """Runs after denoising step ``step`` (0-based) on every rank, in lockstep."""
@@ -134,6 +145,45 @@ class RankSteps(DistributedWorker):
         )
         dist.gather(padded, slots, dst=0)
         return slots
+
+    def _finish(
+        self, run: BatchRun, k: int, stacked: np.ndarray[Any, Any], marks: Marks
+    ) -> dict[str, Any] | concurrent.futures.Future[dict[str, Any]]:
+        """Request ``k``'s result on rank 0: its grid and images, encoded (in the background
+        when deferred). Its timings share the batch's denoise, decode and gather phases."""
+        request, seed = run.requests[k], run.plan.slots[run.plan.offsets[k]].seed
+        n = run.plan.counts[k]
+        images = pixels_of(stacked, run.plan.indices(k))
+        encoder = self._output_encoder
+        assert encoder is not None  # rank 0
+        setup_seconds = getattr(self, "setup_seconds", None)
+        self.setup_seconds = None  # one-off: reported with the first result after setup only
+
+        def finish() -> dict[str, Any]:
+            encoding = time.perf_counter()
+            result: dict[str, Any] = {
+                "seeds": [seed + i for i in range(n)],
+                "width": request.width,
+                "height": request.height,
+                "num_images": n,
+            }
+            result.update(
+                encoder.encode_outputs(images, request.output, request.image_format, _ENCODE_QUALITY)
+            )
+            finished = time.perf_counter()
+            result["timings"] = {
+                "setup": None if setup_seconds is None else round(setup_seconds, 6),
+                "denoise": round(marks.denoised - marks.started, 6),
+                "decode": round(marks.decoded - marks.denoised, 6),
+                "gather": round(marks.gathered - marks.decoded, 6),
+                "encode": round(finished - encoding, 6),
+                "total": round(finished - marks.started, 6),
+            }
+            return result
+
+        if self._encoder_pool is not None:
+            return self._encoder_pool.submit(finish)
+        return finish()
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -55,7 +55,6 @@ from ..sdxl.batching import (
     agree_on_seeds,
     cancelled_result,
     drop_cancelled,
-    pixels_of,
     stack_gathered,
 )
 from ..sdxl.encoding import OutputEncoder
@@ -73,14 +72,12 @@ from .models import load_family_pipeline
 from .steps import RankSteps, _dist_ready
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
 __all__ = ["DiffusionWorker", "PreviewMode"]
 
 PreviewMode = Literal["auto", "taesd", "linear"] | None
 
-_ENCODE_QUALITY = 90  # jpeg / webp
 logger = logging.getLogger("gridgen.diffusion")
 COMPILE_CACHE_ENV = "GRIDGEN_COMPILE_CACHE"
 """Environment variable: the default of ``setup(compile_cache=...)``."""
@@ -270,7 +267,7 @@ class DiffusionWorker(RankSteps):
         if compile_cache is not None and not cache_loaded and self.rank == 0:
             save_compile_cache(compile_cache)
             mark("compile_cache_save")
-        self.setup_seconds: float | None = time.perf_counter() - started
+        self.setup_seconds = time.perf_counter() - started
         self.setup_phases = phases
         """Seconds per phase of the last :meth:`setup` (``load``, ``optimize``,
         ``compile_cache_load``, ``preview``, ``warmup_<n>`` per warm-up size, ...)."""
@@ -457,44 +454,6 @@ class DiffusionWorker(RankSteps):
         latents: torch.Tensor = output.images
         return latents
 
-    def _finish(
-        self, run: BatchRun, k: int, stacked: np.ndarray[Any, Any], marks: Marks
-    ) -> dict[str, Any] | concurrent.futures.Future[dict[str, Any]]:
-        """Request ``k``'s result on rank 0: its grid and images, encoded (in the background
-        when deferred). Its timings share the batch's denoise, decode and gather phases."""
-        request, seed = run.requests[k], run.plan.slots[run.plan.offsets[k]].seed
-        n = run.plan.counts[k]
-        images = pixels_of(stacked, run.plan.indices(k))
-        encoder = self._output_encoder
-        assert encoder is not None  # rank 0
-        setup_seconds = getattr(self, "setup_seconds", None)
-        self.setup_seconds = None  # one-off: reported with the first result after setup only
-
-        def finish() -> dict[str, Any]:
-            encoding = time.perf_counter()
-            result: dict[str, Any] = {
-                "seeds": [seed + i for i in range(n)],
-                "width": request.width,
-                "height": request.height,
-                "num_images": n,
-            }
-            result.update(
-                encoder.encode_outputs(images, request.output, request.image_format, _ENCODE_QUALITY)
-            )
-            finished = time.perf_counter()
-            result["timings"] = {
-                "setup": None if setup_seconds is None else round(setup_seconds, 6),
-                "denoise": round(marks.denoised - marks.started, 6),
-                "decode": round(marks.decoded - marks.denoised, 6),
-                "gather": round(marks.gathered - marks.decoded, 6),
-                "encode": round(finished - encoding, 6),
-                "total": round(finished - marks.started, 6),
-            }
-            return result
-
-        if self._encoder_pool is not None:
-            return self._encoder_pool.submit(finish)
-        return finish()
 
 def _phase_clock(phases: dict[str, float]) -> Callable[[str], None]:
     """``mark(name)`` records the seconds since the previous mark (or since creation) as ``name``."""
