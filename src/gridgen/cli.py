@@ -293,7 +293,7 @@ def _describe(devices: Sequence[str]) -> str:
     return devices[0] if len(set(devices)) == 1 else ", ".join(devices)
 
 
-async def _run_generate(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
+async def _run_generate(args: argparse.Namespace, payload: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     from tqdm import tqdm
 
     from ._requests import StreamResult
@@ -305,7 +305,7 @@ async def _run_generate(args: argparse.Namespace, payload: dict[str, Any]) -> di
         world_size=args.workers,
         device=args.device,
         # The CLI shows progress, not previews: step events without preview images cost nothing.
-        setup_kwargs={"model": model, "preview": None, **worker_options(args, _family(model))},
+        setup_kwargs={"model": model, "preview": None, **options},
         prefix_output=True,
     )
     _err(f"gridgen: starting {runner.world_size} worker(s) on {_describe(runner.devices)} with model {model!r}...")
@@ -393,7 +393,7 @@ def _generate(args: argparse.Namespace) -> int:
     payload = _request_payload(args)
     family = _family(args.model or _default_model())
     _validate(payload, family)  # exit 2 here, before any worker starts
-    worker_options(args, family)
+    options = worker_options(args, family)
     check_outputs(args)
     check_device(args)
     check_model(args.model)
@@ -401,7 +401,7 @@ def _generate(args: argparse.Namespace) -> int:
     if not args.verbose:
         # The CLI reports a failure in one line; the workers' logged tracebacks are --verbose.
         logging.getLogger("gridgen").setLevel(logging.CRITICAL)
-    result = asyncio.run(_run_generate(args, payload))
+    result = asyncio.run(_run_generate(args, payload, options))
     written = _write_outputs(args, result)
     print(_summary(result, written), flush=True)
     return 0
@@ -416,7 +416,9 @@ def _serve(args: argparse.Namespace) -> int:
 
         return serve_on_ray(args)
     check_serve_options(args)
-    worker_options(args, _family(args.model or _default_model()))
+    model = args.model or _default_model()
+    family = _family(model)
+    options = worker_options(args, family)
     check_device(args)
     check_model(args.model)
     listener = listen(args.host, args.port)  # before any worker: a busy port fails at once
@@ -428,8 +430,6 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    model = args.model or _default_model()
-    family = _family(model)
     worker_cls = _worker_class(model)
     if not is_loopback(args.host):
         _err(f"gridgen: warning: listening on {args.host}: the service has no authentication")
@@ -437,7 +437,7 @@ def _serve(args: argparse.Namespace) -> int:
         worker_cls,
         world_size=args.workers,
         device=args.device,
-        setup_kwargs={"model": model, **worker_options(args, family)},
+        setup_kwargs={"model": model, **options},
         max_queue=args.max_queue,
         **batch_options(args),
         auto_restart=True,  # a worker that died is respawned; the service keeps serving

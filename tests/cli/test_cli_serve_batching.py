@@ -75,9 +75,10 @@ def test_ray_replicas_get_the_batch_options(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     args = _serve_args("--ray", "auto", "--max-batch", "3", "--max-batch-units", "6", "--workers", "2")
-    app, described = _cli._application(args, 1, None)
+    app, described = _cli._application(args, 1, None, {"optimize": "graphs", "warmup": [1]})
     spec = app._bound_deployment.init_args[0]
     assert spec.runner_options == {"max_batch": 3, "max_batch_units": 6}
+    assert spec.setup_kwargs == {"model": "tiny", "optimize": "graphs", "warmup": [1]}
     assert "2 CPU rank(s)" in described
 
 

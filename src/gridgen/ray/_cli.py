@@ -39,7 +39,8 @@ def parse_replicas(text: str | None) -> tuple[int | None, tuple[int, int] | None
     return count, None
 
 
-def _check_args(args: argparse.Namespace) -> tuple[int | None, tuple[int, int] | None]:
+def _check_args(args: argparse.Namespace) -> tuple[int | None, tuple[int, int] | None, dict[str, Any]]:
+    """(replicas, autoscaling bounds, the workers' setup options), each checked."""
     from gridgen._preflight import UsageError, check_model, check_serve_options, worker_options
     from gridgen.cli import _default_model, _family
 
@@ -48,11 +49,11 @@ def _check_args(args: argparse.Namespace) -> tuple[int | None, tuple[int, int] |
     if args.port == 0:
         raise UsageError("--port: Ray Serve's proxy needs a fixed port with --ray (0 is not allowed)")
     check_serve_options(args)
-    worker_options(args, _family(args.model or _default_model()))
-    counts = parse_replicas(args.replicas)
+    options = worker_options(args, _family(args.model or _default_model()))
+    replicas, autoscaling = parse_replicas(args.replicas)
     _check_reachable(args.ray)
     check_model(args.model)  # last: offline, the default hub model is itself an error
-    return counts
+    return replicas, autoscaling, options
 
 
 def _check_reachable(address: str) -> None:
@@ -70,11 +71,11 @@ def _check_reachable(address: str) -> None:
         raise UsageError(f"--ray: no Ray cluster answers at {address} ({exc})") from None
 
 
-def _application(args: argparse.Namespace, replicas: Any, autoscaling: Any) -> Any:
+def _application(args: argparse.Namespace, replicas: Any, autoscaling: Any, options: dict[str, Any]) -> Any:
     import ray
 
-    from gridgen._preflight import batch_options, worker_options
-    from gridgen.cli import _QUIET_ENV, _default_model, _family
+    from gridgen._preflight import batch_options
+    from gridgen.cli import _QUIET_ENV, _default_model
 
     from ._deploy import application
 
@@ -87,7 +88,7 @@ def _application(args: argparse.Namespace, replicas: Any, autoscaling: Any) -> A
         actor["runtime_env"] = {"env_vars": dict(_QUIET_ENV)}
     app = application(
         "gridgen.sdxl:SDXLWorker",
-        setup_kwargs={"model": model, **worker_options(args, _family(model))},
+        setup_kwargs={"model": model, **options},
         runner_options=batch_options(args),
         gpus=ranks if device == "cuda" else 0,
         cpu_ranks=ranks,
@@ -112,7 +113,7 @@ def serve_on_ray(args: argparse.Namespace) -> int:
     """
     from gridgen.cli import _err, _url_host
 
-    replicas, autoscaling = _check_args(args)
+    replicas, autoscaling, options = _check_args(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("ray").setLevel(logging.WARNING)  # "connecting...", "started Serve..."
@@ -126,7 +127,7 @@ def serve_on_ray(args: argparse.Namespace) -> int:
     address = ray.get_runtime_context().gcs_address
     try:
         serve_was_running = bool(serve.status().proxies or serve.status().applications)
-        app, described = _application(args, replicas, autoscaling)
+        app, described = _application(args, replicas, autoscaling, options)
         serve.start(http_options={"host": args.host, "port": args.port})
         if serve_was_running:
             _err("gridgen: Ray Serve already runs on this cluster: its proxies keep their address")
