@@ -8,6 +8,7 @@ when a tensor is encoded or decoded.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Final
 
@@ -81,6 +82,11 @@ def _scalar_ext(obj: np.generic[Any]) -> msgpack.ExtType:
             f"use one of {', '.join(_NUMERIC_DTYPE_NAMES)}",
         )
     return msgpack.ExtType(EXT_SCALAR, _header_and_buffer([name, []], np.asarray(obj, dtype=wire)))
+
+
+def _is_tensor(obj: object) -> bool:
+    torch = sys.modules.get("torch")  # not imported: obj cannot be a tensor
+    return torch is not None and isinstance(obj, torch.Tensor)
 
 
 def _torch() -> Any:

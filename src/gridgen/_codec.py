@@ -89,7 +89,6 @@ JSON for server-sent events is :mod:`gridgen._json`.
 from __future__ import annotations
 
 import functools
-import sys
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
@@ -104,6 +103,7 @@ from ._arrays import (
     _decode_ndarray,
     _decode_scalar,
     _decode_tensor,
+    _is_tensor,
     _ndarray_ext,
     _read_header,
     _scalar_ext,
@@ -141,11 +141,9 @@ __all__ = [
     "encode_image",
     "get_encoded_image",
     "image_data_url",
-    "text_event",
-    "to_jsonable",
 ]
 # EncodedImage, encode_image, get_encoded_image and image_data_url live in gridgen.images;
-# to_jsonable and text_event in gridgen._json. They are re-exported here for older imports.
+# they are re-exported here for older imports.
 
 EXT_TUPLE: Final = 1
 EXT_IMAGE: Final = 4
@@ -186,11 +184,6 @@ def _image_ext(image: Image.Image | EncodedImage) -> msgpack.ExtType:
             ) from exc
     header = msgpack.packb(encoded.format, use_bin_type=True)
     return msgpack.ExtType(EXT_IMAGE, header + encoded.data)
-
-
-def _is_tensor(obj: object) -> bool:
-    torch = sys.modules.get("torch")  # not imported: obj cannot be a tensor
-    return torch is not None and isinstance(obj, torch.Tensor)
 
 
 _local = threading.local()
@@ -390,5 +383,3 @@ def decode(data: bytes | memoryview, *, max_bytes: int | None = None) -> Any:
         raise CodecError(f"not a valid gridgen message: {type(exc).__name__}: {exc}") from exc
     return value
 
-
-from ._json import text_event, to_jsonable  # noqa: E402  (re-export; _json imports this module)

@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ._arrays import _tensor_to_numpy
-from ._codec import _is_tensor
+from ._arrays import _is_tensor, _tensor_to_numpy
 from ._encode_errors import EncodeFailure, find_path, unsupported
 from .images import EncodedImage, image_data_url
 

@@ -9,21 +9,37 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
-
-if TYPE_CHECKING:
-    from .runner import DistributedRunner
+from collections.abc import AsyncGenerator, Coroutine, Iterator, Mapping
+from typing import Any, Protocol, TypeVar
 
 __all__ = ["SyncRunner"]
 
 T = TypeVar("T")
 
 
+class AsyncRunner(Protocol):
+    """What the facade calls: :class:`~gridgen.DistributedRunner` (named by shape, so that
+    this module does not import the runner that imports it)."""
+
+    async def start(self, timeout: float | None = None, **setup_kwargs: Any) -> None: ...
+    async def stop(self, timeout: float | None = None) -> None: ...
+    async def restart(self, timeout: float | None = None) -> None: ...
+    async def invoke(self, payload: Mapping[str, Any] | Any = None, timeout: float | None = None) -> Any: ...
+    def stream(
+        self,
+        payload: Mapping[str, Any] | Any = None,
+        timeout: float | None = None,
+        streaming_timeout: float | None = None,
+        as_text_events: bool = False,
+        *,
+        idle_timeout: float | None = None,
+    ) -> AsyncGenerator[Any, None]: ...
+
+
 class SyncRunner:
     """``with runner.sync(**setup_kwargs) as r: r.invoke({...})``; also usable without ``with``."""
 
-    def __init__(self, runner: DistributedRunner[Any], setup_kwargs: Mapping[str, Any]) -> None:
+    def __init__(self, runner: AsyncRunner, setup_kwargs: Mapping[str, Any]) -> None:
         self.runner = runner
         self._setup_kwargs = dict(setup_kwargs)
         self._loop: asyncio.AbstractEventLoop | None = None

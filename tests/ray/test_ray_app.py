@@ -13,8 +13,8 @@ import yaml
 
 from gridgen import StartupError, StartupTimeout, WorkerDiedError, WorkerError
 from gridgen.cli import main
+from gridgen.cli._ray import parse_replicas
 from gridgen.ray import DEFAULT_AUTOSCALING, AnyPayload, ReplicaSpec, application, build_app
-from gridgen.ray._cli import parse_replicas
 from gridgen.ray._replica import resolve
 from gridgen.sdxl import SDXLWorker
 from gridgen.testing import ProbeWorker

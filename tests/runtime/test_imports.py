@@ -10,7 +10,7 @@ def test_host_without_torch_never_imports_it() -> None:
     code = (
         "import sys, numpy as np\n"
         "from PIL import Image\n"
-        "from gridgen._codec import decode, encode, text_event\n"
+        "from gridgen._codec import decode, encode\nfrom gridgen._json import text_event\n"
         "v = {'a': (1, 2), 'arr': np.ones(3), 'img': Image.new('RGB', (4, 4))}\n"
         "out = decode(encode(v))\n"
         "text_event(out)\n"

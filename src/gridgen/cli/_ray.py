@@ -10,6 +10,8 @@ import socket
 import time
 from typing import Any
 
+from ._common import QUIET_ENV, default_model, err, model_family, url_host
+
 __all__ = ["APP_NAME", "parse_replicas", "serve_on_ray"]
 
 APP_NAME = "gridgen"
@@ -20,7 +22,7 @@ _RANGE = re.compile(r"^\s*(\d+)\s*[-:]\s*(\d+)\s*$")
 
 def parse_replicas(text: str | None) -> tuple[int | None, tuple[int, int] | None]:
     """``"2"`` -> ``(2, None)``; ``"1-4"`` (or ``"1:4"``) -> ``(None, (1, 4))``; None -> ``(1, None)``."""
-    from gridgen._preflight import UsageError
+    from .._preflight import UsageError
 
     if text is None:
         return 1, None
@@ -41,15 +43,14 @@ def parse_replicas(text: str | None) -> tuple[int | None, tuple[int, int] | None
 
 def _check_args(args: argparse.Namespace) -> tuple[int | None, tuple[int, int] | None, dict[str, Any]]:
     """(replicas, autoscaling bounds, the workers' setup options), each checked."""
-    from gridgen._preflight import UsageError, check_model, check_serve_options, worker_options
-    from gridgen.cli import _default_model, _family
+    from .._preflight import UsageError, check_model, check_serve_options, worker_options
 
     if args.ray is None:
         raise UsageError("--replicas needs --ray ADDRESS (a Ray cluster to deploy the replicas onto)")
     if args.port == 0:
         raise UsageError("--port: Ray Serve's proxy needs a fixed port with --ray (0 is not allowed)")
     check_serve_options(args)
-    options = worker_options(args, _family(args.model or _default_model()))
+    options = worker_options(args, model_family(args.model or default_model()))
     replicas, autoscaling = parse_replicas(args.replicas)
     _check_reachable(args.ray)
     check_model(args.model)  # last: offline, the default hub model is itself an error
@@ -58,7 +59,7 @@ def _check_args(args: argparse.Namespace) -> tuple[int | None, tuple[int, int] |
 
 def _check_reachable(address: str) -> None:
     """Fail fast on a cluster address nothing answers at: Ray itself retries for minutes."""
-    from gridgen._preflight import UsageError
+    from .._preflight import UsageError
 
     if address in ("auto", "local"):
         return  # Ray finds (or starts) the cluster and says so itself
@@ -74,18 +75,16 @@ def _check_reachable(address: str) -> None:
 def _application(args: argparse.Namespace, replicas: Any, autoscaling: Any, options: dict[str, Any]) -> Any:
     import ray
 
-    from gridgen._preflight import batch_options
-    from gridgen.cli import _QUIET_ENV, _default_model
+    from .._preflight import batch_options
+    from ..ray._deploy import application
 
-    from ._deploy import application
-
-    model = args.model or _default_model()
+    model = args.model or default_model()
     gpus_in_cluster = ray.cluster_resources().get("GPU", 0)  # type: ignore[no-untyped-call]
     device = args.device or ("cuda" if gpus_in_cluster > 0 else "cpu")
     ranks = args.workers or 1
     actor: dict[str, Any] = {}
     if not args.verbose:
-        actor["runtime_env"] = {"env_vars": dict(_QUIET_ENV)}
+        actor["runtime_env"] = {"env_vars": dict(QUIET_ENV)}
     app = application(
         "gridgen.sdxl:SDXLWorker",
         setup_kwargs={"model": model, **options},
@@ -111,7 +110,6 @@ def serve_on_ray(args: argparse.Namespace) -> int:
     (its controller and proxies) is shut down too when this command started it and no
     other application is left.
     """
-    from gridgen.cli import _err, _url_host
 
     replicas, autoscaling, options = _check_args(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
@@ -130,18 +128,18 @@ def serve_on_ray(args: argparse.Namespace) -> int:
         app, described = _application(args, replicas, autoscaling, options)
         serve.start(http_options={"host": args.host, "port": args.port})
         if serve_was_running:
-            _err("gridgen: Ray Serve already runs on this cluster: its proxies keep their address")
-        _err(f"gridgen: deploying {described} onto the Ray cluster at {address}...")
+            err("gridgen: Ray Serve already runs on this cluster: its proxies keep their address")
+        err(f"gridgen: deploying {described} onto the Ray cluster at {address}...")
         started = time.perf_counter()
         try:
             serve.run(app, name=APP_NAME, route_prefix="/")
-            url = f"http://{_url_host(args.host)}:{args.port}/"
-            _err(f"gridgen: ready in {time.perf_counter() - started:.1f}s; Ctrl-C stops and removes it")
+            url = f"http://{url_host(args.host)}:{args.port}/"
+            err(f"gridgen: ready in {time.perf_counter() - started:.1f}s; Ctrl-C stops and removes it")
             print(url, flush=True)
             while True:
                 time.sleep(3600)
         finally:
-            _err(f"gridgen: removing the {APP_NAME!r} application from the cluster...")
+            err(f"gridgen: removing the {APP_NAME!r} application from the cluster...")
             serve.delete(APP_NAME)
             if not serve_was_running and not serve.status().applications:
                 serve.shutdown()  # type: ignore[no-untyped-call]

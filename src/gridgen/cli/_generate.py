@@ -1,0 +1,165 @@
+"""``gridgen generate``: one request, its grid (and images) written to files."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .._preflight import UsageError, check_device, check_model, check_outputs, worker_options
+from ._common import default_model, describe, err, model_family, quiet_workers, worker_class
+
+__all__ = ["run"]
+
+
+def _request_payload(args: argparse.Namespace) -> dict[str, Any]:
+    from ..images import FILE_SUFFIXES
+
+    suffix = Path(args.output).suffix.lower()
+    image_format = FILE_SUFFIXES.get(suffix)
+    if image_format is None:
+        raise UsageError(
+            f"-o/--output: cannot tell the image format from {suffix or 'no extension'!r} "
+            f"(use one of {', '.join(sorted(FILE_SUFFIXES))})"
+        )
+    if args.preview_every < 0:
+        raise UsageError(f"--preview-every: must be 0 or more, got {args.preview_every}")
+    options = {
+        "negative_prompt": args.negative_prompt,
+        "num_images": args.num_images,
+        "num_inference_steps": args.steps,
+        "width": args.width,
+        "height": args.height,
+        "seed": args.seed,
+        "guidance_scale": args.guidance,
+    }
+    payload: dict[str, Any] = {"prompt": args.prompt}
+    payload.update({k: v for k, v in options.items() if v is not None})
+    payload["preview_every"] = args.preview_every
+    payload["image_format"] = image_format
+    payload["output"] = "both" if args.save_dir else "grid"
+    return payload
+
+
+_OPTION_NAMES = {
+    "num_inference_steps": "--steps",
+    "guidance_scale": "--guidance",
+    "prompt": "PROMPT",
+    "preview_every": "--preview-every",
+    "image_format": "-o/--output",
+}
+
+
+def _validate(payload: dict[str, Any], family: Any) -> None:
+    from ..errors import InvalidRequestError
+
+    try:
+        family.validate(payload)
+    except InvalidRequestError as exc:
+        lines = []
+        for error in exc.errors:
+            option = _OPTION_NAMES.get(error.field, "--" + error.field.replace("_", "-"))
+            lines.append(f"  {option} ({error.field}): {error.message} [rule: {error.rule}]")
+        raise UsageError("invalid request:\n" + "\n".join(lines)) from None
+
+
+async def _run_generate(args: argparse.Namespace, payload: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from .._requests import StreamResult
+    from ..runner import DistributedRunner
+
+    model = args.model or default_model()
+    runner = DistributedRunner(
+        worker_class(model),
+        world_size=args.workers,
+        device=args.device,
+        # The CLI shows progress, not previews: step events without preview images cost nothing.
+        setup_kwargs={"model": model, "preview": None, **options},
+        prefix_output=True,
+    )
+    err(f"gridgen: starting {runner.world_size} worker(s) on {describe(runner.devices)} with model {model!r}...")
+    started = time.perf_counter()
+    async with runner:
+        startup = time.perf_counter() - started
+        handle = runner.submit(payload, streaming=True)
+        bar: Any = None
+        result: Any = None
+        try:
+            async for event in handle.updates():
+                value = event.value
+                if isinstance(event, StreamResult):
+                    result = value
+                    continue
+                if isinstance(value, dict) and "total_steps" in value:
+                    if bar is None:
+                        bar = tqdm(
+                            total=int(value["total_steps"]), desc="denoising", unit="step",
+                            file=sys.stderr, dynamic_ncols=True, leave=False, disable=False,
+                        )
+                    bar.update(int(value["step"]) - bar.n)
+        finally:
+            if bar is not None:
+                bar.close()
+    if not isinstance(result, dict) or "seeds" not in result:
+        raise RuntimeError(f"the workers returned no result (got {type(result).__name__})")
+    result["_startup_seconds"] = startup
+    return dict(result)
+
+
+def _write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> list[Path]:
+    written = []
+    output = Path(args.output)  # its folder, and --save-dir, exist: _check_outputs made them
+    output.write_bytes(_image_bytes(result["grid"]))
+    written.append(output)
+    if args.save_dir:
+        folder = Path(args.save_dir)
+        from ..images import FILE_SUFFIXES, FORMATS
+
+        ext = FORMATS[FILE_SUFFIXES[output.suffix.lower()]].extension
+        for i, (image, seed) in enumerate(zip(result["images"], result["seeds"], strict=True)):
+            path = folder / f"{i:02d}-seed{seed}.{ext}"
+            path.write_bytes(_image_bytes(image))
+            written.append(path)
+    return written
+
+
+def _image_bytes(image: Any) -> bytes:
+    from ..images import image_bytes
+
+    return image_bytes(image).data  # a decoded image keeps its bytes: no re-encoding
+
+
+def _summary(result: dict[str, Any], written: list[Path]) -> str:
+    seeds = list(result["seeds"])
+    seed_text = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}..{seeds[-1]}"
+    t = result.get("timings", {})
+    parts = [f"{k} {float(t[k]):.2f}s" for k in ("denoise", "decode", "gather", "encode") if t.get(k) is not None]
+    extra = f" (+{len(written) - 1} images)" if len(written) > 1 else ""
+    return (
+        f"wrote {written[0]}{extra}: {result['num_images']} image(s) {result['width']}x{result['height']}, "
+        f"seeds {seed_text}; total {float(t.get('total', 0.0)):.2f}s ({', '.join(parts)}); "
+        f"workers started in {result['_startup_seconds']:.1f}s"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    payload = _request_payload(args)
+    family = model_family(args.model or default_model())
+    _validate(payload, family)  # exit 2 here, before any worker starts
+    options = worker_options(args, family)
+    check_outputs(args)
+    check_device(args)
+    check_model(args.model)
+    quiet_workers(args.verbose)
+    if not args.verbose:
+        # The CLI reports a failure in one line; the workers' logged tracebacks are --verbose.
+        logging.getLogger("gridgen").setLevel(logging.CRITICAL)
+    result = asyncio.run(_run_generate(args, payload, options))
+    written = _write_outputs(args, result)
+    print(_summary(result, written), flush=True)
+    return 0

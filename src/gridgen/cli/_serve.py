@@ -1,0 +1,84 @@
+"""``gridgen serve``: the HTTP service on this machine (``--ray``: :mod:`gridgen.cli._ray`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from .._preflight import (
+    batch_options,
+    check_device,
+    check_model,
+    check_serve_options,
+    is_loopback,
+    listen,
+    worker_options,
+)
+from ._common import (
+    default_model,
+    describe,
+    err,
+    model_family,
+    quiet_workers,
+    url_host,
+    worker_class,
+)
+
+__all__ = ["run"]
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.ray is not None or args.replicas is not None:
+        from ._ray import serve_on_ray
+
+        return serve_on_ray(args)
+    check_serve_options(args)
+    model = args.model or default_model()
+    family = model_family(model)
+    options = worker_options(args, family)
+    check_device(args)
+    check_model(args.model)
+    listener = listen(args.host, args.port)  # before any worker: a busy port fails at once
+    quiet_workers(args.verbose)
+    import uvicorn
+
+    from ..runner import DistributedRunner
+    from ..sdxl import GenerateResult
+    from ..server import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    worker_cls = worker_class(model)
+    if not is_loopback(args.host):
+        err(f"gridgen: warning: listening on {args.host}: the service has no authentication")
+    runner = DistributedRunner(
+        worker_cls,
+        world_size=args.workers,
+        device=args.device,
+        setup_kwargs={"model": model, **options},
+        max_queue=args.max_queue,
+        **batch_options(args),
+        auto_restart=True,  # a worker that died is respawned; the service keeps serving
+    )
+    server: Any = None
+    failures: list[BaseException] = []
+
+    def start_failed(exc: BaseException) -> None:
+        failures.append(exc)
+        server.should_exit = True
+
+    app = create_app(
+        runner, request_model=family.request_model, response_model=GenerateResult,
+        title=f"gridgen · {model}", on_start_failed=start_failed,
+    )
+    port = listener.getsockname()[1]
+    err(
+        f"gridgen: listening on http://{url_host(args.host)}:{port}/ (GET /ready: 503 until the "
+        f"workers are ready); starting {runner.world_size} worker(s) on {describe(runner.devices)} "
+        f"with model {model!r}"
+    )
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
+    server.run(sockets=[listener])
+    if failures:
+        raise failures[0]
+    return 0
