@@ -25,6 +25,7 @@ __all__ = [
     "listen",
     "port_number",
     "positive_int",
+    "size",
     "worker_options",
 ]
 
@@ -57,6 +58,14 @@ def port_number(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
     return value
+
+
+def size(text: str) -> tuple[int, int]:
+    """argparse type: ``WxH`` in pixels, e.g. ``512x512`` (the family's rules are checked later)."""
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.strip().isdigit() or not height.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"must be WIDTHxHEIGHT in pixels, e.g. 512x512, got {text!r}")
+    return int(width), int(height)
 
 
 class UsageError(Exception):
@@ -138,8 +147,13 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def worker_options(args: argparse.Namespace, family: Any) -> dict[str, Any]:
-    """The worker's ``setup`` arguments from the speed options, checked against the model's family."""
+def worker_options(
+    args: argparse.Namespace, family: Any, request_size: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """The worker's ``setup`` arguments from the speed options, checked against the model's family.
+
+    The warm-up runs at ``--warmup-size``, else at ``request_size`` (``generate``'s own
+    request), else at the worker's default (the families' default size, 1024x1024)."""
     options: dict[str, Any] = {}
     if args.optimize is not None:
         from .diffusion.families import SDXL
@@ -158,9 +172,29 @@ def worker_options(args: argparse.Namespace, family: Any) -> dict[str, Any]:
         options["compile_cache"] = str(cache)
     if args.warmup is not None:
         options["warmup"] = args.warmup
+    warmup_size = getattr(args, "warmup_size", None)
+    if warmup_size is not None:
+        if args.warmup is None:
+            raise UsageError("--warmup-size: only used with --warmup N[,N] (the images per worker to warm up)")
+        _check_size(family, warmup_size)
+        options["warmup_size"] = warmup_size
+    elif args.warmup is not None and request_size is not None:
+        options["warmup_size"] = request_size
     if args.dtype is not None:
         options["dtype"] = args.dtype
     return options
+
+
+def _check_size(family: Any, warmup_size: tuple[int, int]) -> None:
+    """A warm-up size follows the same rules as a request's width and height."""
+    from .errors import InvalidRequestError
+
+    width, height = warmup_size
+    try:
+        family.validate({"prompt": "warm-up", "width": width, "height": height})
+    except InvalidRequestError as exc:
+        rules = "; ".join(f"{e.field} {e.message}" for e in exc.errors)
+        raise UsageError(f"--warmup-size {width}x{height}: {rules}") from None
 
 
 def check_serve_options(args: argparse.Namespace) -> None:

@@ -57,6 +57,45 @@ def test_bad_values_exit_2_before_any_worker_starts() -> None:
     assert "starting" not in flux.stderr
 
 
+def test_generate_warms_up_at_the_requested_size() -> None:
+    # Before, the warm-up always ran at 1024x1024: on a CPU, minutes before a 64x64 request.
+    args = build_parser().parse_args(["generate", "a cat", "--warmup", "1", "--width", "64", "--height", "128"])
+    from gridgen.cli._generate import _request_payload, _validate
+
+    request = _validate(_request_payload(args), SDXL)
+    assert worker_options(args, SDXL, request_size=(request.width, request.height)) == {
+        "warmup": [1], "warmup_size": (64, 128),
+    }
+    sized = build_parser().parse_args(["generate", "a cat", "--warmup", "1", "--warmup-size", "512x256"])
+    assert worker_options(sized, SDXL, request_size=(1024, 1024))["warmup_size"] == (512, 256)
+
+
+def test_serve_takes_a_warmup_size() -> None:
+    assert worker_options(_args("--warmup", "1,4", "--warmup-size", "512X768"), SDXL) == {
+        "warmup": [1, 4], "warmup_size": (512, 768),
+    }
+    assert "warmup_size" not in worker_options(_args("--warmup", "1"), SDXL)  # the worker's 1024x1024
+
+
+@pytest.mark.parametrize(
+    ("argv", "family", "message"),
+    [
+        (["--warmup-size", "512x512"], SDXL, r"--warmup-size: only used with --warmup"),
+        (["--warmup", "1", "--warmup-size", "520x512"], FLUX_DEV, r"--warmup-size 520x512: width .*multiple of 16"),
+        (["--warmup", "1", "--warmup-size", "4096x512"], SDXL, r"--warmup-size 4096x512: width .*2048"),
+    ],
+)
+def test_bad_warmup_sizes_are_usage_errors(argv: list[str], family: object, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        worker_options(_args(*argv), family)
+
+
+def test_a_malformed_warmup_size_exits_2() -> None:
+    result = run_cli("serve", "--model", "tiny", "--warmup", "1", "--warmup-size", "512")
+    assert result.returncode == 2
+    assert "--warmup-size: must be WIDTHxHEIGHT in pixels, e.g. 512x512, got '512'" in result.stderr
+
+
 def test_dtype_reaches_the_workers(tmp_path: Path) -> None:
     grids = {}
     for dtype in ("fp32", "bf16"):
@@ -64,7 +103,7 @@ def test_dtype_reaches_the_workers(tmp_path: Path) -> None:
         result = run_cli(
             "generate", "a lighthouse", "--model", "tiny", "--workers", "1", "--device", "cpu",
             "--width", "64", "--height", "64", "--steps", "2", "--seed", "3",
-            "--optimize", "none", "--warmup", "1", "--dtype", dtype, "-o", str(out), timeout=240,
+            "--optimize", "none", "--warmup", "1", "--dtype", dtype, "-o", str(out), timeout=50,
         )
         assert result.returncode == 0, result.stderr
         with Image.open(out) as image:

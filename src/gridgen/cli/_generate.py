@@ -54,11 +54,12 @@ _OPTION_NAMES = {
 }
 
 
-def _validate(payload: dict[str, Any], family: Any) -> None:
+def _validate(payload: dict[str, Any], family: Any) -> Any:
+    """The validated request, or a usage error naming the flags."""
     from ..errors import InvalidRequestError
 
     try:
-        family.validate(payload)
+        return family.validate(payload)
     except InvalidRequestError as exc:
         lines = []
         for error in exc.errors:
@@ -150,8 +151,8 @@ def _summary(result: dict[str, Any], written: list[Path]) -> str:
 def run(args: argparse.Namespace) -> int:
     payload = _request_payload(args)
     family = model_family(args.model or default_model())
-    _validate(payload, family)  # exit 2 here, before any worker starts
-    options = worker_options(args, family)
+    request = _validate(payload, family)  # exit 2 here, before any worker starts
+    options = worker_options(args, family, request_size=(request.width, request.height))
     check_outputs(args)
     check_device(args)
     check_model(args.model)

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from .._preflight import int_list, port_number, positive_int
+from .._preflight import int_list, port_number, positive_int, size
 
 __all__ = ["build_parser"]
-
 
 
 # -- arguments -------------------------------------------------------------------------
@@ -49,6 +48,9 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--warmup", type=int_list, default=None, metavar="N[,N]",
                        help="images per worker to warm up at start, e.g. 1,8: those shapes are "
                        "compiled before the first request and, optimised, the only merge sizes")
+    speed.add_argument("--warmup-size", type=size, default=None, metavar="WxH",
+                       help="image size of the warm-up, e.g. 512x512 (default: generate's "
+                       "--width/--height; serve: 1024x1024)")
     speed.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
                        help="weights and activations (default: fp16 on GPUs, fp32 on CPU); bf16 is "
                        "about 3 %% faster on an H200 and less precise")
