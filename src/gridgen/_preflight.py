@@ -5,6 +5,7 @@ a failure after minutes of model loading or generation."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import ipaddress
 import os
@@ -23,6 +24,7 @@ __all__ = [
     "int_list",
     "is_loopback",
     "listen",
+    "output_file",
     "port_number",
     "positive_int",
     "size",
@@ -85,6 +87,12 @@ def check_model(model: str | None) -> None:
     try:
         look_up(model or DEFAULT_MODEL, BUILTIN_MODELS)
     except ModelNotFoundError as exc:
+        close = difflib.get_close_matches(model or "", BUILTIN_MODELS, n=1, cutoff=0.6)
+        if close and "/" not in (model or ""):
+            raise UsageError(
+                f"--model {model}: not a built-in model, a folder or a model in the Hugging Face "
+                f"cache; did you mean {close[0]}? (built-in: {', '.join(BUILTIN_MODELS)})"
+            ) from None
         raise UsageError(f"--model: {exc}") from None
 
 
@@ -115,6 +123,13 @@ def _check_folder(option: str, folder: Path) -> None:
             pass
     except OSError as exc:
         raise UsageError(f"{option}: cannot write to {folder}: {exc.strerror or exc}") from None
+
+
+def output_file(output: str) -> str:
+    """``-o``'s file: a name ending in a slash is a folder, the grid goes there as ``grid.png``."""
+    if output.endswith(("/", os.sep)):
+        return str(Path(output) / "grid.png")
+    return output
 
 
 def check_outputs(args: argparse.Namespace) -> None:

@@ -62,20 +62,34 @@ def test_unknown_output_format_and_bad_workers_exit_2() -> None:
     assert "--model: no such folder: ./no/such/model" in missing.stderr
 
 
+def test_a_misspelt_builtin_model_gets_the_closest_name() -> None:
+    result = _run("generate", "a cat", "--model", "tiny-foo", "--device", "cpu", timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "--model tiny-foo: not a built-in model" in result.stderr
+    assert "did you mean tiny-flux?" in result.stderr and "starting" not in result.stderr
+
+
+def test_an_output_ending_in_a_slash_is_a_folder() -> None:
+    from gridgen._preflight import output_file
+
+    assert output_file("out/") == str(Path("out") / "grid.png")
+    assert output_file("out/grid.webp") == "out/grid.webp"
+
+
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("gridgen-cli-cache"))
 
 
 def test_generate_writes_the_grid_and_the_images(tmp_path: Path, tiny_cache: str) -> None:
-    grid = tmp_path / "out" / "grid.png"
+    grid = tmp_path / "out" / "grid.png"  # "-o out/": a folder, which gets grid.png
     save_dir = tmp_path / "singles"
     result = _run(
         "generate", "a lighthouse at dawn", "--model", "tiny", "--workers", "2", "--device", "cpu",
         "--width", "64", "--height", "64", "--steps", "2", "--num-images", "3", "--seed", "7",
-        "-o", str(grid), "--save-dir", str(save_dir),
+        "-o", f"{tmp_path / 'out'}/", "--save-dir", str(save_dir), "--progress",
         env={"GRIDGEN_CACHE": tiny_cache},
-        timeout=240,
+        timeout=100,
     )
     assert result.returncode == 0, result.stderr
     with Image.open(grid) as image:
@@ -91,7 +105,7 @@ def test_generate_writes_the_grid_and_the_images(tmp_path: Path, tiny_cache: str
     assert summary.startswith(f"wrote {grid}")
     assert "3 image(s) 64x64" in summary and "seeds 7..9" in summary
     assert re.search(r"total \d+\.\d+s \(denoise \d+\.\d+s", summary)
-    assert "denoising" in result.stderr  # the progress bar, fed by the streamed steps
+    assert "denoising" in result.stderr  # the progress bar (asked for), fed by the streamed steps
     assert "Loading pipeline components" not in result.stderr  # workers' loading noise is off
     assert "starting 2 worker(s) on cpu with model 'tiny'" in result.stderr  # not "cpu, cpu"
 

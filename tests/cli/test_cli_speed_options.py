@@ -106,6 +106,7 @@ def test_dtype_reaches_the_workers(tmp_path: Path) -> None:
             "--optimize", "none", "--warmup", "1", "--dtype", dtype, "-o", str(out), timeout=50,
         )
         assert result.returncode == 0, result.stderr
+        assert "denoising" not in result.stderr and "\r" not in result.stderr  # no bar: not a terminal
         with Image.open(out) as image:
             grids[dtype] = np.asarray(image, dtype=np.int16)
     assert np.abs(grids["fp32"] - grids["bf16"]).max() > 0  # the same seed, another precision

@@ -23,6 +23,7 @@ def test_flux_refuses_a_negative_prompt_before_starting_workers() -> None:
     assert result.returncode == 2
     assert "--negative-prompt (negative_prompt): not supported by FLUX.1-dev" in result.stderr
     assert "[rule: unsupported_field]" in result.stderr
+    assert "allowed:" not in result.stderr and "preview_every" not in result.stderr  # the request's field names
     assert "--width (width)" in result.stderr and "multiple of 16" in result.stderr
     assert "starting" not in result.stderr
     assert time.monotonic() - started < 30

@@ -62,6 +62,21 @@ def test_numbers_sent_as_strings_are_rejected_naming_the_field() -> None:
     assert all("not a string" in e["msg"] for e in errors)
 
 
+def test_only_a_number_in_quotes_is_told_to_drop_them() -> None:
+    errors = _post("/generate", {"prompt": "x", "width": "wide", "height": "64", "seed": "four"}).json()["detail"]
+    messages = {e["loc"][-1]: e["msg"] for e in errors}
+    assert messages["height"].endswith("must be a number, not a string (write 64 without quotes)")
+    assert messages["width"].endswith("must be a number, not a string")  # no "write wide without quotes"
+    assert messages["seed"].endswith("must be a number, not a string")
+    for error in errors:  # the validator's ValueError would be an empty {"error": {}}
+        assert "ctx" not in error, error
+
+
+def test_a_rules_context_is_kept() -> None:
+    (error,) = _post("/generate", {"prompt": "x", "width": 4096}).json()["detail"]
+    assert error["ctx"] == {"le": 2048}
+
+
 def test_a_rejected_huge_input_is_not_echoed_back_in_full() -> None:
     prompt = "x" * 300_000  # over MAX_PROMPT_CHARS, under the body limit
     response = _post("/generate", {"prompt": prompt})

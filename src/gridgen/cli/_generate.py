@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .._preflight import UsageError, check_device, check_model, check_outputs, worker_options
+from .._preflight import UsageError, check_device, check_model, check_outputs, output_file, worker_options
 from ._common import default_model, describe, err, model_family, quiet_workers, worker_class
 
 __all__ = ["run"]
@@ -64,7 +65,9 @@ def _validate(payload: dict[str, Any], family: Any) -> Any:
         lines = []
         for error in exc.errors:
             option = _OPTION_NAMES.get(error.field, "--" + error.field.replace("_", "-"))
-            lines.append(f"  {option} ({error.field}): {error.message} [rule: {error.rule}]")
+            # The request's field names (the HTTP API's) mean nothing here: the flag says it.
+            message = re.sub(r" \(allowed: [^)]*\)$", "", error.message)
+            lines.append(f"  {option} ({error.field}): {message} [rule: {error.rule}]")
         raise UsageError("invalid request:\n" + "\n".join(lines)) from None
 
 
@@ -90,13 +93,15 @@ async def _run_generate(args: argparse.Namespace, payload: dict[str, Any], optio
         handle = runner.submit(payload, streaming=True)
         bar: Any = None
         result: Any = None
+        # A bar written to a log file or a pipe is noise (and a line of spaces when it closes).
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
         try:
             async for event in handle.updates():
                 value = event.value
                 if isinstance(event, StreamResult):
                     result = value
                     continue
-                if isinstance(value, dict) and "total_steps" in value:
+                if progress and isinstance(value, dict) and "total_steps" in value:
                     if bar is None:
                         bar = tqdm(
                             total=int(value["total_steps"]), desc="denoising", unit="step",
@@ -149,6 +154,7 @@ def _summary(result: dict[str, Any], written: list[Path]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.output = output_file(args.output)
     payload = _request_payload(args)
     family = model_family(args.model or default_model())
     request = _validate(payload, family)  # exit 2 here, before any worker starts

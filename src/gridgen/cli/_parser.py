@@ -121,7 +121,7 @@ def _add_generate_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
     out.add_argument(
         "-o", "--output", default="grid.png", metavar="FILE",
         help="grid image to write; the extension picks the format (.png, .jpg, .webp); "
-        "missing folders are created (default: %(default)s)",
+        "missing folders are created; DIR/ writes DIR/grid.png (default: %(default)s)",
     )
     out.add_argument(
         "--save-dir", default=None, metavar="DIR",
@@ -130,6 +130,10 @@ def _add_generate_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
     out.add_argument(
         "--preview-every", type=int, default=1, metavar="K",
         help="progress updates every K steps (0: no progress bar; default: %(default)s)",
+    )
+    out.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="show the progress bar on stderr (default: only when stderr is a terminal)",
     )
     _add_runner_options(gen)
     gen.set_defaults(handler="generate")

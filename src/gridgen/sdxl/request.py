@@ -7,6 +7,7 @@ no rank is left waiting in a collective.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -33,6 +34,7 @@ __all__ = [
 MAX_IMAGES = MAX_GRID_IMAGES  # every image of a request fits in its one grid
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
+_JSON_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][+-]?\d+)?")
 
 OutputKind = Literal["grid", "images", "both"]
 
@@ -105,7 +107,10 @@ class GenerateRequest(BaseModel):
         if isinstance(value, bool):
             raise ValueError("must be a number, not a boolean")
         if isinstance(value, (str, bytes)):
-            raise ValueError(f"must be a number, not a string (write {value!s:.20} without quotes)")
+            text = value.decode(errors="replace") if isinstance(value, bytes) else value
+            # Unquoting is the fix only for a number in quotes ("64"), not for "wide".
+            hint = f" (write {text.strip():.20} without quotes)" if _JSON_NUMBER.fullmatch(text.strip()) else ""
+            raise ValueError(f"must be a number, not a string{hint}")
         return value
 
 

@@ -123,8 +123,20 @@ def add_error_handling(app: FastAPI, pace: Pace, max_body_bytes: int | None) -> 
     @app.exception_handler(RequestValidationError)
     async def on_invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI echoes each rejected input: a 50 MB prompt would come back as a 50 MB body.
-        errors = [{**e, "input": _clip(e["input"])} if "input" in e else e for e in exc.errors()]
+        errors = [_plain_error(e) for e in exc.errors()]
         return await request_validation_exception_handler(request, RequestValidationError(errors))
+
+
+def _plain_error(error: Any) -> Any:
+    """One pydantic error for the client: its input clipped, and no exception objects in
+    its ``ctx`` (a validator's ``ValueError`` reaches JSON as ``{}``; its text is the ``msg``)."""
+    out = dict(error)
+    if "input" in out:
+        out["input"] = _clip(out["input"])
+    ctx = {k: v for k, v in out.pop("ctx", {}).items() if not isinstance(v, BaseException)}
+    if ctx:
+        out["ctx"] = ctx
+    return out
 
 
 class _BodyLimit:
