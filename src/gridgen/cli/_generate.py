@@ -11,7 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._preflight import UsageError, check_device, check_model, check_outputs, output_file, worker_options
+from .._preflight import (
+    UsageError,
+    check_device,
+    check_model,
+    check_outputs,
+    output_file,
+    worker_options,
+)
 from ._common import default_model, describe, err, model_family, quiet_workers, worker_class
 
 __all__ = ["run"]
