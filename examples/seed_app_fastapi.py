@@ -1,11 +1,12 @@
 """The seed document's parallel-SDXL app, on gridgen and FastAPI.
 
 The worker below is the seed's ``ExampleDistributedWorker`` with the import line changed
-(``from gridgen import ...`` instead of ``from fal.distributed import ...``) and three
+(``from gridgen import ...`` instead of ``from fal.distributed import ...``) and four
 local changes, each marked ``# gridgen:`` below: the model comes from ``GRIDGEN_MODEL``
 (so it runs on the built-in tiny model on a CPU), ``gridgen.make_grid`` replaces the
-torchvision grid helper, and the step callback asks ``should_stop()`` so a client that
-disconnects stops the work within one step. The app is the seed's ``setup`` / ``run`` /
+torchvision grid helper, the step callback asks ``should_stop()`` so a client that
+disconnects stops the work within one step, and rank 0 draws no diffusers progress bar
+per request into the server's log. The app is the seed's ``setup`` / ``run`` /
 ``stream`` as a FastAPI lifespan and two routes; ``/stream`` returns
 ``runner.stream(..., as_text_events=True)`` exactly as the seed does.
 
@@ -79,8 +80,8 @@ class ExampleDistributedWorker(DistributedWorker):
         # "tiny", and pick float32 on a CPU.
         self.pipeline: Any = cast(Any, load_pipeline(MODEL, device=self.device, low_cpu_mem_usage=False))
         self.tiny_vae: Any = load_preview_decoder(None, model=MODEL, device=self.device)
-        if self.rank != 0:
-            self.pipeline.set_progress_bar_config(disable=True)
+        # gridgen: the seed keeps rank 0's progress bar; in a server's log it is one bar per request.
+        self.pipeline.set_progress_bar_config(disable=True)
 
     def pipeline_callback(
         self,

@@ -198,6 +198,8 @@ def test_seed_app_with_stream_client(seed_app: str, env: dict[str, str], tmp_pat
     assert "result -> " in out
     with Image.open(tmp_path / "previews" / "result.png") as grid:
         assert grid.size == (64, 128)  # the seed's grid: floor(sqrt(2)) = 1 column of 64x64
+    log = (tmp_path / "server.log").read_text()
+    assert "it/s]" not in log and "s/it]" not in log, log  # no diffusers progress bar per request
 
 
 # -- the docs' own code: a reader saves these blocks and runs them -------------------------
