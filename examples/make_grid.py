@@ -41,7 +41,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"timings (s): {result['timings']}")
 
 
-if __name__ == "__main__":  # required: workers are spawned and re-import this module
+if __name__ == "__main__":  # good style; not required: the workers do not run this script again
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("prompt", nargs="?", default="a lighthouse at dawn")

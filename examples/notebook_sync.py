@@ -8,9 +8,10 @@ Ctrl-C while waiting cancels the request on every rank.
 
 In a notebook, paste the body of ``main`` into cells; keep the ``with`` block open
 (or call ``sync.start()`` once and ``sync.stop()`` at the end) so the workers stay
-loaded between cells. The worker class must come from an importable module (here
-``gridgen.sdxl``): worker processes are spawned and import it by name, so a class
-defined in a notebook cell cannot be used.
+loaded between cells. The worker class here comes from a module (``gridgen.sdxl``);
+one defined in a notebook cell works as well: gridgen sends it to the spawned workers
+by value (``examples/notebook_worker.ipynb``, and docs/concepts.md, "Where the worker
+class can live").
 """
 
 from __future__ import annotations
