@@ -95,5 +95,5 @@ async def main() -> None:
         print(f"still healthy: pi ~ {result['pi']:.4f}")
 
 
-if __name__ == "__main__":  # required: workers are spawned and re-import this module
+if __name__ == "__main__":  # good style; not required: the workers do not run this script again
     asyncio.run(main())

@@ -43,7 +43,7 @@ def main(output: str) -> None:
                 print(f"stream: done in {item['timings']['total']:.2f}s")
 
 
-if __name__ == "__main__":  # required: workers are spawned and re-import this module
+if __name__ == "__main__":  # good style; not required: the workers do not run this script again
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", default="sync_grid.png")
