@@ -304,7 +304,8 @@ class DistributedRunner(Generic[W]):
                 raise
             self._dispatcher.start()
             self._phase = "running"
-            logger.info("runner ready: %d ranks on %s", self.world_size, ", ".join(self.devices))
+            devices = self.devices[0] if len(set(self.devices)) == 1 else ", ".join(self.devices)
+            logger.info("runner ready: %d ranks on %s", self.world_size, devices)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop: queued requests fail with :class:`RunnerClosed`, the running one gets ``timeout``

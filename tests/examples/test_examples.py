@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -281,6 +282,10 @@ def test_quick_start_is_the_same_everywhere_and_parses() -> None:
         "cpu",
         "grid.png",
     )
+    if (ROOT / ".git").exists() and shutil.which("git"):  # a checkout: what it writes is ignored
+        for written in (args.output, "sync_grid.png", "previews/preview-0.jpg"):
+            ignored = subprocess.run(["git", "check-ignore", "-q", written], cwd=ROOT)
+            assert ignored.returncode == 0, f"{written} would show up in git status"
 
 
 def test_stream_client_without_a_server_says_so_in_one_line(tmp_path: Path) -> None:

@@ -9,7 +9,10 @@ import pytest
 from helpers.runtime import live
 
 
-def test_worker_output_is_prefixed_with_the_rank(capfd: pytest.CaptureFixture[str]) -> None:
+def test_worker_output_is_prefixed_with_the_rank(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gridgen.runner")
     # The runner starts inside the test so its workers inherit capfd's file descriptors.
     with live() as rt:
         rt.sync.invoke({"op": "print", "message": "hello-from-worker"})
@@ -20,6 +23,7 @@ def test_worker_output_is_prefixed_with_the_rank(capfd: pytest.CaptureFixture[st
     assert "[rank 1] hello-from-worker" in out
     assert "[rank 0] hello-from-worker" in err
     assert "[rank 1] WARNING gridgen.testing [rank 1]: hello-from-worker" in err
+    assert "runner ready: 2 ranks on cpu" in caplog.messages  # not "on cpu, cpu"
 
 
 def test_restart_log_counts_restarts_one_by_one(caplog: pytest.LogCaptureFixture) -> None:

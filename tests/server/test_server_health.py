@@ -27,6 +27,17 @@ def test_health_and_ready_on_a_started_service(sdxl_server: LiveServer) -> None:
     assert ready.json() == {"ready": True, "state": "ready", "world_size": 2, "queue_size": 0, "max_queue": 4}
 
 
+def test_head_answers_like_get_without_a_body(sdxl_server: LiveServer) -> None:
+    with sdxl_server.client() as client:
+        for path in ("/", "/health"):  # what uptime checkers ask for
+            get, head = client.get(path), client.head(path)
+            assert head.status_code == 200, (path, head.status_code)
+            assert head.content == b""
+            assert head.headers["content-type"] == get.headers["content-type"]
+            assert head.headers["content-length"] == get.headers["content-length"]
+        assert "head" not in client.get("/openapi.json").json()["paths"]["/health"]
+
+
 def test_not_started_runner_is_not_ready_and_refuses_requests_with_503() -> None:
     # Without a lifespan (ASGITransport sends none) the runner is never started: state "new".
     runner = DistributedRunner(ProbeWorker, world_size=2, device="cpu")

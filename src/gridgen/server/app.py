@@ -336,6 +336,9 @@ def _add_status_routes(
     async def health() -> HealthResponse:
         return HealthResponse(status="ok")
 
+    # Uptime checkers ask with HEAD; the server sends the GET answer's headers, no body.
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+
     @app.get(
         "/ready",
         response_model=ReadyResponse,
@@ -361,7 +364,7 @@ def _add_status_routes(
 def _add_playground_route(app: FastAPI, page: str) -> None:
     """``GET /``: the playground ``page``, kept out of the OpenAPI schema."""
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
         return HTMLResponse(
             page, headers={"Content-Security-Policy": _PLAYGROUND_CSP, "Cache-Control": "no-cache"}
