@@ -10,13 +10,17 @@ always a queue), mixing:
   is cancelled after a few milliseconds; must end (CancelledError / early exit);
 * ``timeout`` - an invoke with a time limit too short to finish; must raise RequestTimeout
   (or return, if it beat the limit);
-* ``invalid`` - a payload the worker rejects; must raise WorkerError;
+* ``invalid`` - a payload that breaks the rules; must raise InvalidRequestError (the SDXL
+  worker's rules are checked on the host, before the queue) or, with the probe worker,
+  WorkerError (the payload makes a rank raise);
 * ``kill``    - every ``--kill-every``-th request: once it runs, the host SIGKILLs one
   worker process (ranks alternate); must raise WorkerDiedError, and the group comes
   back by itself.
 
 A request that ends with any other error is "unexpected"; one that does not end within
-``--hard-limit`` seconds is "lost" (must be 0). A request running when a kill hits
+``--hard-limit`` seconds is "lost". The exit status is 1 when any request is unexpected
+or lost, or the request after the run fails: a soak that drifts from what the runtime does
+fails loudly. A request running when a kill hits
 (e.g. a deferred result still being encoded) may fail with WorkerDiedError or
 RequestCancelled: counted as "kill collateral", an expected failure.
 
@@ -49,6 +53,7 @@ import psutil
 
 from gridgen import (
     DistributedRunner,
+    InvalidRequestError,
     RequestCancelled,
     RequestTimeout,
     WorkerDiedError,
@@ -67,6 +72,11 @@ class Stats:
     unexpected: list[str] = field(default_factory=list)
     kills: list[tuple[float, int, int]] = field(default_factory=list)  # (time, rank, pid)
     dropped_items: int = 0
+
+
+# What an invalid payload must end with: the SDXL worker's rules are checked on the host at
+# submit (its batch_key validates), the probe's "raise" op fails on a rank.
+REJECTED_BY = {"sdxl": InvalidRequestError, "probe": WorkerError}
 
 
 def payloads(worker: str, size: int, steps: int) -> dict[str, Any]:
@@ -116,7 +126,7 @@ def mb(n: int) -> str:
 
 async def one_request(
     runner: DistributedRunner[Any], i: int, kind: str, payload: dict[str, Any], stats: Stats, rng: random.Random,
-    kill_rank: int,
+    kill_rank: int, rejected_by: type[Exception] = InvalidRequestError,
 ) -> str:
     """Run request ``i``; return its outcome label."""
     if kind == "invoke":
@@ -151,7 +161,7 @@ async def one_request(
     if kind == "invalid":
         try:
             await runner.invoke(payload)
-        except WorkerError:
+        except rejected_by:
             return "rejected"
         raise AssertionError("an invalid request succeeded")
     if kind == "kill":
@@ -221,7 +231,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.monotonic()
             try:
                 outcome = await asyncio.wait_for(
-                    one_request(runner, i, kind, table[kind], stats, rng, kill_rank), args.hard_limit
+                    one_request(runner, i, kind, table[kind], stats, rng, kill_rank, REJECTED_BY[args.worker]),
+                    args.hard_limit,
                 )
             except TimeoutError:
                 outcome = "LOST"
@@ -366,8 +377,13 @@ def main() -> int:
     if args.report:
         with open(args.report, "w") as f:
             f.write(text)
+    return exit_status(out)
+
+
+def exit_status(out: dict[str, Any]) -> int:
+    """1 when any request ended unexpectedly or was lost, or the request after the run failed."""
     stats: Stats = out["stats"]
-    return 1 if stats.outcomes["LOST"] or stats.outcomes["unexpected"] else 0
+    return 1 if stats.outcomes["LOST"] or stats.outcomes["unexpected"] or not out["final_ok"] else 0
 
 
 if __name__ == "__main__":
