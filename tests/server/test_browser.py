@@ -1,6 +1,7 @@
 """The playground in headless Chromium: submit a prompt, see previews then the final grid; cancel.
 
-Needs Chromium and Playwright's Python package (the browser download is not needed):
+Needs Chromium and Playwright's Python package (the browser download is not needed; see
+tests/helpers/browser.py):
 
     apt-get install -y chromium
     pip install playwright
@@ -20,18 +21,10 @@ from typing import Any
 
 import pytest
 
+from helpers.browser import launch, sync_playwright
+
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("GRIDGEN_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 REPO = Path(__file__).resolve().parents[2]
 
 # Records every image the page shows (its badge: "preview · step N" or "final grid"), so a
@@ -48,20 +41,10 @@ WATCH_STAGE = """() => {
 }"""
 
 
-def _sync_playwright() -> Any:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed: pip install playwright (no `playwright install` needed)")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"Chromium not found at {CHROMIUM}: apt-get install -y chromium")
-    return sync_playwright
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
     """The playground's service on 127.0.0.1 (a free port): SDXL tiny on two CPU ranks."""
-    _sync_playwright()  # skip before starting workers when the browser cannot run
+    sync_playwright()  # skip before starting workers when the browser cannot run
     import uvicorn
 
     from gridgen import DistributedRunner
@@ -97,8 +80,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any
 
 @pytest.fixture(scope="module")
 def browser(service: tuple[str, Any]) -> Iterator[Any]:
-    with _sync_playwright()() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with sync_playwright()() as playwright:
+        chromium = launch(playwright)
         try:
             yield chromium
         finally:

@@ -2,49 +2,34 @@
 (FLUX.1-dev: no negative prompt; FLUX.1-schnell: no guidance either; SD3.5: both).
 
 No workers: the page is served by an app whose runner is never started. Needs Chromium and
-Playwright's Python package, as tests/test_browser.py.
+Playwright's Python package (tests/helpers/browser.py).
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_browser import CHROMIUM, CHROMIUM_ARGS, _sync_playwright
+
+from helpers.browser import launch, serve, sync_playwright
 
 pytestmark = pytest.mark.browser
 
 
 def _serve(request_model: Any) -> Iterator[str]:
-    import uvicorn
-
     from gridgen import DistributedRunner
     from gridgen.server import create_app
     from gridgen.testing import ProbeWorker
 
     runner = DistributedRunner(ProbeWorker, world_size=2, device="cpu")
-    app = create_app(runner, request_model=request_model, manage_runner=False, title="families")
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    yield from serve(create_app(runner, request_model=request_model, manage_runner=False, title="families"))
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with _sync_playwright()() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with sync_playwright()() as playwright:
+        chromium = launch(playwright)
         try:
             yield chromium
         finally:

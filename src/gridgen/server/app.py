@@ -22,6 +22,9 @@ Endpoints
     or ``failed`` with an ``error`` when the app could not start it).
 ``GET /``
     The playground page (plain HTML and JavaScript shipped in the package).
+``GET /docs``, ``GET /redoc``
+    The OpenAPI schema in Swagger UI and ReDoc, their scripts served by the app itself
+    (from the ``fastapi-offline`` package), so they render without internet.
 
 Errors
 ------
@@ -67,6 +70,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.sse import EventSourceResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.types import Message
 
@@ -187,7 +191,7 @@ def create_app(
         response_model = GenerateResult if is_sdxl else None
     pace = Pace()
     start_error: list[BaseException] = []
-    app = FastAPI(
+    app = FastAPIOffline(  # FastAPI, with /docs and /redoc's assets served locally, not from a CDN
         title=title,
         version=_version(),
         description="Image generation on a group of worker processes, one per GPU, driven by gridgen.",
