@@ -90,6 +90,12 @@ class LocalRayCluster:
         self._set_env("RAY_SERVE_MAX_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "2.0")
         # Short: Ray's Unix socket paths live under it and must stay under 108 bytes.
         self.temp_dir = tempfile.mkdtemp(prefix="ggray-")
+        # Ray writes the cluster's address to $RAY_TMPDIR/ray/ray_current_cluster (default
+        # /tmp/ray, which Ray does not create when given a temp_dir: on a fresh machine the
+        # start failed), and `ray.init("auto")` reads it: a private one per session, so two
+        # sessions on one machine do not find each other's cluster.
+        self._set_env("RAY_TMPDIR", self.temp_dir)
+        os.makedirs(os.path.join(self.temp_dir, "ray"))
         node = {"num_cpus": self.num_cpus, "node_ip_address": "127.0.0.1"}
         self.cluster = Cluster(
             initialize_head=True,
