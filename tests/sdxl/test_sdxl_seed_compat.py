@@ -37,12 +37,12 @@ def test_seed_app_flow_on_two_cpu_ranks(tiny_cache: str) -> None:
         await runner.start()
         try:
             warmup_result = await runner.invoke(
-                ExampleRequest(prompt="a cat wearing a hat", **SIZE).dict()
+                ExampleRequest(prompt="a cat wearing a hat", **SIZE).model_dump()  # the seed: .dict()
             )
             assert "image" in warmup_result, "Warm-up failed, no image returned from the worker"
             request = ExampleRequest(prompt="A serene mountain landscape at sunset", **SIZE)
-            result = await runner.invoke(request.dict())
-            events = [chunk async for chunk in runner.stream(request.dict(), as_text_events=True)]
+            result = await runner.invoke(request.model_dump())
+            events = [chunk async for chunk in runner.stream(request.model_dump(), as_text_events=True)]
             return warmup_result, result, events
         finally:
             await runner.stop()
