@@ -71,7 +71,7 @@ def test_bad_max_batch_exits_2_before_any_worker_starts_also_with_ray() -> None:
 
 def test_ray_replicas_get_the_batch_options(monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray")
-    from gridgen.ray import _cli
+    from gridgen.cli import _ray as _cli
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     args = _serve_args("--ray", "auto", "--max-batch", "3", "--max-batch-units", "6", "--workers", "2")
