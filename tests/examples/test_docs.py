@@ -25,7 +25,7 @@ def test_zensical_builds_the_site_with_the_api_reference(tmp_path: Path) -> None
         shutil.copy(ROOT / page, project / page)
     build = subprocess.run(
         [sys.executable, "-m", "zensical", "build", "--strict", "--clean"],
-        capture_output=True, text=True, timeout=300, cwd=project,
+        capture_output=True, text=True, timeout=100, cwd=project,
     )
     assert build.returncode == 0, build.stdout + build.stderr
     site = project / "site"

@@ -24,7 +24,7 @@ def test_a_worker_class_defined_in_a_notebook_cell_runs() -> None:
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(
-        notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+        notebook, timeout=90, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
     )
     client.execute()
     cells = [cell for cell in notebook.cells if cell.cell_type == "code"]

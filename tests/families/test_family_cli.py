@@ -13,7 +13,7 @@ from PIL import Image
 from helpers.cli import run_cli
 
 
-def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 100) -> subprocess.CompletedProcess[str]:
     return run_cli(*args, env=env, timeout=timeout)
 
 

@@ -106,7 +106,7 @@ def test_cancelling_one_request_of_a_batch(merging: LiveRunner) -> None:
         outcome += [await handle.result() for handle in others]
         return outcome
 
-    cancelled, one, two = merging.run(body, timeout=180)
+    cancelled, one, two = merging.run(body, timeout=100)
     assert isinstance(cancelled, RequestCancelled)
     assert one["seeds"] == [2] and two["seeds"] == [3, 4]
     assert len(_shared([one, two])) == 1
@@ -143,7 +143,7 @@ def test_a_time_limit_applies_to_its_request_only(merging: LiveRunner) -> None:
         outcome.append(await patient.result())
         return outcome
 
-    short, patient = merging.run(body, timeout=180)
+    short, patient = merging.run(body, timeout=100)
     assert isinstance(short, RequestTimeout)
     assert patient["seeds"] == [2, 3]
 
