@@ -26,8 +26,9 @@ from gridgen.cli import build_parser
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2, "num_images": 1, "image_format": "jpeg"}
 BLOCKER = {"prompt": "blocker", "width": 256, "height": 256, "num_inference_steps": 150, "num_images": 2,
            "preview_every": 1}
-"""A request of another shape that holds the workers for a few seconds, so that the two small
-requests sent once it streams its first step are both queued when the group is next free."""
+"""A request of another shape that holds the workers (150 steps: far longer than needed) until
+the two small requests sent once it streams its first step are both queued; then the test
+leaves its stream, which cancels it and frees the group for them."""
 
 
 def _serve_args(*extra: str) -> argparse.Namespace:
@@ -133,12 +134,17 @@ def _two_behind_a_blocker(url: str) -> list[dict[str, Any]]:
         result: dict[str, Any] = response.json()
         return result
 
-    with ThreadPoolExecutor(2) as pool, httpx.stream("POST", f"{url}/stream", json=BLOCKER, timeout=120) as blocker:
-        assert blocker.status_code == 200
-        lines = blocker.iter_lines()
-        next(line for line in lines if line.startswith("event: progress"))  # it runs on the workers now
-        small = [pool.submit(post, {**SMALL, "prompt": f"small {i}", "seed": 10 + i}) for i in range(2)]
-        assert any(line.startswith("event: result") for line in lines)
+    with ThreadPoolExecutor(2) as pool:
+        with httpx.stream("POST", f"{url}/stream", json=BLOCKER, timeout=120) as blocker:
+            assert blocker.status_code == 200
+            lines = blocker.iter_lines()
+            next(line for line in lines if line.startswith("event: progress"))  # it runs on the workers now
+            small = [pool.submit(post, {**SMALL, "prompt": f"small {i}", "seed": 10 + i}) for i in range(2)]
+            deadline = time.monotonic() + 60
+            while httpx.get(f"{url}/ready", timeout=10).json()["queue_size"] < 2:
+                assert time.monotonic() < deadline and not any(f.done() for f in small), "not queued"
+                time.sleep(0.05)
+        # Leaving the stream cancelled the blocker: the group takes the two queued requests.
         results = [future.result() for future in small]
     return results
 
