@@ -31,9 +31,8 @@ from gridgen._codec import (
     encode_image,
     get_encoded_image,
     image_data_url,
-    text_event,
-    to_jsonable,
 )
+from gridgen._json import text_event, to_jsonable
 from gridgen.errors import CodecError, PayloadTooLarge
 
 from helpers.fuzz import DTYPES

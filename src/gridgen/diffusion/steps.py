@@ -13,8 +13,8 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..grid import make_grid
-from ..sdxl.batching import BatchRun, Marks, WarmSizes, pixels_of, stack_gathered, to_pil
 from ..worker import DistributedWorker
+from .batching import BatchRun, Marks, WarmSizes, pixels_of, stack_gathered, to_pil
 from .vae import decode_latents
 
 if TYPE_CHECKING:
@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from ..sdxl.encoding import OutputEncoder
-    from ..sdxl.preview import Previewer
+    from .encoding import OutputEncoder
     from .families import Family
+    from .preview import Previewer
 
 __all__ = ["RankSteps"]
 
@@ -113,7 +113,7 @@ class RankSteps(DistributedWorker):
 
     def _decode(self, latents: torch.Tensor, request: Any) -> torch.Tensor:
         """Decode to uint8 on the device; in warm batch sizes when the VAE is compiled or
-        graphed (see :meth:`WarmSizes.chunks <gridgen.sdxl.batching.WarmSizes.chunks>`)."""
+        graphed (see :meth:`WarmSizes.chunks <gridgen.diffusion.batching.WarmSizes.chunks>`)."""
         size, count, limit = (request.width, request.height), latents.shape[0], self.decode_batch_size
         if self.graphed_unet is None:
             sizes = [min(limit, count - start) for start in range(0, count, limit)]

@@ -3,7 +3,7 @@ images gathered into a grid on rank 0. What differs between pipeline families (S
 FLUX.1, SD3.5) comes from the class's :class:`~gridgen.diffusion.families.Family`.
 
 One call serves one request (``__call__``) or several merged ones (``run_batch``: same
-size, steps and guidance; see :mod:`gridgen.sdxl.batching`). On every rank:
+size, steps and guidance; see :mod:`gridgen.diffusion.batching`). On every rank:
 
 1. **Validate** each payload (the family's request model) before any
    GPU work, so a bad request raises the same error everywhere and no rank waits in a
@@ -45,7 +45,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .._batch import Batch, BatchItem
 from ..errors import Cancelled
-from ..sdxl.batching import (
+from ._env import resolve_dtype
+from .batching import (
     SHRINKABLE_SCHEDULERS,
     BatchPlan,
     BatchRun,
@@ -57,18 +58,17 @@ from ..sdxl.batching import (
     drop_cancelled,
     stack_gathered,
 )
-from ..sdxl.encoding import OutputEncoder
-from ..sdxl.fast import (
+from .encoding import OutputEncoder
+from .families import SDXL, Family
+from .fast import (
     CompileRegions,
     OptimizeMode,
     load_compile_cache,
     optimize_pipeline,
     save_compile_cache,
 )
-from ..sdxl.models import load_preview_decoder, resolve_dtype
-from ..sdxl.preview import LinearPreview, Previewer, TaesdPreview
-from .families import SDXL, Family
-from .models import load_family_pipeline
+from .models import load_family_pipeline, load_preview_decoder
+from .preview import LinearPreview, Previewer, TaesdPreview
 from .steps import RankSteps, _dist_ready
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ class DiffusionWorker(RankSteps):
             optimize: ``"auto"`` (CUDA graphs, fused QKV and a 16-bit VAE on CUDA; nothing
                 on CPU; SDXL only), ``"graphs"``, ``"compile"`` (adds regional ``torch.compile``: fastest,
                 but each new batch/size shape compiles for about a minute on first use) or
-                ``"none"``. See :mod:`gridgen.sdxl.fast` for the measurements.
+                ``"none"``. See :mod:`gridgen.diffusion.fast` for the measurements.
             warmup: images per rank to run once at setup (2 steps at ``warmup_size``), so the
                 CUDA graphs and compiled kernels of the shapes you serve exist before the
                 first request, e.g. ``warmup=(1, 4)``. With ``optimize`` on, these sizes
@@ -171,7 +171,7 @@ class DiffusionWorker(RankSteps):
             defer_encoding: encode images in a background thread on rank 0 so the next
                 request starts on the GPU meanwhile. ``None``: when run by a runner.
             compile_regions: what ``optimize="compile"`` compiles (see
-                :data:`~gridgen.sdxl.fast.CompileRegions`); ``"transformers"`` measured fastest.
+                :data:`~gridgen.diffusion.fast.CompileRegions`); ``"transformers"`` measured fastest.
             text_encoder_graphs: CUDA-graph the two text encoders (CUDA only; eager on failure).
             compile_cache: a file of compiled artifacts (``torch.compiler`` mega-cache). If it
                 exists it is loaded before anything compiles, so a fresh machine skips the
@@ -313,7 +313,7 @@ class DiffusionWorker(RankSteps):
         <gridgen.diffusion.families.Family.merge_key>`).
 
         Validates the payload first, so a bad request is rejected (with an
-        :class:`~gridgen.sdxl.InvalidRequestError` naming the field and the rule) before
+        :class:`~gridgen.InvalidRequestError` naming the field and the rule) before
         it is queued or merged.
         """
         return cls.family.merge_key(cls.family.validate(payload))

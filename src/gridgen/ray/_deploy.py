@@ -205,8 +205,9 @@ def _app_options(
     """``create_app``'s options in each replica; the request model defaults by worker family."""
     app_options: dict[str, Any] = {"title": title, "stream_ping": stream_ping}
     if request_model is None:
-        sdxl = worker.__module__.startswith("gridgen.sdxl")
-        request_model = "gridgen.sdxl:GenerateRequest" if sdxl else "gridgen.ray:AnyPayload"
+        family = getattr(worker, "family", None)  # a diffusion worker: its family's own model
+        model = getattr(family, "request_model", None)
+        request_model = f"{model.__module__}:{model.__qualname__}" if model else "gridgen.ray:AnyPayload"
     app_options["request_model"] = request_model
     if response_model is not None:
         app_options["response_model"] = response_model

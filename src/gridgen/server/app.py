@@ -73,7 +73,7 @@ from starlette.types import Message
 from .._json import to_jsonable
 from ..images import keep_encoded
 from ..runner import DistributedRunner, RequestHandle
-from ..sdxl.request import GenerateRequest, GenerateResult
+from ..sdxl import GenerateRequest, GenerateResult
 from .errors import DEFAULT_MAX_BODY_BYTES, Pace, add_error_handling, error_body
 from .sse import event_stream, request_events
 

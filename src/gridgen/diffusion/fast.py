@@ -52,7 +52,7 @@ __all__ = [
     "save_compile_cache",
 ]
 
-logger = logging.getLogger("gridgen.sdxl")
+logger = logging.getLogger("gridgen.diffusion")
 
 OptimizeMode = Literal["auto", "graphs", "compile", "none"]
 """``auto``: ``graphs`` on CUDA, ``none`` on CPU. ``graphs``: fused QKV, 16-bit VAE, CUDA
