@@ -172,6 +172,8 @@ class BatchRun:
     rows: list[int] = field(default_factory=list)
     """Which of ``mine`` the pipeline's batch holds now, in order (padding rows follow)."""
     steps_done: int = 0
+    step_cache: dict[str, int] | None = None
+    """This rank's ``{"steps", "skipped"}`` when the step cache is on."""
 
     def __post_init__(self) -> None:
         self.cancelled = [False] * len(self.requests)

@@ -1,4 +1,7 @@
-"""What ``SDXLWorker.setup(optimize=...)`` does to a loaded pipeline, and why.
+"""What ``DiffusionWorker.setup(optimize=...)`` does to a loaded pipeline, and why.
+
+SDXL (a UNet) takes :func:`optimize_pipeline`, the transformer families (FLUX.1, SD3.5)
+:func:`optimize_transformer`.
 
 Every choice here was measured (full-size SDXL, 1024x1024, 20 steps, CFG): first on one
 H100 (``bench/explore/NOTES.md``), then on one H200 (``bench/explore/NOTES-h200.md``):
@@ -42,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from .lossy import Quantize, apply_quantization, apply_step_cache
+
 __all__ = [
     "CompileRegions",
     "GraphedTextEncoder",
@@ -49,6 +54,7 @@ __all__ = [
     "OptimizeMode",
     "load_compile_cache",
     "optimize_pipeline",
+    "optimize_transformer",
     "save_compile_cache",
 ]
 
@@ -304,6 +310,48 @@ def optimize_pipeline(
             if encoder is not None:
                 GraphedTextEncoder(encoder).install()
     return GraphedUNet(unet).install()
+
+
+def optimize_transformer(
+    pipeline: Any,
+    mode: OptimizeMode,
+    device: Any,
+    blocks: tuple[str, ...] = (),
+    quantize: Quantize = None,
+    step_cache: float | None = None,
+) -> bool:
+    """Apply ``mode`` to a transformer family's pipeline (FLUX.1, SD3.5) in place; return
+    whether its shapes are now fixed (compiled: each new batch shape compiles).
+
+    ``graphs`` (and ``auto`` on CUDA): fused QKV projections. ``compile``: also
+    ``torch.compile`` of the transformer's repeated blocks (``blocks``, else the model's own
+    ``_repeated_blocks``; ``fullgraph=True, dynamic=False``: one graph per block class and
+    shape, reused by all 57 of FLUX.1's blocks) and of the VAE decoder. ``quantize`` and
+    ``step_cache`` are the opt-in lossy levers of :mod:`gridgen.diffusion.lossy`; FP8 is
+    applied before compiling, so the compiled graphs hold the float8 kernels.
+    """
+    import torch
+
+    if mode not in ("auto", "graphs", "compile", "none"):
+        raise ValueError(f"optimize must be 'auto', 'graphs', 'compile' or 'none', got {mode!r}")
+    if mode == "auto":
+        mode = "graphs" if torch.device(device).type == "cuda" else "none"
+    transformer = pipeline.transformer
+    apply_step_cache(transformer, step_cache)
+    if mode == "none":
+        return False
+    transformer.fuse_qkv_projections()
+    apply_quantization(transformer, quantize)
+    if mode != "compile":
+        return False
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    if blocks:
+        transformer._repeated_blocks = list(blocks)
+    transformer.compile_repeated_blocks(fullgraph=True, dynamic=False)
+    pipeline.vae.decoder.compile(fullgraph=True, dynamic=False)
+    return True
 
 
 def load_compile_cache(path: str | os.PathLike[str]) -> bool:

@@ -39,6 +39,8 @@ class RankSteps(DistributedWorker):
     family: ClassVar[Family]
     warm: WarmSizes
     graphed_unet: Any
+    fixed_shapes: bool = False
+    """Compiled or graphed: batch shapes are padded to warm sizes (see :class:`WarmSizes`)."""
     decode_batch_size: int = 4
     """Images decoded by the VAE at a time (bounds decode memory at large sizes)."""
     _output_encoder: OutputEncoder | None
@@ -115,13 +117,13 @@ class RankSteps(DistributedWorker):
         """Decode to uint8 on the device; in warm batch sizes when the VAE is compiled or
         graphed (see :meth:`WarmSizes.chunks <gridgen.diffusion.batching.WarmSizes.chunks>`)."""
         size, count, limit = (request.width, request.height), latents.shape[0], self.decode_batch_size
-        if self.graphed_unet is None:
+        if not self.fixed_shapes:
             sizes = [min(limit, count - start) for start in range(0, count, limit)]
         else:
             sizes = self.warm.chunks("vae", size, count, limit)
         latents = self.family.unpack(self.pipeline, latents, request)
         pixels = decode_latents(self.pipeline.vae, latents.to(self.device), sizes)
-        if self.graphed_unet is not None:
+        if self.fixed_shapes:
             for rows in sizes:
                 self.warm.add("vae", size, rows)
         return pixels
@@ -179,6 +181,8 @@ class RankSteps(DistributedWorker):
                 "encode": round(finished - encoding, 6),
                 "total": round(finished - marks.started, 6),
             }
+            if run.step_cache is not None:
+                result["step_cache"] = dict(run.step_cache)  # rank 0's denoiser calls
             return result
 
         if self._encoder_pool is not None:

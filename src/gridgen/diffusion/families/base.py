@@ -56,6 +56,13 @@ class Family:
     latent_rgb: tuple[tuple[RGB, ...], RGB] = ((), (0.0, 0.0, 0.0))
     """Linear latent-to-RGB preview factors (one row per latent channel) and bias."""
     default_max_sequence_length: int | None = None
+    denoiser: str = "transformer"
+    """The pipeline's attribute holding the denoising model (``"unet"`` for SDXL)."""
+    compile_blocks: tuple[str, ...] = ()
+    """Block classes ``optimize="compile"`` compiles, one graph per class and shape (the
+    denoiser's own ``_repeated_blocks`` when empty)."""
+    step_cache: bool = True
+    """Whether ``step_cache`` (diffusers' first-block cache) can serve this family."""
 
     def validate(self, payload: Mapping[str, Any] | BaseModel, world_size: int | None = None) -> Any:
         """The validated request (``num_images`` filled from ``world_size`` when absent)."""

@@ -44,6 +44,8 @@ class _SD3(Family):
     request_model = SD3Request
     step_tensors = ("latents", "prompt_embeds", "pooled_prompt_embeds")
     latent_rgb = (SD3_LATENT_RGB_FACTORS, SD3_LATENT_RGB_BIAS)
+    compile_blocks = ("JointTransformerBlock",)  # diffusers declares none for SD3
+    step_cache = False  # its transformer has no diffusers cache hooks (no CacheMixin)
     default_max_sequence_length = 256
 
     def encode(self, pipeline: Any, request: Any, device: Any) -> dict[str, Any]:

@@ -187,6 +187,8 @@ class _SDXL(Family):
     request_model = GenerateRequest
     step_tensors = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids")
     shrinkable = True
+    denoiser = "unet"
+    step_cache = False  # diffusers' block caches are for transformers; the UNet has none
     latent_rgb = (SDXL_LATENT_RGB_FACTORS, SDXL_LATENT_RGB_BIAS)
 
     def validate(self, payload: Mapping[str, Any] | BaseModel, world_size: int | None = None) -> Any:
