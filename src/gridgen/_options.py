@@ -18,6 +18,9 @@ __all__ = ["Option", "RunnerOptions", "collective_timeout_of", "log_ignored_port
 logger = logging.getLogger("gridgen.runner")
 
 DEFAULT_COLLECTIVE_TIMEOUT = 600.0
+DEFAULT_BATCH_WAIT = 0.02
+"""Seconds the head of the queue waits for company: a burst of 8 one-image requests sent
+together over HTTP then forms one call (docs/concepts.md, "Latency", has the figures)."""
 
 T = TypeVar("T")
 
@@ -42,7 +45,7 @@ class RunnerOptions:
     prefix_output: bool = True
     max_batch: int = 8
     max_batch_units: int | None = None
-    batch_wait: float = 0.0
+    batch_wait: float = DEFAULT_BATCH_WAIT
     batch_sizes: tuple[int, ...] | None = None
     cwd: str | None = None
     set_device: bool = True

@@ -32,8 +32,8 @@ from ._batching import BatchPolicy
 from ._control import ControlSocket
 from ._dispatch import Dispatcher
 from ._events import text_events
+from ._options import DEFAULT_BATCH_WAIT, RunnerOptions, collective_timeout_of, log_ignored_ports
 from ._options import Option as _Option
-from ._options import RunnerOptions, collective_timeout_of, log_ignored_ports
 from ._protocol import Kind, Message
 from ._requests import RequestHandle
 from ._stats import RunnerStats
@@ -83,8 +83,9 @@ class DistributedRunner(Generic[W]):
             compatible (``batch_key``); 0 or 1: no merging. Workers without a key are unaffected.
         max_batch_units: most work units (``batch_units``, e.g. images) in one merged call;
             None: no cap. The head of the queue is always taken, even alone over the cap.
-        batch_wait: seconds to wait for more compatible requests once the head is taken;
-            0 (the default) merges only what is already queued and adds no latency.
+        batch_wait: seconds the head of the queue waits for more compatible requests once
+            the group is free (default 0.02: a burst sent together merges; a lone request
+            waits that long); 0 merges only what is already queued.
         batch_sizes: the unit totals a merged call may have (None: what the worker declares
             in its ``batch_sizes`` after setup, else any). A compiled or
             CUDA-graphed worker pads a batch up to a size it has already run, so give the
@@ -118,7 +119,7 @@ class DistributedRunner(Generic[W]):
         prefix_output: bool = True,
         max_batch: int = 8,
         max_batch_units: int | None = None,
-        batch_wait: float = 0.0,
+        batch_wait: float = DEFAULT_BATCH_WAIT,
         batch_sizes: Sequence[int] | None = None,
         timeout: float | None = None,
         cwd: str | os.PathLike[str] | None = None,

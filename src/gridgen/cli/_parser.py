@@ -164,7 +164,7 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     serve.add_argument(
         "--batch-wait", type=float, default=None, metavar="SECONDS",
         help="once a request is taken, wait this long for more of its shape to merge with it "
-        "(default: the runner's, 0.005; 0: merge only what is already queued)",
+        "(default: the runner's, 0.02; 0: merge only what is already queued)",
     )
     serve.add_argument(
         "--drain-timeout", type=float, default=30.0, metavar="SECONDS",
