@@ -150,7 +150,7 @@ def add_error_handling(app: FastAPI, pace: Pace, max_body_bytes: int | None) -> 
         return _with_request_id(await http_exception_handler(request, exc))
 
     @app.exception_handler(RequestValidationError)
-    async def on_invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def on_invalid_body(request: Request, exc: RequestValidationError) -> Response:
         # FastAPI echoes each rejected input: a 50 MB prompt would come back as a 50 MB body.
         errors = [{**e, "input": _clip(e["input"])} if "input" in e else e for e in exc.errors()]
         note_outcome("invalid")

@@ -75,7 +75,7 @@ def with_request_id(body: dict[str, Any]) -> dict[str, Any]:
 def _incoming(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
-            text = value.decode("latin-1")
+            text: str = value.decode("latin-1")
             if _VALID.fullmatch(text):
                 return text
             break
