@@ -171,11 +171,18 @@ def check_serve_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--max-batch: must be 0 or more (0 or 1: no merging), got {args.max_batch}")
     if args.max_batch_units is not None and args.max_batch_units < 1:
         raise UsageError(f"--max-batch-units: must be at least 1, got {args.max_batch_units}")
+    for flag, value in (("--batch-wait", getattr(args, "batch_wait", None)),
+                        ("--drain-timeout", getattr(args, "drain_timeout", None))):
+        if value is not None and not value >= 0:
+            raise UsageError(f"{flag}: must be 0 or more seconds, got {value}")
 
 
 def batch_options(args: argparse.Namespace) -> dict[str, Any]:
     """The runner's merging options from ``serve``'s arguments."""
-    return {"max_batch": args.max_batch, "max_batch_units": args.max_batch_units}
+    options: dict[str, Any] = {"max_batch": args.max_batch, "max_batch_units": args.max_batch_units}
+    if getattr(args, "batch_wait", None) is not None:
+        options["batch_wait"] = args.batch_wait
+    return options
 
 
 def is_loopback(host: str) -> bool:

@@ -162,6 +162,20 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "default: no cap)",
     )
     serve.add_argument(
+        "--batch-wait", type=float, default=None, metavar="SECONDS",
+        help="once a request is taken, wait this long for more of its shape to merge with it "
+        "(default: the runner's, 0.02; 0: merge only what is already queued)",
+    )
+    serve.add_argument(
+        "--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="on SIGTERM or Ctrl-C: how long queued and running requests get to finish "
+        "while new ones get 503; then they are cancelled (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--log-format", default="text", choices=("text", "json"),
+        help="text, or json: one JSON object per line, with the request id (default: %(default)s)",
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
         help="uvicorn and gridgen log level (default: %(default)s)",
     )

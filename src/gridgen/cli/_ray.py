@@ -96,7 +96,9 @@ def _application(args: argparse.Namespace, replicas: Any, autoscaling: Any, opti
         autoscaling=autoscaling,
         title=f"gridgen · {model}",
         prepare="gridgen.sdxl:ensure_tiny_sdxl" if model == "tiny" else None,
-        deployment_options={"ray_actor_options": actor},
+        # Ray Serve's own drain: a stopping replica gets no new requests and its ongoing
+        # ones (running and queued in the runner) this long to finish.
+        deployment_options={"ray_actor_options": actor, "graceful_shutdown_timeout_s": args.drain_timeout},
     )
     sizing = f"{replicas} replica(s)" if autoscaling is None else f"{autoscaling[0]} to {autoscaling[1]} replicas"
     where = f"{ranks} GPU(s)" if device == "cuda" else f"{ranks} CPU rank(s)"

@@ -110,9 +110,12 @@ class WarmSizes:
 
     def __init__(self) -> None:
         self._sizes: dict[tuple[str, int, int], set[int]] = {}
+        self.new = 0  # sizes added since the last result: graph captures or compiles
 
     def add(self, kind: str, size: tuple[int, int], batch: int) -> None:
-        self._sizes.setdefault((kind, *size), set()).add(batch)
+        sizes = self._sizes.setdefault((kind, *size), set())
+        self.new += batch not in sizes
+        sizes.add(batch)
 
     def sizes(self, kind: str, size: tuple[int, int]) -> list[int]:
         return sorted(self._sizes.get((kind, *size), ()))

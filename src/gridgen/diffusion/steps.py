@@ -160,6 +160,8 @@ class RankSteps(DistributedWorker):
         assert encoder is not None  # rank 0
         setup_seconds = getattr(self, "setup_seconds", None)
         self.setup_seconds = None  # one-off: reported with the first result after setup only
+        new_shapes, self.warm.new = self.warm.new, 0  # reported once, with the batch's first result
+        text_encode = getattr(self, "text_encode_seconds", None)
 
         def finish() -> dict[str, Any]:
             encoding = time.perf_counter()
@@ -168,6 +170,7 @@ class RankSteps(DistributedWorker):
                 "width": request.width,
                 "height": request.height,
                 "num_images": n,
+                "new_shapes": new_shapes,
             }
             result.update(
                 encoder.encode_outputs(images, request.output, request.image_format, _ENCODE_QUALITY)
@@ -175,6 +178,7 @@ class RankSteps(DistributedWorker):
             finished = time.perf_counter()
             result["timings"] = {
                 "setup": None if setup_seconds is None else round(setup_seconds, 6),
+                "text_encode": None if text_encode is None else round(text_encode, 6),
                 "denoise": round(marks.denoised - marks.started, 6),
                 "decode": round(marks.decoded - marks.denoised, 6),
                 "gather": round(marks.gathered - marks.decoded, 6),

@@ -460,7 +460,10 @@ class DiffusionWorker(RankSteps):
         graphed = self.fixed_shapes
         rows = self.warm.pad("unet", size, len(run.mine)) if graphed else len(run.mine)
         slots = run.mine + [run.mine[0]] * (rows - len(run.mine))  # padding repeats row 0
+        encoding = time.perf_counter()
         embeds = self.family.embeddings(self.pipeline, run.requests, slots, self.device)
+        self._sync()
+        self.text_encode_seconds = time.perf_counter() - encoding
         generators = [torch.Generator(self.device).manual_seed(slot.seed) for slot in slots]
         shrink = (
             not graphed

@@ -178,6 +178,7 @@ def application(
         actor.setdefault("num_gpus", gpus)
     actor.setdefault("num_cpus", num_cpus if num_cpus is not None else (1 if gpus else cpu_ranks))
     options.setdefault("request_router_config", {"request_router_class": ROUTER})
+    options.setdefault("graceful_shutdown_timeout_s", 30.0)  # as gridgen serve's --drain-timeout
     options.update(ray_actor_options=actor)
     options.update(_scale_and_backpressure(max_queue, num_replicas, autoscaling, max_queued_requests, retry_after))
 
