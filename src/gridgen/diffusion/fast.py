@@ -54,6 +54,7 @@ __all__ = [
     "OptimizeMode",
     "load_compile_cache",
     "optimize_pipeline",
+    "compile_blocks",
     "optimize_transformer",
     "save_compile_cache",
 ]
@@ -344,14 +345,23 @@ def optimize_transformer(
     apply_quantization(transformer, quantize)
     if mode != "compile":
         return False
-    import torch._dynamo
-
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
-    if blocks:
-        transformer._repeated_blocks = list(blocks)
-    transformer.compile_repeated_blocks(fullgraph=True, dynamic=False)
+    # The step cache decides per step, from a tensor, whether the remaining blocks run: a
+    # graph break in the first block, so its graphs cannot be whole.
+    compile_blocks(transformer, blocks, fullgraph=step_cache is None)
     pipeline.vae.decoder.compile(fullgraph=True, dynamic=False)
     return True
+
+
+def compile_blocks(denoiser: Any, blocks: tuple[str, ...] = (), fullgraph: bool = True) -> None:
+    """``torch.compile`` each of ``denoiser``'s repeated blocks (``blocks``, else its own
+    ``_repeated_blocks``), static shapes; compiling again replaces the last compile."""
+    import torch._dynamo
+
+    # One compiled graph per block class and shape; SDXL's regions need far more.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    if blocks:
+        denoiser._repeated_blocks = list(blocks)
+    denoiser.compile_repeated_blocks(fullgraph=fullgraph, dynamic=False)
 
 
 def load_compile_cache(path: str | os.PathLike[str]) -> bool:

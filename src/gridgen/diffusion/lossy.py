@@ -119,6 +119,9 @@ class CacheCounter:
     def _count(self, *_: Any) -> None:
         self.ran += 1
 
+    def close(self) -> None:
+        self._handle.remove()
+
     def take(self, steps: int) -> dict[str, int]:
         """``{"steps", "skipped"}`` since the last call (``steps``: the denoiser calls made)."""
         ran, self.ran = self.ran, 0
