@@ -8,6 +8,7 @@ import argparse
 import errno
 import ipaddress
 import os
+import re
 import socket
 import tempfile
 from pathlib import Path
@@ -142,10 +143,6 @@ def worker_options(args: argparse.Namespace, family: Any) -> dict[str, Any]:
     """The worker's ``setup`` arguments from the speed options, checked against the model's family."""
     options: dict[str, Any] = {}
     if args.optimize is not None:
-        from .diffusion.families import SDXL
-
-        if family is not SDXL and args.optimize not in ("auto", "none"):
-            raise UsageError(f"--optimize {args.optimize}: SDXL only; {family.title} takes auto or none")
         options["optimize"] = args.optimize
     if args.compile_cache is not None:
         if args.optimize != "compile":
@@ -160,7 +157,45 @@ def worker_options(args: argparse.Namespace, family: Any) -> dict[str, Any]:
         options["warmup"] = args.warmup
     if args.dtype is not None:
         options["dtype"] = args.dtype
+    options.update(_lossy_options(args, family))
     return options
+
+
+_LOSSY_FLAGS = {"quantize": "--quantize", "step_cache": "--step-cache", "cpu_offload": "--cpu-offload"}
+
+
+def _lossy_options(args: argparse.Namespace, family: Any) -> dict[str, Any]:
+    """``--quantize``, ``--step-cache`` and ``--cpu-offload``, checked where they will run (the
+    workers' device) before any worker starts."""
+    from .diffusion.lossy import check_lossy
+
+    options = {
+        name: value
+        for name, value in (("quantize", args.quantize), ("step_cache", args.step_cache),
+                            ("cpu_offload", args.cpu_offload or None))
+        if value is not None
+    }
+    if not options:
+        return options
+    device = args.device or _default_device()
+    try:
+        check_lossy(family, device, args.optimize or "auto", args.quantize, args.step_cache)
+    except ValueError as exc:
+        flags = {**_LOSSY_FLAGS, "optimize": "--optimize"}
+        text = re.sub(r"\b(quantize|step_cache|optimize)(=| )", lambda m: flags[m.group(1)] + " ", str(exc))
+        raise UsageError(text) from None
+    if args.cpu_offload:
+        if device != "cuda":
+            raise UsageError("--cpu-offload: moves models to a GPU while they run; needs --device cuda")
+        if family.denoiser == "unet" and (args.optimize or "auto") != "none":
+            raise UsageError(f"--cpu-offload: {family.title} needs --optimize none (its CUDA graphs hold GPU addresses)")
+    return options
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def check_serve_options(args: argparse.Namespace) -> None:

@@ -52,9 +52,9 @@ __all__ = [
     "GraphedTextEncoder",
     "GraphedUNet",
     "OptimizeMode",
+    "compile_blocks",
     "load_compile_cache",
     "optimize_pipeline",
-    "compile_blocks",
     "optimize_transformer",
     "save_compile_cache",
 ]

@@ -74,7 +74,7 @@ def check_lossy(
         if not 0.0 < float(step_cache) <= 1.0:
             raise ValueError(f"step_cache must be a threshold in (0, 1], got {step_cache}")
         if not family.step_cache:
-            raise ValueError(f"step_cache needs diffusers' cache hooks, which FLUX.1 has and {family.title}")
+            raise ValueError(f"step_cache needs diffusers' cache hooks, which {family.title} lacks (FLUX.1 has them)")
 
 
 def apply_quantization(denoiser: Any, quantize: Quantize) -> None:
