@@ -60,7 +60,7 @@ class BenchSDXLWorker(SDXLWorker):
 
         import torch
 
-        from gridgen.sdxl.preview import to_uint8
+        from gridgen.diffusion.preview import to_uint8
 
         n, vae = request["num_images"], self.pipeline.vae
         self._sync()

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gridgen.sdxl.fast import _REGIONS, GraphedTextEncoder, GraphedUNet, save_compile_cache
+from gridgen.diffusion.fast import _REGIONS, GraphedTextEncoder, GraphedUNet, save_compile_cache
 from gridgen.sdxl.models import build_random_sdxl
 
 PROMPT, NEGATIVE = "a lighthouse at dawn, volumetric light, highly detailed", "A blurry image"
@@ -96,7 +96,7 @@ def stage_encode(res: dict[str, Any]) -> None:
     from PIL import Image
 
     from gridgen._codec import encode_image
-    from gridgen.sdxl.encoding import OutputEncoder, encode_png, grid_array
+    from gridgen.diffusion.encoding import OutputEncoder, encode_png, grid_array
 
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, (8, 1024, 1024, 3), dtype=np.uint8)

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from typing import Any
 
 from ._batching import BatchPolicy
@@ -30,6 +31,7 @@ from ._control import ControlSocket
 from ._options import RunnerOptions, normalize_payload
 from ._protocol import ErrorInfo, Kind, Message, pack, pack_call
 from ._requests import Request, RequestQueue, RequestState
+from ._stats import RunnerStats
 from ._supervisor import Supervisor
 from .errors import GridgenError, RequestCancelled, RunnerClosed, WorkerDiedError, WorkerError
 
@@ -44,9 +46,15 @@ class Dispatcher:
     """Owns the queue, the requests in flight and the loop that runs them, one call at a time."""
 
     def __init__(
-        self, options: RunnerOptions, control: ControlSocket, supervisor: Supervisor, policy: BatchPolicy
+        self,
+        options: RunnerOptions,
+        control: ControlSocket,
+        supervisor: Supervisor,
+        policy: BatchPolicy,
+        stats: RunnerStats | None = None,
     ) -> None:
         self.options = options
+        self.stats = RunnerStats() if stats is None else stats
         self.control = control
         self.supervisor = supervisor
         self.policy = policy
@@ -65,14 +73,20 @@ class Dispatcher:
 
     # -- submit and cancel ------------------------------------------------------------
 
-    def submit(self, payload: Any, *, streaming: bool, timeout: float | None) -> Request:
+    def submit(
+        self, payload: Any, *, streaming: bool, timeout: float | None, trace_id: str | None = None
+    ) -> Request:
         """Queue a request; every check (room, payload, batch key, encoding) happens before
-        it is queued, so a rejected request leaves no trace."""
-        self.queue.check_room(group_busy=bool(self.running))
-        payload = normalize_payload(payload)
-        key, units = self.policy.describe(payload)
-        request_id = next(self._ids)
-        frame = pack_call(request_id, streaming, payload, max_bytes=self.options.max_message_bytes)
+        it is queued, so a rejected request leaves no trace (but a count in the stats)."""
+        try:
+            self.queue.check_room(group_busy=bool(self.running))
+            payload = normalize_payload(payload)
+            key, units = self.policy.describe(payload)
+            request_id = next(self._ids)
+            frame = pack_call(request_id, streaming, payload, max_bytes=self.options.max_message_bytes)
+        except Exception as exc:
+            self.stats.rejected(exc)
+            raise
         loop = asyncio.get_running_loop()
         limit = self.options.request_timeout if timeout is None else timeout
         request = Request(
@@ -85,9 +99,22 @@ class Dispatcher:
             loop=loop,
         )
         request.key, request.units = key, units
+        request.trace_id = trace_id
+        request.future.add_done_callback(lambda _: self._record(request))
         self._requests[request_id] = request
         self.queue.put(request)
         return request
+
+    def _record(self, request: Request) -> None:
+        future = request.future
+        error = future.exception() if not future.cancelled() else RequestCancelled("cancelled")
+        result = future.result() if error is None else None
+        self.stats.finished(error, result, time.monotonic() - request.submitted_at, request.internal)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests out of the queue whose outcome has not reached their callers yet."""
+        return sum(1 for r in self._requests.values() if r.state is not RequestState.QUEUED and not r.finished)
 
     def cancel(self, request: Request, error: BaseException) -> None:
         """Cancel a request: drop it if queued, else tell every rank. The caller gets ``error``."""
@@ -105,7 +132,7 @@ class Dispatcher:
         if not request.finished and request.mark_cancel_sent(asyncio.get_running_loop().time()):
             request.finish(error=error)
             self._broadcast(pack(Kind.CANCEL, request.id))
-            logger.info("request %d cancelled: %s", request.id, error)
+            logger.info("request %d cancelled: %s", request.id, error, extra=request.log_extra)
 
     def _broadcast(self, frame: bytes) -> None:
         self.control.broadcast(self.supervisor.generation, self.world_size, frame)
@@ -192,6 +219,11 @@ class Dispatcher:
             request.start()
             request.changed = changed  # any report on any of them wakes this loop
         self.running = requests
+        wanted = [r for r in requests if not r.internal]
+        if wanted:
+            self.stats.call_started(
+                [r.units for r in wanted], [(r.started_at or r.submitted_at) - r.submitted_at for r in wanted]
+            )
         abandoned_at: float | None = None  # when the last request of the call stopped waiting
         try:
             self._broadcast(frame)
@@ -260,7 +292,10 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         if rank in request.reported:
             return
-        logger.error("request %d failed on rank %d: %s", request.id, rank, error.remote_message, extra={"rank": rank})
+        logger.error(
+            "request %d failed on rank %d: %s", request.id, rank, error.remote_message,
+            extra={"rank": rank, **request.log_extra},
+        )
         if not request.report_error(rank, error, info.in_collective, loop.time()):
             return
         if not request.all_released:
@@ -293,7 +328,31 @@ class Dispatcher:
                 request.free_ranks()
             self._requests.pop(request.id, None)
 
-    # -- stop -------------------------------------------------------------------------
+    # -- drain and stop ---------------------------------------------------------------
+
+    async def drain(self, timeout: float | None) -> int:
+        """Wait up to ``timeout`` seconds for every queued and running request to end, then
+        cancel the rest with an error that says so. Returns how many were cancelled."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            pending = [r.future for r in self._requests.values() if not r.finished and not r.internal]
+            if not pending:
+                return 0
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
+            await asyncio.wait(pending, timeout=remaining)
+        left = [r for r in self._requests.values() if not r.finished and not r.internal]
+        for request in left:
+            error = RequestCancelled(
+                f"the service is shutting down and this request did not finish within the drain "
+                f"timeout ({timeout:g} s)",
+                request_id=request.id,
+            )
+            logger.warning("request %d cancelled: %s", request.id, error, extra=request.log_extra)
+            self.cancel(request, error)
+        return len(left)
 
     async def stop(self, grace: float) -> bool:
         """Fail what is queued, let the running call finish for ``grace`` seconds, then wait
@@ -307,7 +366,10 @@ class Dispatcher:
             done, _ = await asyncio.wait({self._task}, timeout=grace)
             if not done:
                 for current in self.running:
-                    logger.warning("stop(): request %d still running after %.1fs; abandoning it", current.id, grace)
+                    logger.warning(
+                        "stop(): request %d still running after %.1fs; abandoning it", current.id, grace,
+                        extra=current.log_extra,
+                    )
                     current.finish(error=RequestCancelled("the runner stopped while this request ran"))
                     abandoned = True
                 self._task.cancel()

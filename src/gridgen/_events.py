@@ -20,17 +20,21 @@ An error ends such a stream with :func:`error_event`:
 from __future__ import annotations
 
 import base64
+import logging
 import sys
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ._json import text_event as _json_event
-from .errors import WorkerError
+from .errors import GridgenError, WorkerError
 from .images import EncodedImage, image_data_url
 
-__all__ = ["error_event", "error_fields", "fal_shapes", "text_event"]
+__all__ = ["error_event", "error_fields", "fal_shapes", "text_event", "text_events"]
+
+logger = logging.getLogger("gridgen.runner")
 
 NDARRAY_CONTENT_TYPE = "application/ndarray"
 
@@ -106,3 +110,18 @@ def error_fields(error: BaseException) -> dict[str, Any]:
 def error_event(error: BaseException) -> bytes:
     """The last event of a failed ``as_text_events`` stream: ``data: {"error": {...}}``."""
     return _json_event({"error": error_fields(error)})
+
+
+async def text_events(items: AsyncGenerator[Any, None]) -> AsyncGenerator[bytes, None]:
+    """``items`` as :func:`text_event` bytes; an error ends them with :func:`error_event`."""
+    try:
+        async for item in items:
+            yield text_event(item)
+    except Exception as exc:  # anything: the response must end with the error, not be cut off
+        logger.error(
+            "a text-event stream ended with an error event: %s", error_fields(exc),
+            exc_info=not isinstance(exc, GridgenError),
+        )
+        yield error_event(exc)
+    finally:
+        await items.aclose()

@@ -1,6 +1,6 @@
 """Loading diffusers parts from a local folder or the Hugging Face hub, failing fast and clearly offline.
 
-Shared by every pipeline family (:mod:`gridgen.sdxl.models`, :mod:`gridgen.diffusion.models`).
+Shared by every pipeline family (:mod:`gridgen.diffusion.models`, :mod:`gridgen.diffusion.builders`).
 """
 
 from __future__ import annotations

@@ -11,13 +11,18 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
-__all__ = ["RunnerOptions", "collective_timeout_of", "log_ignored_ports", "normalize_payload"]
+__all__ = ["Option", "RunnerOptions", "collective_timeout_of", "log_ignored_ports", "normalize_payload"]
 
 logger = logging.getLogger("gridgen.runner")
 
 DEFAULT_COLLECTIVE_TIMEOUT = 600.0
+DEFAULT_BATCH_WAIT = 0.02
+"""Seconds the head of the queue waits for company: a burst of 8 one-image requests sent
+together over HTTP then forms one call (docs/concepts.md, "Latency", has the figures)."""
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -40,7 +45,7 @@ class RunnerOptions:
     prefix_output: bool = True
     max_batch: int = 8
     max_batch_units: int | None = None
-    batch_wait: float = 0.0
+    batch_wait: float = DEFAULT_BATCH_WAIT
     batch_sizes: tuple[int, ...] | None = None
     cwd: str | None = None
     set_device: bool = True
@@ -111,3 +116,23 @@ def normalize_payload(payload: Any) -> dict[str, Any]:
     # The runner says whether a request streams (invoke: False, stream: True), whatever the
     # caller put there, as fal does: fal programs send the key in their payloads.
     return {key: value for key, value in payload.items() if key != "streaming"}
+
+
+class Option(Generic[T]):
+    """A runner attribute that is one of its :class:`RunnerOptions`."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> Option[T]: ...
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> T: ...
+    def __get__(self, obj: object | None, objtype: type | None = None) -> T | Option[T]:
+        if obj is None:
+            return self
+        value: T = getattr(obj.options, self.name)  # type: ignore[attr-defined]
+        return value
+
+    def __set__(self, obj: object, value: T) -> None:
+        setattr(obj.options, self.name, value)  # type: ignore[attr-defined]

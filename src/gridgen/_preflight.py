@@ -9,6 +9,7 @@ import difflib
 import errno
 import ipaddress
 import os
+import re
 import socket
 import tempfile
 from pathlib import Path
@@ -171,10 +172,6 @@ def worker_options(
     request), else at the worker's default (the families' default size, 1024x1024)."""
     options: dict[str, Any] = {}
     if args.optimize is not None:
-        from .diffusion.families import SDXL
-
-        if family is not SDXL and args.optimize not in ("auto", "none"):
-            raise UsageError(f"--optimize {args.optimize}: SDXL only; {family.title} takes auto or none")
         options["optimize"] = args.optimize
     if args.compile_cache is not None:
         if args.optimize != "compile":
@@ -197,6 +194,7 @@ def worker_options(
         options["warmup_size"] = request_size
     if args.dtype is not None:
         options["dtype"] = args.dtype
+    options.update(_lossy_options(args, family))
     return options
 
 
@@ -212,6 +210,43 @@ def _check_size(family: Any, warmup_size: tuple[int, int]) -> None:
         raise UsageError(f"--warmup-size {width}x{height}: {rules}") from None
 
 
+_LOSSY_FLAGS = {"quantize": "--quantize", "step_cache": "--step-cache", "cpu_offload": "--cpu-offload"}
+
+
+def _lossy_options(args: argparse.Namespace, family: Any) -> dict[str, Any]:
+    """``--quantize``, ``--step-cache`` and ``--cpu-offload``, checked where they will run (the
+    workers' device) before any worker starts."""
+    from .diffusion.lossy import check_lossy
+
+    options = {
+        name: value
+        for name, value in (("quantize", args.quantize), ("step_cache", args.step_cache),
+                            ("cpu_offload", args.cpu_offload or None))
+        if value is not None
+    }
+    if not options:
+        return options
+    device = args.device or _default_device()
+    try:
+        check_lossy(family, device, args.optimize or "auto", args.quantize, args.step_cache)
+    except ValueError as exc:
+        flags = {**_LOSSY_FLAGS, "optimize": "--optimize"}
+        text = re.sub(r"\b(quantize|step_cache|optimize)(=| )", lambda m: flags[m.group(1)] + " ", str(exc))
+        raise UsageError(text) from None
+    if args.cpu_offload:
+        if device != "cuda":
+            raise UsageError("--cpu-offload: moves models to a GPU while they run; needs --device cuda")
+        if family.denoiser == "unet" and (args.optimize or "auto") != "none":
+            raise UsageError(f"--cpu-offload: {family.title} needs --optimize none (its CUDA graphs hold GPU addresses)")
+    return options
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def check_serve_options(args: argparse.Namespace) -> None:
     """The queue and merging limits of ``serve`` (also with ``--ray``), before anything starts."""
     if args.max_queue < 0:
@@ -220,11 +255,18 @@ def check_serve_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--max-batch: must be 0 or more (0 or 1: no merging), got {args.max_batch}")
     if args.max_batch_units is not None and args.max_batch_units < 1:
         raise UsageError(f"--max-batch-units: must be at least 1, got {args.max_batch_units}")
+    for flag, value in (("--batch-wait", getattr(args, "batch_wait", None)),
+                        ("--drain-timeout", getattr(args, "drain_timeout", None))):
+        if value is not None and not value >= 0:
+            raise UsageError(f"{flag}: must be 0 or more seconds, got {value}")
 
 
 def batch_options(args: argparse.Namespace) -> dict[str, Any]:
     """The runner's merging options from ``serve``'s arguments."""
-    return {"max_batch": args.max_batch, "max_batch_units": args.max_batch_units}
+    options: dict[str, Any] = {"max_batch": args.max_batch, "max_batch_units": args.max_batch_units}
+    if getattr(args, "batch_wait", None) is not None:
+        options["batch_wait"] = args.batch_wait
+    return options
 
 
 def is_loopback(host: str) -> bool:

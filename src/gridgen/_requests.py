@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import time
 from collections.abc import AsyncGenerator, Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -117,6 +118,9 @@ class Request:
         self.streaming = streaming
         self.deadline = deadline
         self.internal = internal  # a keepalive: nobody waits for it
+        self.trace_id: str | None = None  # the caller's id for it (the HTTP x-request-id)
+        self.submitted_at = time.monotonic()
+        self.started_at: float | None = None  # when its call began on the group
         self.key: Hashable | None = None  # requests with equal keys may share one call
         self.units = 1  # work units counted against max_batch_units
         self.world_size = world_size
@@ -151,6 +155,12 @@ class Request:
         if self.state is not RequestState.QUEUED:
             raise RuntimeError(f"request {self.id} cannot start: it is {self.state.value}")
         self.state = RequestState.RUNNING
+        self.started_at = time.monotonic()
+
+    @property
+    def log_extra(self) -> dict[str, Any]:
+        """``extra=`` for log lines about this request: its trace id, for JSON logs."""
+        return {"request_id": self.trace_id} if self.trace_id is not None else {}
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
         """Give the caller its outcome; the first outcome wins, later ones are ignored."""
@@ -325,6 +335,12 @@ class RequestHandle:
         """``"queued"``, ``"running"``, then ``"done"``, ``"failed"`` or ``"cancelled"`` once
         :meth:`done` is true (a :class:`RequestState`, which compares equal to these strings)."""
         return self._request.state
+
+    @property
+    def trace_id(self) -> str | None:
+        """The caller's id for this request (``submit(..., trace_id=)``; the server passes
+        the HTTP ``x-request-id``), on the runner's log lines about it."""
+        return self._request.trace_id
 
     @property
     def position(self) -> int | None:

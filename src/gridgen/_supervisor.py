@@ -29,6 +29,7 @@ from ._class_ref import WorkerNotSendable, by_value, main_not_rerun
 from ._control import ControlSocket
 from ._options import RunnerOptions
 from ._protocol import ErrorInfo, Kind, Message, pack
+from ._stats import RunnerStats
 from ._worker_main import WorkerSpec, worker_main
 from .errors import GridgenError, RunnerClosed, StartupError, StartupTimeout, WorkerDiedError
 from .worker import DistributedWorker
@@ -254,8 +255,10 @@ class Supervisor:
         options: RunnerOptions,
         control: ControlSocket,
         on_lost: OnLost,
+        stats: RunnerStats | None = None,
     ) -> None:
         self.worker_cls = worker_cls
+        self.stats = RunnerStats() if stats is None else stats
         self.devices = devices
         self.backend = backend
         self.world_size = len(devices)
@@ -371,6 +374,7 @@ class Supervisor:
             return
         error = WorkerDiedError(rank, exitcode)
         logger.error("%s", error, extra={"rank": rank})
+        self.stats.worker_died()
         if self._startup is not None and not self._startup.done():
             self._startup.set_exception(StartupError(f"rank {rank} died during startup: {error}", rank=rank))
             return
@@ -441,6 +445,7 @@ class Supervisor:
         if self.health == "restarting":
             self._set_health("ready")
         self.restarts += 1
+        self.stats.group_restarted()
         logger.warning("worker group restarted (restart %d)", self.restarts)
 
     async def cancel_restart(self) -> None:

@@ -2,17 +2,43 @@
 
 Output is prefixed at the file-descriptor level (so output from C extensions such as
 NCCL and CUDA is prefixed too) by pump threads, which the process drains before it exits.
+With ``GRIDGEN_LOG_FORMAT=json`` in the environment (``gridgen serve --log-format json``)
+each line is a JSON object instead, with its ``rank``: log records as such, any other
+output line as its ``message``.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import os
 import sys
 import threading
+import time
 from typing import Any
 
-__all__ = ["configure_logging", "drain_output", "prefix_output"]
+__all__ = ["LOG_FORMAT_ENV", "configure_logging", "drain_output", "prefix_output"]
+
+LOG_FORMAT_ENV = "GRIDGEN_LOG_FORMAT"
+
+
+def _json_logs() -> bool:
+    return os.environ.get(LOG_FORMAT_ENV) == "json"
+
+
+def _json_line(created: float, level: str, logger: str, message: str, rank: int) -> str:
+    when = datetime.datetime.fromtimestamp(created, datetime.UTC).isoformat(timespec="milliseconds")
+    entry = {"time": when.replace("+00:00", "Z"), "level": level, "logger": logger, "message": message, "rank": rank}
+    return json.dumps(entry, ensure_ascii=False)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message = f"{message}\n{self.formatException(record.exc_info)}"
+        return _json_line(record.created, record.levelname, record.name, message, getattr(record, "rank", -1))
 
 
 class _RankRecordFactory:
@@ -33,7 +59,10 @@ def configure_logging(rank: int, level: int) -> None:
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s [rank %(rank)s]: %(message)s"))
+        handler.setFormatter(
+            _JsonFormatter() if _json_logs()
+            else logging.Formatter("%(levelname)s %(name)s [rank %(rank)s]: %(message)s")
+        )
         root.addHandler(handler)
     logging.getLogger("gridgen").setLevel(level)
 
@@ -48,6 +77,14 @@ def prefix_output(rank: int) -> list[threading.Thread]:
 
     def prefixed(line: bytes) -> bytes:
         return (line if line.startswith(own) else prefix + line) + b"\n"
+
+    def as_json(line: bytes) -> bytes:
+        if line.startswith(b'{"time"'):  # a log record, formatted already
+            return line + b"\n"
+        text = line.decode("utf-8", "replace")
+        return _json_line(time.time(), "INFO", "gridgen.worker.output", text, rank).encode() + b"\n"
+
+    convert = as_json if _json_logs() else prefixed
 
     pumps = []
     for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
@@ -64,9 +101,9 @@ def prefix_output(rank: int) -> list[threading.Thread]:
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
                     if lines:
-                        os.write(target, b"".join(map(prefixed, lines)))
+                        os.write(target, b"".join(map(convert, lines)))
                 if pending:
-                    os.write(target, prefixed(pending))
+                    os.write(target, convert(pending))
 
         thread = threading.Thread(target=pump, name=f"gridgen-fd{fd}", daemon=True)
         thread.start()

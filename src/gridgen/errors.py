@@ -7,8 +7,8 @@ GridgenError
 │   ├── QueueFull              the queue is at max_queue; nothing was queued
 │   ├── RequestTimeout         the request's time limit passed (also a TimeoutError)
 │   └── RequestCancelled       the runner dropped the request (stop, restart)
-├── RunnerError                the runner as a whole
-│   └── RunnerClosed           the runner is stopped (or stopping) and takes no more requests
+├── RunnerError                the runner as a whole (also a RuntimeError)
+│   └── RunnerClosed           the runner is not running: new, draining, stopping or stopped
 ├── WorkerFailure              a worker failed; .rank
 │   ├── WorkerError            a rank raised inside setup/__call__; the remote traceback; .request_id
 │   │   └── StartupError       start() failed: setup raised, a rank died while starting, or timed out
@@ -109,12 +109,18 @@ class RequestCancelled(RequestError):
 # -- errors of the runner ------------------------------------------------------------------
 
 
-class RunnerError(GridgenError):
-    """The runner as a whole cannot serve requests."""
+class RunnerError(GridgenError, RuntimeError):
+    """The runner as a whole cannot serve requests.
+
+    Also a ``RuntimeError``, which fal's code catches when it uses a runner before ``start()``.
+    """
 
 
 class RunnerClosed(RunnerError):
-    """The runner is stopped or stopping, or was never started."""
+    """The runner is not running: never started, draining, stopping or stopped.
+
+    Its message starts ``the runner is not running``, the words fal's code looks for.
+    """
 
 
 # -- errors of a worker --------------------------------------------------------------------

@@ -26,17 +26,19 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._batching import BatchPolicy
 from ._control import ControlSocket
 from ._dispatch import Dispatcher
-from ._events import error_event, error_fields, text_event
-from ._options import RunnerOptions, collective_timeout_of, log_ignored_ports
+from ._events import text_events
+from ._options import DEFAULT_BATCH_WAIT, RunnerOptions, collective_timeout_of, log_ignored_ports
+from ._options import Option as _Option
 from ._protocol import Kind, Message
 from ._requests import RequestHandle
+from ._stats import RunnerStats
 from ._supervisor import Supervisor, resolve_devices
-from .errors import GridgenError, RunnerClosed, WorkerDiedError
+from .errors import RunnerClosed, WorkerDiedError
 from .worker import DistributedWorker
 
 if TYPE_CHECKING:
@@ -47,27 +49,6 @@ __all__ = ["DistributedRunner", "RequestHandle"]
 logger = logging.getLogger("gridgen.runner")
 
 W = TypeVar("W", bound=DistributedWorker)
-T = TypeVar("T")
-
-
-class _Option(Generic[T]):
-    """A runner attribute that is one of its :class:`RunnerOptions`."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    @overload
-    def __get__(self, obj: None, objtype: type | None = None) -> _Option[T]: ...
-    @overload
-    def __get__(self, obj: object, objtype: type | None = None) -> T: ...
-    def __get__(self, obj: object | None, objtype: type | None = None) -> T | _Option[T]:
-        if obj is None:
-            return self
-        value: T = getattr(obj.options, self.name)  # type: ignore[attr-defined]
-        return value
-
-    def __set__(self, obj: object, value: T) -> None:
-        setattr(obj.options, self.name, value)  # type: ignore[attr-defined]
 
 
 class DistributedRunner(Generic[W]):
@@ -102,8 +83,9 @@ class DistributedRunner(Generic[W]):
             compatible (``batch_key``); 0 or 1: no merging. Workers without a key are unaffected.
         max_batch_units: most work units (``batch_units``, e.g. images) in one merged call;
             None: no cap. The head of the queue is always taken, even alone over the cap.
-        batch_wait: seconds to wait for more compatible requests once the head is taken;
-            0 (the default) merges only what is already queued and adds no latency.
+        batch_wait: seconds the head of the queue waits for more compatible requests once
+            the group is free (default 0.02: a burst sent together merges; a lone request
+            waits that long); 0 merges only what is already queued.
         batch_sizes: the unit totals a merged call may have (None: what the worker declares
             in its ``batch_sizes`` after setup, else any). A compiled or
             CUDA-graphed worker pads a batch up to a size it has already run, so give the
@@ -137,7 +119,7 @@ class DistributedRunner(Generic[W]):
         prefix_output: bool = True,
         max_batch: int = 8,
         max_batch_units: int | None = None,
-        batch_wait: float = 0.0,
+        batch_wait: float = DEFAULT_BATCH_WAIT,
         batch_sizes: Sequence[int] | None = None,
         timeout: float | None = None,
         cwd: str | os.PathLike[str] | None = None,
@@ -175,6 +157,9 @@ class DistributedRunner(Generic[W]):
         self.worker_cls = worker_cls
         self.devices, self.backend = resolve_devices(world_size, device, devices)
         self.world_size = len(self.devices)
+        family = getattr(worker_cls, "family", None)
+        self._stats = RunnerStats(getattr(family, "name", None) or "none")
+        self._stats.use_devices(self.devices)
         self._build_owners(dict(setup_kwargs or {}))
         self._lifecycle = asyncio.Lock()
         self._start_error: Exception | None = None
@@ -183,15 +168,16 @@ class DistributedRunner(Generic[W]):
         """The socket, the supervisor and the dispatcher of one run, from new to stopped."""
         self._control = ControlSocket(self.options)
         self._supervisor = Supervisor(
-            self.worker_cls, self.devices, self.backend, self.options, self._control, self._on_group_lost
+            self.worker_cls, self.devices, self.backend, self.options, self._control, self._on_group_lost,
+            self._stats,
         )
         self._supervisor.setup_kwargs = setup_kwargs
         supervisor = self._supervisor
         policy = BatchPolicy(
             self.worker_cls, self.world_size, self.options, lambda: supervisor.worker_batch_sizes
         )
-        self._dispatcher = Dispatcher(self.options, self._control, self._supervisor, policy)
-        self._phase = "new"  # new, starting, running, stopping, stopped
+        self._dispatcher = Dispatcher(self.options, self._control, self._supervisor, policy, self._stats)
+        self._phase = "new"  # new, starting, running, draining, stopping, stopped
         self._stopped = asyncio.Event()
 
     # -- settings (see the class docstring) ----------------------------------------------
@@ -228,7 +214,8 @@ class DistributedRunner(Generic[W]):
 
     @property
     def state(self) -> str:
-        """``new``, ``starting``, ``ready``, ``restarting``, ``dead`` (a worker died), ``stopping`` or ``stopped``."""
+        """``new``, ``starting``, ``ready``, ``restarting``, ``dead`` (a worker died),
+        ``draining`` (see :meth:`drain`), ``stopping`` or ``stopped``."""
         if self._phase == "running":
             return self._supervisor.health
         return self._phase
@@ -248,6 +235,17 @@ class DistributedRunner(Generic[W]):
     def queue_size(self) -> int:
         """Requests waiting (not counting the running one)."""
         return len(self._dispatcher.queue)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests out of the queue (running, or their results on the way) not yet answered."""
+        return self._dispatcher.in_flight
+
+    def stats(self) -> dict[str, Any]:
+        """The runner's numbers since it was built, as plain values: what ``/metrics`` shows
+        (:class:`gridgen.metrics.RunnerCollector`; each key is described in docs/operations.md)."""
+        now = {"state": self.state, "ready": self.ready, "world_size": self.world_size}
+        return {**now, "queue_size": self.queue_size, "in_flight": self.in_flight, **self._stats.as_dict()}
 
     @property
     def pids(self) -> list[int | None]:
@@ -347,6 +345,18 @@ class DistributedRunner(Generic[W]):
         self._stopped.set()
         logger.info("runner stopped")
 
+    async def drain(self, timeout: float | None = 30.0) -> int:
+        """Refuse new requests (``state`` ``draining``, ``submit`` raises :class:`RunnerClosed`),
+        let queued and running ones finish for ``timeout`` seconds (None: no limit), then cancel
+        the rest with a :class:`RequestCancelled` naming the drain; returns how many. Then :meth:`stop`."""
+        if self._phase != "running":
+            return 0
+        self._phase = "draining"
+        logger.info("draining: %d queued, %d running", self.queue_size, self.in_flight)
+        cancelled = await self._dispatcher.drain(timeout)
+        logger.info("drained%s", f"; {cancelled} request(s) cancelled at the timeout" if cancelled else "")
+        return cancelled
+
     async def restart(self, timeout: float | None = None) -> None:
         """Terminate the worker group and start a fresh one (``setup`` runs again).
 
@@ -365,18 +375,32 @@ class DistributedRunner(Generic[W]):
     # -- requests ---------------------------------------------------------------------------
 
     def submit(
-        self, payload: Mapping[str, Any] | Any, *, streaming: bool = False, timeout: float | None = None
+        self,
+        payload: Mapping[str, Any] | Any,
+        *,
+        streaming: bool = False,
+        timeout: float | None = None,
+        trace_id: str | None = None,
     ) -> RequestHandle:
         """Queue a request and return its handle at once.
+
+        ``trace_id``: the caller's id for the request (the server passes the HTTP
+        ``x-request-id``), on the runner's log lines about it (``extra["request_id"]``).
 
         Raises :class:`RunnerClosed`, :class:`QueueFull`, ``TypeError`` for a value
         that cannot travel, or :class:`PayloadTooLarge`: all before anything is queued.
         """
         if self._phase in ("new", "starting"):
-            raise RunnerClosed("the runner is not started: await runner.start() (or use `async with`)")
-        if self._phase in ("stopping", "stopped"):
-            raise RunnerClosed("the runner is stopped and takes no more requests")
-        request = self._dispatcher.submit(payload, streaming=streaming, timeout=timeout)
+            error = RunnerClosed(
+                "the runner is not running (not started): await runner.start() (or use `async with`)"
+            )
+            self._stats.rejected(error)
+            raise error
+        if self._phase in ("draining", "stopping", "stopped"):
+            error = RunnerClosed(f"the runner is not running ({self._phase}) and takes no more requests")
+            self._stats.rejected(error)
+            raise error
+        request = self._dispatcher.submit(payload, streaming=streaming, timeout=timeout, trace_id=trace_id)
         return RequestHandle(request, self._dispatcher.queue, self._dispatcher.cancel)
 
     async def invoke(self, payload: Mapping[str, Any] | Any = None, timeout: float | None = None) -> Any:
@@ -410,7 +434,8 @@ class DistributedRunner(Generic[W]):
         if streaming_timeout is not None and idle_timeout is not None:
             raise ValueError("streaming_timeout (fal's name) and idle_timeout are one limit: give one of them")
         idle = streaming_timeout if streaming_timeout is not None else idle_timeout
-        items = self._text_events(payload, timeout, idle) if as_text_events else self._items(payload, timeout, idle)
+        items = self._items(payload, timeout, idle)
+        items = text_events(items) if as_text_events else items
         try:
             async for item in items:
                 yield item
@@ -425,17 +450,6 @@ class DistributedRunner(Generic[W]):
                 yield item
         finally:
             await events.aclose()
-
-    async def _text_events(self, payload: Any, timeout: float | None, idle: float | None) -> AsyncGenerator[bytes, None]:
-        items = self._items(payload, timeout, idle)
-        try:
-            async for item in items:
-                yield text_event(item)
-        except Exception as exc:  # anything: the response must end with the error, not be cut off
-            logger.error("a text-event stream ended with an error event: %s", error_fields(exc), exc_info=not isinstance(exc, GridgenError))
-            yield error_event(exc)
-        finally:
-            await items.aclose()
 
     # -- health -------------------------------------------------------------------------------
 
@@ -455,7 +469,7 @@ class DistributedRunner(Generic[W]):
             dead = self._supervisor.dead_rank()
             if dead is not None:
                 raise WorkerDiedError(*dead)
-        raise RunnerClosed(f"the runner is {self.state}, not serving")
+        raise RunnerClosed(f"the runner is not running (it is {self.state})")
 
     def gather_errors(self) -> list[Exception]:
         """The errors that left the runner unusable: the failed ``start()``'s, a dead rank's.

@@ -34,7 +34,11 @@ def test_the_options_become_setup_arguments(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "family", "message"),
     [
-        (["--optimize", "compile"], FLUX_DEV, "--optimize compile: SDXL only; FLUX.1-dev takes auto or none"),
+        (["--quantize", "fp8", "--optimize", "compile", "--device", "cpu"], FLUX_DEV, '--quantize "fp8" needs a CUDA GPU'),
+        (["--quantize", "fp8", "--device", "cpu"], SDXL, '--quantize "fp8" is for the transformer families'),
+        (["--step-cache", "0.1"], SDXL, "--step-cache needs diffusers' cache hooks, which SDXL lacks"),
+        (["--step-cache", "0"], FLUX_DEV, r"--step-cache must be a threshold in \(0, 1\], got 0.0"),
+        (["--cpu-offload", "--device", "cpu"], FLUX_DEV, "--cpu-offload: moves models to a GPU"),
         (["--compile-cache", "x.bin"], SDXL, "--compile-cache: only used with --optimize compile"),
         (["--optimize", "graphs", "--compile-cache", "x.bin"], SDXL, "only used with --optimize compile"),
     ],
@@ -52,8 +56,8 @@ def test_a_compile_cache_folder_is_refused(tmp_path: Path) -> None:
 def test_bad_values_exit_2_before_any_worker_starts() -> None:
     warmup = run_cli("serve", "--model", "tiny", "--warmup", "1,0")
     assert warmup.returncode == 2 and "--warmup: must be whole numbers >= 1 separated by commas" in warmup.stderr
-    flux = run_cli("generate", "a cat", "--model", "tiny-flux", "--optimize", "graphs")
-    assert flux.returncode == 2 and "--optimize graphs: SDXL only" in flux.stderr
+    flux = run_cli("generate", "a cat", "--model", "tiny-flux", "--step-cache", "1.5")
+    assert flux.returncode == 2 and "--step-cache must be a threshold in (0, 1], got 1.5" in flux.stderr
     assert "starting" not in flux.stderr
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from gridgen.diffusion import build_random, build_tiny_flux, ensure_tiny, load_family_pipeline
+from gridgen.diffusion.builders import family_config
 from gridgen.diffusion.families import FLUX_DEV, SD3
-from gridgen.diffusion.models import family_config
 
 _PARTS = {
     "tiny-flux": {

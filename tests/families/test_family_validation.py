@@ -112,8 +112,8 @@ def test_a_worker_refuses_a_model_of_another_family(family_cache: str) -> None:
         SDXLWorker().setup(model="tiny-flux")
     with pytest.raises(ValueError, match='preview="taesd" is SDXL only'):
         SD3Worker().setup(model="tiny-sd3", preview="taesd")
-    with pytest.raises(ValueError, match="optimize='graphs' is SDXL only"):
-        FluxWorker().setup(model="tiny-flux", optimize="graphs")
+    with pytest.raises(ValueError, match=r"step_cache needs diffusers' cache hooks, which Stable Diffusion 3.5 lacks"):
+        SD3Worker().setup(model="tiny-sd3", step_cache=0.1)
 
 
 def test_a_schnell_folder_runs_without_guidance(tmp_path: Path) -> None:

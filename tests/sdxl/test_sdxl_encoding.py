@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from gridgen import make_grid
-from gridgen.sdxl.encoding import OutputEncoder, _adler32_combine, encode_png, grid_array
+from gridgen.diffusion.encoding import OutputEncoder, _adler32_combine, encode_png, grid_array
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gridgen.diffusion.fast import GraphedTextEncoder, GraphedUNet, optimize_pipeline
 from gridgen.images import EncodedImage
 from gridgen.sdxl import SDXLWorker
-from gridgen.sdxl.fast import GraphedTextEncoder, GraphedUNet, optimize_pipeline
 
 REQUEST: dict[str, Any] = {
     "prompt": "a lighthouse", "num_images": 2, "width": 64, "height": 64,

@@ -64,8 +64,10 @@ def test_direct_worker_returns_encoded_images_and_timings(direct: Any) -> None:
     assert result["grid"].data[:2] == b"\xff\xd8"
     assert [image.format for image in result["images"]] == ["jpeg", "jpeg"]
     timings = result["timings"]
-    assert set(timings) == {"setup", "denoise", "decode", "gather", "encode", "total"}
+    assert set(timings) == {"setup", "text_encode", "denoise", "decode", "gather", "encode", "total"}
     assert all(value >= 0 for value in timings.values() if value is not None)
+    assert timings["text_encode"] <= timings["denoise"]  # text encoding is part of the denoise phase
+    assert result["new_shapes"] == 0  # no CUDA graphs or compiles on CPU
     parts = timings["denoise"] + timings["decode"] + timings["gather"] + timings["encode"]
     assert parts <= timings["total"] + 1e-3
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from gridgen.diffusion.families import SDXL
+from gridgen.diffusion.preview import LinearPreview, TaesdPreview
 from gridgen.sdxl import SDXLWorker
-from gridgen.sdxl.preview import LinearPreview, TaesdPreview
 
 from helpers.sdxl import SMALL, pixels
 
@@ -86,7 +87,7 @@ def test_streaming_without_previewer_sends_progress_only(tiny_cache: str) -> Non
 
 
 def test_linear_preview_uses_the_sdxl_factors() -> None:
-    preview = LinearPreview()
+    preview = LinearPreview(*SDXL.latent_rgb)
     latents = torch.zeros(2, 4, 3, 5)
     latents[1, 0] = 1.0  # channel 0 only
     out = preview(latents)
@@ -94,7 +95,7 @@ def test_linear_preview_uses_the_sdxl_factors() -> None:
     assert out[0, :, 0, 0].tolist() == [141, 125, 127]  # bias only: (b + 1) / 2 * 255
     assert out[1, :, 0, 0].tolist() == [188, 179, 183]  # (f0 + b + 1) / 2 * 255
     assert preview.size(3, 5) == (6, 10)
-    assert LinearPreview(upscale=1)(latents).shape == (2, 3, 3, 5)
+    assert LinearPreview(*SDXL.latent_rgb, upscale=1)(latents).shape == (2, 3, 3, 5)
 
 
 def test_taesd_preview_size_is_capped(taesd_worker: SDXLWorker) -> None:

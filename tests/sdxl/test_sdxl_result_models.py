@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from gridgen.diffusion.results import image_to_data_url
 from gridgen.sdxl import GenerateResult, PreviewEvent
-from gridgen.sdxl.request import image_to_data_url
 
 from helpers.sdxl import SMALL, pixels
 

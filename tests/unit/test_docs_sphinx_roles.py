@@ -26,7 +26,7 @@ def _extension() -> ModuleType:
         (":meth:`gridgen.DistributedRunner.start`", "`gridgen.DistributedRunner.start`"),
         (":meth:`Batch.cancelled <gridgen.Batch.cancelled>`", "`Batch.cancelled`"),
         (":func:`.save_compile_cache`", "`save_compile_cache`"),
-        (":data:`~gridgen.sdxl.fast.CompileRegions`", "`CompileRegions`"),
+        (":data:`~gridgen.diffusion.fast.CompileRegions`", "`CompileRegions`"),
     ],
 )
 def test_each_role_shows_what_sphinx_would(role: str, shown: str) -> None:

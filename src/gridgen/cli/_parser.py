@@ -43,8 +43,9 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
     )
     speed = parser.add_argument_group("speed (GPU; docs/performance.md)")
     speed.add_argument("--optimize", choices=("auto", "graphs", "compile", "none"), default=None,
-                       help="auto (default: CUDA graphs on GPUs), graphs, compile (fastest; SDXL; "
-                       "compiles each batch shape once, about a minute) or none")
+                       help="auto (default: CUDA graphs on GPUs for SDXL, fused attention projections "
+                       "for FLUX.1/SD3.5), graphs, compile (fastest; compiles each batch shape once, "
+                       "about a minute) or none")
     speed.add_argument("--warmup", type=int_list, default=None, metavar="N[,N]",
                        help="images per worker to warm up at start, e.g. 1,8: those shapes are "
                        "compiled before the first request and, optimised, the only merge sizes")
@@ -54,6 +55,16 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
                        help="weights and activations (default: fp16 on GPUs, fp32 on CPU); bf16 is "
                        "about 3 %% faster on an H200 and less precise")
+    speed.add_argument("--quantize", choices=("fp8",), default=None,
+                       help="fp8: float8 weights and activations in FLUX.1/SD3.5's transformer (needs "
+                       "--optimize compile, torchao and a GPU of compute capability 8.9+; changes the "
+                       "images, see docs/flux.md)")
+    speed.add_argument("--step-cache", type=float, default=None, metavar="T",
+                       help="FLUX.1: skip the rest of a step's transformer blocks when its first block "
+                       "moved less than T (0-1, e.g. 0.08; diffusers' first-block cache; changes the images)")
+    speed.add_argument("--cpu-offload", action="store_true",
+                       help="keep models on the CPU and move each to the GPU while it runs, for cards "
+                       "under 40 GB (slower)")
     speed.add_argument("--compile-cache", default=None, metavar="FILE",
                        help="with --optimize compile: load compiled kernels from FILE, or write it "
                        "after the warm-up when missing (default: $GRIDGEN_COMPILE_CACHE)")
@@ -166,6 +177,20 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--max-batch-units", type=int, default=None, metavar="N",
         help="most images in one merged call (a larger request still runs alone; "
         "default: no cap)",
+    )
+    serve.add_argument(
+        "--batch-wait", type=float, default=None, metavar="SECONDS",
+        help="once a request is taken, wait this long for more of its shape to merge with it "
+        "(default: the runner's, 0.02; 0: merge only what is already queued)",
+    )
+    serve.add_argument(
+        "--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="on SIGTERM or Ctrl-C: how long queued and running requests get to finish "
+        "while new ones get 503; then they are cancelled (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--log-format", default="text", choices=("text", "json"),
+        help="text, or json: one JSON object per line, with the request id (default: %(default)s)",
     )
     serve.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import re
 import signal
@@ -85,8 +86,11 @@ def _application(args: argparse.Namespace, replicas: Any, autoscaling: Any, opti
     actor: dict[str, Any] = {}
     if not args.verbose:
         actor["runtime_env"] = {"env_vars": dict(QUIET_ENV)}
+    from ..diffusion import ensure_tiny, worker_for
+
+    worker = worker_for(model)  # the model's family, not always SDXL's
     app = application(
-        "gridgen.sdxl:SDXLWorker",
+        f"{worker.__module__}:{worker.__qualname__}",
         setup_kwargs={"model": model, **options},
         runner_options=batch_options(args),
         gpus=ranks if device == "cuda" else 0,
@@ -95,8 +99,10 @@ def _application(args: argparse.Namespace, replicas: Any, autoscaling: Any, opti
         num_replicas=replicas,
         autoscaling=autoscaling,
         title=f"gridgen · {model}",
-        prepare="gridgen.sdxl:ensure_tiny_sdxl" if model == "tiny" else None,
-        deployment_options={"ray_actor_options": actor},
+        prepare=functools.partial(ensure_tiny, model) if model in ("tiny", "tiny-flux", "tiny-sd3") else None,
+        # Ray Serve's own drain: a stopping replica gets no new requests and its ongoing
+        # ones (running and queued in the runner) this long to finish.
+        deployment_options={"ray_actor_options": actor, "graceful_shutdown_timeout_s": args.drain_timeout},
     )
     sizing = f"{replicas} replica(s)" if autoscaling is None else f"{autoscaling[0]} to {autoscaling[1]} replicas"
     where = f"{ranks} GPU(s)" if device == "cuda" else f"{ranks} CPU rank(s)"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
+import os
 from typing import Any
 
 from .._preflight import (
@@ -15,10 +17,10 @@ from .._preflight import (
     listen,
     worker_options,
 )
+from .._worker_logging import LOG_FORMAT_ENV
 from ._common import (
     default_model,
     describe,
-    err,
     model_family,
     quiet_workers,
     url_host,
@@ -46,11 +48,16 @@ def run(args: argparse.Namespace) -> int:
     from ..runner import DistributedRunner
     from ..sdxl import GenerateResult
     from ..server import create_app
+    from ..server.drain import DrainingServer
+    from ..server.logs import announce, logging_config
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    log_config = logging_config(args.log_level, args.log_format)
+    if args.log_format == "json":
+        os.environ[LOG_FORMAT_ENV] = "json"  # the workers' lines too
+    logging.config.dictConfig(log_config)
     worker_cls = worker_class(model)
     if not is_loopback(args.host):
-        err(f"gridgen: warning: listening on {args.host}: the service has no authentication")
+        announce(f"gridgen: warning: listening on {args.host}: the service has no authentication", args.log_format)
     runner = DistributedRunner(
         worker_cls,
         world_size=args.workers,
@@ -72,13 +79,20 @@ def run(args: argparse.Namespace) -> int:
         title=f"gridgen · {model}", on_start_failed=start_failed,
     )
     port = listener.getsockname()[1]
-    err(
+    announce(
         f"gridgen: listening on http://{url_host(args.host)}:{port}/ (GET /ready: 503 until the "
         f"workers are ready); starting {runner.world_size} worker(s) on {describe(runner.devices)} "
-        f"with model {model!r}"
+        f"with model {model!r}",
+        args.log_format,
     )
-    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
+    config = uvicorn.Config(app, log_level=args.log_level, log_config=log_config)
+    server = DrainingServer(config, runner, args.drain_timeout, args.log_format)
     server.run(sockets=[listener])
     if failures:
         raise failures[0]
+    if server.forced:
+        announce("gridgen: stopped at once (second signal)", args.log_format)
+        return 130
+    if server.drained:
+        announce("gridgen: drained and stopped", args.log_format)
     return 0

@@ -1,38 +1,47 @@
-"""Request models of the FLUX.1 and SD3.5 families, and validation for any family.
+"""What every family's request model shares, and validation for any of them.
 
-Each family has its own pydantic model: the fields it accepts, with its defaults and
-rules. A field another family accepts but this one does not (``negative_prompt`` on
-FLUX.1, ``guidance_scale`` on FLUX.1-schnell) is an error with the rule
-``unsupported_field`` and the reason, never silently ignored. The SDXL model is
-:class:`gridgen.sdxl.GenerateRequest`; every model shares the fields defined in
-:class:`CommonRequest` and the result format (:class:`gridgen.sdxl.GenerateResult`).
+Each family has its own pydantic model (in its module under :mod:`gridgen.diffusion.families`):
+the fields it accepts, with its defaults and rules. A field another family accepts but this
+one does not (``negative_prompt`` on FLUX.1, ``guidance_scale`` on FLUX.1-schnell) is an
+error with the rule ``unsupported_field`` and the reason, never silently ignored. Every
+model shares the fields of :class:`CommonRequest` (SDXL's defines the same ones itself) and
+the result format (:class:`gridgen.diffusion.results.GenerateResult`).
+
+Every rank validates the payload before touching the GPU, so a bad request raises the same
+:class:`~gridgen.InvalidRequestError` on all ranks at once and no rank is left waiting in a
+collective.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..errors import InvalidRequestError
+from ..grid import MAX_GRID_IMAGES
 from ..images import ImageFormat
-from ..sdxl.request import (
-    MAX_IMAGES,
-    MAX_PROMPT_CHARS,
-    MAX_SEED,
-    FieldError,
-    InvalidRequestError,
-    OutputKind,
-    _field_errors,
-)
 
 __all__ = [
+    "MAX_IMAGES",
+    "MAX_PROMPT_CHARS",
+    "MAX_SEED",
     "CommonRequest",
-    "FluxDevRequest",
-    "FluxSchnellRequest",
-    "SD3Request",
+    "FieldError",
+    "OutputKind",
+    "side_field",
     "validate_payload",
 ]
+
+MAX_IMAGES = MAX_GRID_IMAGES  # every image of a request fits in its one grid
+MAX_PROMPT_CHARS = 2000
+MAX_SEED = 2**63 - 1
+
+OutputKind = Literal["grid", "images", "both"]
+
+
+# -- results ------------------------------------------------------------------------
 
 _NUMBERS = (
     "num_images", "width", "height", "num_inference_steps", "guidance_scale", "seed", "preview_every",
@@ -85,45 +94,47 @@ class CommonRequest(BaseModel):
         return value
 
 
-def _side() -> Any:
-    # FLUX.1 and SD3 latents are 1/8 of the image and are cut into 2x2 patches: 16 pixels.
+class FieldError(BaseModel):
+    """One broken rule: which field, which rule, and a sentence about it."""
+
+    field: str
+    rule: str
+    message: str
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _field_errors(
+    exc: ValidationError, model: type[BaseModel], unsupported: Mapping[str, str] | None = None
+) -> list[FieldError]:
+    """One :class:`FieldError` per pydantic error. ``unsupported`` maps fields that other
+    families accept to the reason this one does not (rule ``unsupported_field``)."""
+    allowed = ", ".join(model.model_fields)
+    unsupported = unsupported or {}
+    out: list[FieldError] = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in err["loc"]) or "request"
+        rule = str(err["type"])
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if rule == "extra_forbidden" and field in unsupported:
+            rule, message = "unsupported_field", f"{unsupported[field]} (allowed: {allowed})"
+        elif rule == "extra_forbidden":
+            message = f"unknown field (allowed: {allowed})"
+        elif rule == "missing":
+            message = "is required"
+        elif "input" in err:
+            message = f"{message} (got {_short_repr(err['input'])})"
+        out.append(FieldError(field=field, rule=rule, message=message))
+    return out
+
+
+def side_field() -> Any:
+    """``width`` / ``height`` of FLUX.1 and SD3.5, whose latents are 1/8 of the image and are
+    cut into 2x2 patches: a multiple of 16 pixels."""
     return Field(default=1024, ge=64, le=2048, multiple_of=16, description="Pixels, a multiple of 16.")
-
-
-class FluxDevRequest(CommonRequest):
-    """FLUX.1-dev: guidance-distilled (the scale is an input of the model, one pass per
-    step), so there is no negative prompt."""
-
-    width: int = _side()
-    height: int = _side()
-    num_inference_steps: int = Field(default=28, ge=1, le=150, description="Denoising steps.")
-    guidance_scale: float = Field(
-        default=3.5, ge=0.0, le=30.0, description="Distilled guidance, an input of the model."
-    )
-
-
-class FluxSchnellRequest(CommonRequest):
-    """FLUX.1-schnell: timestep-distilled for 1 to 4 steps, no guidance at all."""
-
-    width: int = _side()
-    height: int = _side()
-    num_inference_steps: int = Field(
-        default=4, ge=1, le=16, description="Denoising steps (distilled for 1 to 4)."
-    )
-
-
-class SD3Request(CommonRequest):
-    """Stable Diffusion 3.5: classifier-free guidance with a negative prompt, like SDXL."""
-
-    negative_prompt: str = Field(
-        default="", max_length=MAX_PROMPT_CHARS, description="What to steer away from."
-    )
-    width: int = _side()
-    height: int = _side()
-    num_inference_steps: int = Field(default=28, ge=1, le=150, description="Denoising steps.")
-    guidance_scale: float = Field(
-        default=3.5, ge=0.0, le=30.0, description="Classifier-free guidance; <= 1 turns it off."
-    )
 
 
 RequestT = TypeVar("RequestT", bound=BaseModel)

@@ -13,8 +13,8 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..grid import make_grid
-from ..sdxl.batching import BatchRun, Marks, WarmSizes, pixels_of, stack_gathered, to_pil
 from ..worker import DistributedWorker
+from .batching import BatchRun, Marks, WarmSizes, pixels_of, stack_gathered, to_pil
 from .vae import decode_latents
 
 if TYPE_CHECKING:
@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from ..sdxl.encoding import OutputEncoder
-    from ..sdxl.preview import Previewer
+    from .encoding import OutputEncoder
     from .families import Family
+    from .preview import Previewer
 
 __all__ = ["RankSteps"]
 
@@ -39,6 +39,8 @@ class RankSteps(DistributedWorker):
     family: ClassVar[Family]
     warm: WarmSizes
     graphed_unet: Any
+    fixed_shapes: bool = False
+    """Compiled or graphed: batch shapes are padded to warm sizes (see :class:`WarmSizes`)."""
     decode_batch_size: int = 4
     """Images decoded by the VAE at a time (bounds decode memory at large sizes)."""
     _output_encoder: OutputEncoder | None
@@ -113,15 +115,15 @@ class RankSteps(DistributedWorker):
 
     def _decode(self, latents: torch.Tensor, request: Any) -> torch.Tensor:
         """Decode to uint8 on the device; in warm batch sizes when the VAE is compiled or
-        graphed (see :meth:`WarmSizes.chunks <gridgen.sdxl.batching.WarmSizes.chunks>`)."""
+        graphed (see :meth:`WarmSizes.chunks <gridgen.diffusion.batching.WarmSizes.chunks>`)."""
         size, count, limit = (request.width, request.height), latents.shape[0], self.decode_batch_size
-        if self.graphed_unet is None:
+        if not self.fixed_shapes:
             sizes = [min(limit, count - start) for start in range(0, count, limit)]
         else:
             sizes = self.warm.chunks("vae", size, count, limit)
         latents = self.family.unpack(self.pipeline, latents, request)
         pixels = decode_latents(self.pipeline.vae, latents.to(self.device), sizes)
-        if self.graphed_unet is not None:
+        if self.fixed_shapes:
             for rows in sizes:
                 self.warm.add("vae", size, rows)
         return pixels
@@ -158,6 +160,8 @@ class RankSteps(DistributedWorker):
         assert encoder is not None  # rank 0
         setup_seconds = getattr(self, "setup_seconds", None)
         self.setup_seconds = None  # one-off: reported with the first result after setup only
+        new_shapes, self.warm.new = self.warm.new, 0  # reported once, with the batch's first result
+        text_encode = getattr(self, "text_encode_seconds", None)
 
         def finish() -> dict[str, Any]:
             encoding = time.perf_counter()
@@ -166,6 +170,7 @@ class RankSteps(DistributedWorker):
                 "width": request.width,
                 "height": request.height,
                 "num_images": n,
+                "new_shapes": new_shapes,
             }
             result.update(
                 encoder.encode_outputs(images, request.output, request.image_format, _ENCODE_QUALITY)
@@ -173,12 +178,15 @@ class RankSteps(DistributedWorker):
             finished = time.perf_counter()
             result["timings"] = {
                 "setup": None if setup_seconds is None else round(setup_seconds, 6),
+                "text_encode": None if text_encode is None else round(text_encode, 6),
                 "denoise": round(marks.denoised - marks.started, 6),
                 "decode": round(marks.decoded - marks.denoised, 6),
                 "gather": round(marks.gathered - marks.decoded, 6),
                 "encode": round(finished - encoding, 6),
                 "total": round(finished - marks.started, 6),
             }
+            if run.step_cache is not None:
+                result["step_cache"] = dict(run.step_cache)  # rank 0's denoiser calls
             return result
 
         if self._encoder_pool is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..sdxl.preview import to_uint8
+from .preview import to_uint8
 
 if TYPE_CHECKING:
     import torch

@@ -3,7 +3,7 @@ images gathered into a grid on rank 0. What differs between pipeline families (S
 FLUX.1, SD3.5) comes from the class's :class:`~gridgen.diffusion.families.Family`.
 
 One call serves one request (``__call__``) or several merged ones (``run_batch``: same
-size, steps and guidance; see :mod:`gridgen.sdxl.batching`). On every rank:
+size, steps and guidance; see :mod:`gridgen.diffusion.batching`). On every rank:
 
 1. **Validate** each payload (the family's request model) before any
    GPU work, so a bad request raises the same error everywhere and no rank waits in a
@@ -45,7 +45,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .._batch import Batch, BatchItem
 from ..errors import Cancelled
-from ..sdxl.batching import (
+from ._env import resolve_dtype
+from .batching import (
     SHRINKABLE_SCHEDULERS,
     BatchPlan,
     BatchRun,
@@ -57,18 +58,19 @@ from ..sdxl.batching import (
     drop_cancelled,
     stack_gathered,
 )
-from ..sdxl.encoding import OutputEncoder
-from ..sdxl.fast import (
+from .encoding import OutputEncoder
+from .families import SDXL, Family
+from .fast import (
     CompileRegions,
     OptimizeMode,
     load_compile_cache,
     optimize_pipeline,
+    optimize_transformer,
     save_compile_cache,
 )
-from ..sdxl.models import load_preview_decoder, resolve_dtype
-from ..sdxl.preview import LinearPreview, Previewer, TaesdPreview
-from .families import SDXL, Family
-from .models import load_family_pipeline
+from .lossy import CacheCounter, Quantize, check_lossy
+from .models import load_family_pipeline, load_preview_decoder
+from .preview import LinearPreview, Previewer, TaesdPreview
 from .steps import RankSteps, _dist_ready
 
 if TYPE_CHECKING:
@@ -125,6 +127,7 @@ class DiffusionWorker(RankSteps):
     previewer: Previewer | None
     dtype: torch.dtype
     model: str
+    _cache_counter: CacheCounter | None = None
     # -- setup ------------------------------------------------------------------------
 
     # One piece: its docstring (57 lines) is the options' reference; the body runs in order: checks, load, warm-up.
@@ -142,6 +145,9 @@ class DiffusionWorker(RankSteps):
         text_encoder_graphs: bool = True,
         compile_cache: str | os.PathLike[str] | None = None,
         encode_threads: int | None = None,
+        quantize: Quantize = None,
+        step_cache: float | None = None,
+        cpu_offload: bool = False,
         **from_pretrained_kwargs: Any,
     ) -> None:
         """Load the pipeline (and the preview decoder) onto ``self.device``.
@@ -158,10 +164,11 @@ class DiffusionWorker(RankSteps):
                 SDXL only),
                 ``"linear"`` (no weights) or ``None`` (progress events without images).
             preview_model: hub id or folder of an ``AutoencoderTiny``.
-            optimize: ``"auto"`` (CUDA graphs, fused QKV and a 16-bit VAE on CUDA; nothing
-                on CPU; SDXL only), ``"graphs"``, ``"compile"`` (adds regional ``torch.compile``: fastest,
-                but each new batch/size shape compiles for about a minute on first use) or
-                ``"none"``. See :mod:`gridgen.sdxl.fast` for the measurements.
+            optimize: ``"auto"`` (on CUDA: SDXL's CUDA graphs, fused QKV and a 16-bit VAE;
+                FLUX.1's and SD3.5's fused QKV; nothing on CPU), ``"graphs"``, ``"compile"``
+                (adds regional ``torch.compile``: fastest, but each new batch/size shape
+                compiles for about a minute on first use) or ``"none"``. See
+                :mod:`gridgen.diffusion.fast` for the measurements.
             warmup: images per rank to run once at setup (2 steps at ``warmup_size``), so the
                 CUDA graphs and compiled kernels of the shapes you serve exist before the
                 first request, e.g. ``warmup=(1, 4)``. With ``optimize`` on, these sizes
@@ -171,7 +178,7 @@ class DiffusionWorker(RankSteps):
             defer_encoding: encode images in a background thread on rank 0 so the next
                 request starts on the GPU meanwhile. ``None``: when run by a runner.
             compile_regions: what ``optimize="compile"`` compiles (see
-                :data:`~gridgen.sdxl.fast.CompileRegions`); ``"transformers"`` measured fastest.
+                :data:`~gridgen.diffusion.fast.CompileRegions`); ``"transformers"`` measured fastest.
             text_encoder_graphs: CUDA-graph the two text encoders (CUDA only; eager on failure).
             compile_cache: a file of compiled artifacts (``torch.compiler`` mega-cache). If it
                 exists it is loaded before anything compiles, so a fresh machine skips the
@@ -180,6 +187,16 @@ class DiffusionWorker(RankSteps):
                 ``GRIDGEN_COMPILE_CACHE`` environment variable, else no cache file.
             encode_threads: threads that compress one PNG in parallel slices on rank 0
                 (``None``: up to 8, one per core; ``0`` or ``1``: one slice, no threads).
+            quantize: ``"fp8"``: float8 weights and activations in the transformer's
+                ``Linear`` layers (FLUX.1, SD3.5; needs ``optimize="compile"``, torchao and a
+                GPU of compute capability 8.9+). Changes the images; see
+                :mod:`gridgen.diffusion.lossy` and ``docs/flux.md`` for its accuracy.
+            step_cache: diffusers' first-block cache with this threshold (0 to 1; FLUX.1,
+                SD3.5): steps whose first block barely moved skip the rest. Changes the
+                images; results then report ``step_cache: {"steps", "skipped"}``.
+            cpu_offload: keep every model on the CPU and move each to the GPU only while it
+                runs (diffusers' model offload), for cards under 40 GB; slower, and only
+                with ``optimize="none"`` or, for FLUX.1 and SD3.5, ``"compile"``.
             **from_pretrained_kwargs: passed to the pipeline class's ``from_pretrained``.
 
         Raises:
@@ -202,6 +219,8 @@ class DiffusionWorker(RankSteps):
             )
         model = self.default_model if model is None else model
         self._check_options(model, preview, optimize)
+        check_lossy(self.family, self.device, optimize, quantize, step_cache)
+        self._check_offload(cpu_offload, optimize)
         _thread_lock_for_progress_bars()
         self.model = model
         self.dtype = resolve_dtype(dtype, self.device)
@@ -210,14 +229,23 @@ class DiffusionWorker(RankSteps):
         )
         self.pipeline.set_progress_bar_config(disable=True)
         mark("load")
-        self.graphed_unet = (
-            optimize_pipeline(
+        self.graphed_unet = None
+        if self.family.denoiser == "unet":
+            self.graphed_unet = optimize_pipeline(
                 self.pipeline, optimize, self.device,
                 regions=compile_regions, text_encoder_graphs=text_encoder_graphs,
             )
-            if self.family is SDXL
-            else None
+            self.fixed_shapes = self.graphed_unet is not None
+        else:
+            self.fixed_shapes = optimize_transformer(
+                self.pipeline, optimize, self.device, blocks=self.family.compile_blocks,
+                quantize=quantize, step_cache=step_cache,
+            )
+        self._cache_counter = (
+            CacheCounter(getattr(self.pipeline, self.family.denoiser)) if step_cache is not None else None
         )
+        if cpu_offload:
+            self.pipeline.enable_model_cpu_offload(device=self.device)
         if compile_cache is None:
             compile_cache = os.environ.get(COMPILE_CACHE_ENV) or None
         mark("optimize")
@@ -228,7 +256,7 @@ class DiffusionWorker(RankSteps):
             # SDXL's VAE overflows in float16; diffusers upcasts it on every call and casts it
             # back. Keep it in float32 once instead (84 M parameters).
             vae.to(dtype=torch.float32)
-        if self.graphed_unet is not None:
+        if self.fixed_shapes:
             self.decode_batch_size = 8  # measured best for the 16-bit (compiled) VAE
         self.defer_encoding = self._distributed if defer_encoding is None else defer_encoding
         self._output_encoder = OutputEncoder(encode_threads) if self.rank == 0 else None
@@ -260,7 +288,7 @@ class DiffusionWorker(RankSteps):
             if isinstance(warm, concurrent.futures.Future):
                 warm.result()
             mark(f"warmup_{per_rank}")
-        if self.graphed_unet is not None and warmup:
+        if self.fixed_shapes and warmup:
             # A merge is padded up to a warm size (or compiles a new shape): let the runner
             # form only merges of warm sizes.
             self.batch_sizes = sorted({per_rank * self.world_size for per_rank in warmup})
@@ -288,8 +316,20 @@ class DiffusionWorker(RankSteps):
             )
         if self.family is not SDXL and preview == "taesd":
             raise ValueError(f'preview="taesd" is SDXL only; {self.family.title} previews are "linear"')
-        if self.family is not SDXL and optimize not in ("auto", "none"):
-            raise ValueError(f'optimize={optimize!r} is SDXL only; use "auto" or "none"')
+
+    def _check_offload(self, cpu_offload: bool, optimize: OptimizeMode) -> None:
+        if not cpu_offload:
+            return
+        import torch
+
+        if torch.device(self.device).type != "cuda":
+            raise ValueError(f"cpu_offload moves models to a GPU while they run; the device is {self.device}")
+        # SDXL's CUDA graphs keep the addresses of the weights they captured: offloading moves them.
+        if self.family.denoiser == "unet" and optimize != "none":
+            raise ValueError(
+                f'cpu_offload needs optimize="none" for {self.family.title} (its CUDA graphs '
+                f"hold the weights' GPU addresses), got {optimize!r}"
+            )
 
     def teardown(self) -> None:
         """Let a deferred encoding finish, then stop the encoder thread."""
@@ -313,7 +353,7 @@ class DiffusionWorker(RankSteps):
         <gridgen.diffusion.families.Family.merge_key>`).
 
         Validates the payload first, so a bad request is rejected (with an
-        :class:`~gridgen.sdxl.InvalidRequestError` naming the field and the rule) before
+        :class:`~gridgen.InvalidRequestError` naming the field and the rule) before
         it is queued or merged.
         """
         return cls.family.merge_key(cls.family.validate(payload))
@@ -417,10 +457,13 @@ class DiffusionWorker(RankSteps):
 
         first = run.requests[0]
         size = (first.width, first.height)
-        graphed = self.graphed_unet is not None
+        graphed = self.fixed_shapes
         rows = self.warm.pad("unet", size, len(run.mine)) if graphed else len(run.mine)
         slots = run.mine + [run.mine[0]] * (rows - len(run.mine))  # padding repeats row 0
+        encoding = time.perf_counter()
         embeds = self.family.embeddings(self.pipeline, run.requests, slots, self.device)
+        self._sync()
+        self.text_encode_seconds = time.perf_counter() - encoding
         generators = [torch.Generator(self.device).manual_seed(slot.seed) for slot in slots]
         shrink = (
             not graphed
@@ -437,6 +480,9 @@ class DiffusionWorker(RankSteps):
                 return tensors
             return drop_cancelled(run, tensors, generators) if shrink else tensors
 
+        if self._cache_counter is not None:
+            # The cache's residuals belong to the last call's images: never carried over.
+            getattr(self.pipeline, self.family.denoiser)._reset_stateful_cache()
         output = self.pipeline(
             **embeds,
             width=first.width,
@@ -451,6 +497,8 @@ class DiffusionWorker(RankSteps):
         )
         if graphed:  # captured (or compiled) at the first step, cancelled or not
             self.warm.add("unet", size, rows)
+        if self._cache_counter is not None:
+            run.step_cache = self._cache_counter.take(run.steps_done)
         latents: torch.Tensor = output.images
         return latents
 

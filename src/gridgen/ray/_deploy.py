@@ -178,6 +178,7 @@ def application(
         actor.setdefault("num_gpus", gpus)
     actor.setdefault("num_cpus", num_cpus if num_cpus is not None else (1 if gpus else cpu_ranks))
     options.setdefault("request_router_config", {"request_router_class": ROUTER})
+    options.setdefault("graceful_shutdown_timeout_s", 30.0)  # as gridgen serve's --drain-timeout
     options.update(ray_actor_options=actor)
     options.update(_scale_and_backpressure(max_queue, num_replicas, autoscaling, max_queued_requests, retry_after))
 
@@ -205,8 +206,9 @@ def _app_options(
     """``create_app``'s options in each replica; the request model defaults by worker family."""
     app_options: dict[str, Any] = {"title": title, "stream_ping": stream_ping}
     if request_model is None:
-        sdxl = worker.__module__.startswith("gridgen.sdxl")
-        request_model = "gridgen.sdxl:GenerateRequest" if sdxl else "gridgen.ray:AnyPayload"
+        family = getattr(worker, "family", None)  # a diffusion worker: its family's own model
+        model = getattr(family, "request_model", None)
+        request_model = f"{model.__module__}:{model.__qualname__}" if model else "gridgen.ray:AnyPayload"
     app_options["request_model"] = request_model
     if response_model is not None:
         app_options["response_model"] = response_model

@@ -77,8 +77,9 @@ from starlette.types import Message
 from .._json import to_jsonable
 from ..images import keep_encoded
 from ..runner import DistributedRunner, RequestHandle
-from ..sdxl.request import GenerateRequest, GenerateResult
-from .errors import DEFAULT_MAX_BODY_BYTES, Pace, add_error_handling, error_body
+from ..sdxl import GenerateRequest, GenerateResult
+from .errors import DEFAULT_MAX_BODY_BYTES, Pace, add_error_handling, error_body, traced_error_body
+from .request_ids import RequestIds, current_request_id
 from .sse import event_stream, request_events
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app", "error_body"]
@@ -212,7 +213,19 @@ def create_app(
     _add_stream_route(app, runner, request_model, convert_result, pace, stream_ping)
     _add_status_routes(app, runner, pace, start_error)
     _add_playground_route(app, page)
+    _add_operations(app, runner)
     return app
+
+
+def _add_operations(app: FastAPI, runner: DistributedRunner[Any]) -> None:
+    """``GET /metrics`` (with ``prometheus-client`` installed) and request ids, around every route."""
+    try:
+        from .metrics import add_metrics
+    except ImportError as exc:  # the server extra without prometheus-client (an older install)
+        logger.warning("no /metrics: %s (pip install prometheus-client)", exc)
+    else:
+        add_metrics(app, runner)
+    app.add_middleware(RequestIds)  # outermost: error bodies, metrics and logs see the id
 
 
 def _lifespan(
@@ -264,7 +277,7 @@ def _add_generate_route(
     """``POST /generate``: run a ``request_model`` body, answer with the result."""
 
     async def generate(request: Request, body: BaseModel) -> Response:
-        handle = runner.submit(body.model_dump(mode="json"))
+        handle = runner.submit(body.model_dump(mode="json"), trace_id=current_request_id())
         arrived = time.perf_counter()
         try:
             finished, result = await _result_unless_disconnected(request, handle)
@@ -298,7 +311,7 @@ def _add_stream_route(
     """``POST /stream``: run a ``request_model`` body, its events as server-sent events."""
 
     async def stream(request: Request, body: BaseModel) -> Response:
-        handle = runner.submit(body.model_dump(mode="json"), streaming=True)
+        handle = runner.submit(body.model_dump(mode="json"), streaming=True, trace_id=current_request_id())
         arrived = time.perf_counter()
         position = handle.position  # now: by the time the first event goes out it may be running
 
@@ -309,7 +322,7 @@ def _add_stream_route(
             handle,
             position=position,
             convert_result=convert_result,
-            error_body=error_body,
+            error_body=traced_error_body,
             idle_timeout=runner.stream_idle_timeout,
             on_finish=on_finish,
         )

@@ -4,6 +4,7 @@ cut, and ``Retry-After`` on a 503."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
 
+from .._stats import outcome_of
 from ..errors import (
     GridgenError,
     InvalidRequestError,
@@ -27,8 +29,16 @@ from ..errors import (
     WorkerDiedError,
     WorkerError,
 )
+from .request_ids import current_request_id, note_outcome, with_request_id
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "Pace", "add_error_handling", "error_body", "error_response"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "Pace",
+    "add_error_handling",
+    "error_body",
+    "error_response",
+    "traced_error_body",
+]
 
 logger = logging.getLogger("gridgen.server")
 
@@ -89,11 +99,30 @@ class Pace:
         return 1 if self.mean is None else max(1, min(600, math.ceil(self.mean)))
 
 
-def error_response(exc: BaseException, pace: Pace) -> JSONResponse:
-    """gridgen's error body for ``exc``; a 503 says when to retry."""
+def traced_error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """:func:`error_body` with the HTTP request's ``request_id``; notes the outcome for the metrics."""
     status, body = error_body(exc)
+    note_outcome(outcome_of(exc) if status != 413 else "too_large")
+    return status, with_request_id(body)
+
+
+def error_response(exc: BaseException, pace: Pace) -> JSONResponse:
+    """gridgen's error body for ``exc`` (with the ``request_id``); a 503 says when to retry."""
+    status, body = traced_error_body(exc)
     headers = {"Retry-After": str(pace.retry_after())} if status == 503 else None
-    return JSONResponse({"detail": body["message"], "error": body}, status_code=status, headers=headers)
+    content = with_request_id({"detail": body["message"], "error": body})
+    return JSONResponse(content, status_code=status, headers=headers)
+
+
+def _with_request_id(response: Response) -> Response:
+    """A JSON error response of FastAPI's own with the ``request_id`` added."""
+    if not isinstance(response, JSONResponse) or current_request_id() is None:
+        return response
+    content = json.loads(bytes(response.body))
+    if isinstance(content, dict):
+        content = with_request_id(content)
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+    return JSONResponse(content, status_code=response.status_code, headers=headers)
 
 
 def add_error_handling(app: FastAPI, pace: Pace, max_body_bytes: int | None) -> None:
@@ -118,13 +147,14 @@ def add_error_handling(app: FastAPI, pace: Pace, max_body_bytes: int | None) -> 
             return reply(
                 PayloadTooLarge(f"the request body is larger than {max_body_bytes} bytes (max_body_bytes)")
             )
-        return await http_exception_handler(request, exc)
+        return _with_request_id(await http_exception_handler(request, exc))
 
     @app.exception_handler(RequestValidationError)
-    async def on_invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def on_invalid_body(request: Request, exc: RequestValidationError) -> Response:
         # FastAPI echoes each rejected input: a 50 MB prompt would come back as a 50 MB body.
         errors = [_plain_error(e) for e in exc.errors()]
-        return await request_validation_exception_handler(request, RequestValidationError(errors))
+        note_outcome("invalid")
+        return _with_request_id(await request_validation_exception_handler(request, RequestValidationError(errors)))
 
 
 def _plain_error(error: Any) -> Any:

@@ -25,24 +25,11 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "SDXL_LATENT_RGB_BIAS",
-    "SDXL_LATENT_RGB_FACTORS",
     "LinearPreview",
     "Previewer",
     "TaesdPreview",
     "to_uint8",
 ]
-
-# Rows are latent channels 0..3, columns R, G, B. Applied to the latents as the UNet sees
-# them (already multiplied by the VAE scaling factor); the result is roughly in [-1, 1].
-SDXL_LATENT_RGB_FACTORS: tuple[tuple[float, float, float], ...] = (
-    (0.3651, 0.4232, 0.4341),
-    (-0.2533, -0.0042, 0.1068),
-    (0.1076, 0.1111, -0.0362),
-    (-0.3165, -0.2492, -0.2188),
-)
-SDXL_LATENT_RGB_BIAS: tuple[float, float, float] = (0.1084, -0.0175, -0.0011)
-
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Map images in [-1, 1] (diffusers' convention) to uint8 in [0, 255], on their device.
@@ -68,16 +55,17 @@ class Previewer(Protocol):
 
 
 class LinearPreview:
-    """Latent-to-RGB by fixed linear factors (default: SDXL's); ``upscale`` repeats pixels (default 2x).
+    """Latent-to-RGB by a family's fixed linear factors (:attr:`Family.latent_rgb
+    <gridgen.diffusion.families.Family.latent_rgb>`); ``upscale`` repeats pixels (default 2x).
 
-    ``factors`` has one ``(r, g, b)`` row per latent channel (16 for FLUX.1 and SD3).
+    ``factors`` has one ``(r, g, b)`` row per latent channel (4 for SDXL, 16 for FLUX.1 and SD3).
     """
 
     def __init__(
         self,
+        factors: Sequence[tuple[float, float, float]],
+        bias: tuple[float, float, float],
         upscale: int = 2,
-        factors: Sequence[tuple[float, float, float]] = SDXL_LATENT_RGB_FACTORS,
-        bias: tuple[float, float, float] = SDXL_LATENT_RGB_BIAS,
     ) -> None:
         if upscale < 1:
             raise ValueError(f"upscale must be >= 1, got {upscale}")

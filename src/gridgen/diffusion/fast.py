@@ -1,4 +1,7 @@
-"""What ``SDXLWorker.setup(optimize=...)`` does to a loaded pipeline, and why.
+"""What ``DiffusionWorker.setup(optimize=...)`` does to a loaded pipeline, and why.
+
+SDXL (a UNet) takes :func:`optimize_pipeline`, the transformer families (FLUX.1, SD3.5)
+:func:`optimize_transformer`.
 
 Every choice here was measured (full-size SDXL, 1024x1024, 20 steps, CFG): first on one
 H100 (``bench/explore/NOTES.md``), then on one H200 (``bench/explore/NOTES-h200.md``):
@@ -42,17 +45,21 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from .lossy import Quantize, apply_quantization, apply_step_cache
+
 __all__ = [
     "CompileRegions",
     "GraphedTextEncoder",
     "GraphedUNet",
     "OptimizeMode",
+    "compile_blocks",
     "load_compile_cache",
     "optimize_pipeline",
+    "optimize_transformer",
     "save_compile_cache",
 ]
 
-logger = logging.getLogger("gridgen.sdxl")
+logger = logging.getLogger("gridgen.diffusion")
 
 OptimizeMode = Literal["auto", "graphs", "compile", "none"]
 """``auto``: ``graphs`` on CUDA, ``none`` on CPU. ``graphs``: fused QKV, 16-bit VAE, CUDA
@@ -304,6 +311,57 @@ def optimize_pipeline(
             if encoder is not None:
                 GraphedTextEncoder(encoder).install()
     return GraphedUNet(unet).install()
+
+
+def optimize_transformer(
+    pipeline: Any,
+    mode: OptimizeMode,
+    device: Any,
+    blocks: tuple[str, ...] = (),
+    quantize: Quantize = None,
+    step_cache: float | None = None,
+) -> bool:
+    """Apply ``mode`` to a transformer family's pipeline (FLUX.1, SD3.5) in place; return
+    whether its shapes are now fixed (compiled: each new batch shape compiles).
+
+    ``graphs`` (and ``auto`` on CUDA): fused QKV projections. ``compile``: also
+    ``torch.compile`` of the transformer's repeated blocks (``blocks``, else the model's own
+    ``_repeated_blocks``; ``fullgraph=True, dynamic=False``: one graph per block class and
+    shape, reused by all 57 of FLUX.1's blocks) and of the VAE decoder. ``quantize`` and
+    ``step_cache`` are the opt-in lossy levers of :mod:`gridgen.diffusion.lossy`; FP8 is
+    applied before compiling, so the compiled graphs hold the float8 kernels.
+    """
+    import torch
+
+    if mode not in ("auto", "graphs", "compile", "none"):
+        raise ValueError(f"optimize must be 'auto', 'graphs', 'compile' or 'none', got {mode!r}")
+    if mode == "auto":
+        mode = "graphs" if torch.device(device).type == "cuda" else "none"
+    transformer = pipeline.transformer
+    apply_step_cache(transformer, step_cache)
+    if mode == "none":
+        return False
+    transformer.fuse_qkv_projections()
+    apply_quantization(transformer, quantize)
+    if mode != "compile":
+        return False
+    # The step cache decides per step, from a tensor, whether the remaining blocks run: a
+    # graph break in the first block, so its graphs cannot be whole.
+    compile_blocks(transformer, blocks, fullgraph=step_cache is None)
+    pipeline.vae.decoder.compile(fullgraph=True, dynamic=False)
+    return True
+
+
+def compile_blocks(denoiser: Any, blocks: tuple[str, ...] = (), fullgraph: bool = True) -> None:
+    """``torch.compile`` each of ``denoiser``'s repeated blocks (``blocks``, else its own
+    ``_repeated_blocks``), static shapes; compiling again replaces the last compile."""
+    import torch._dynamo
+
+    # One compiled graph per block class and shape; SDXL's regions need far more.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    if blocks:
+        denoiser._repeated_blocks = list(blocks)
+    denoiser.compile_repeated_blocks(fullgraph=fullgraph, dynamic=False)
 
 
 def load_compile_cache(path: str | os.PathLike[str]) -> bool:

@@ -1,4 +1,4 @@
-"""Planning a merged SDXL batch: which request may join which, who makes which image, and
+"""Planning a merged batch: which request may join which, who makes which image, and
 which batch sizes are already warm.
 
 Bookkeeping and tensor plumbing; the worker (:mod:`gridgen.diffusion.worker`) runs the model.
@@ -27,13 +27,12 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import secrets
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._batch import Batch, BatchItem
 from ..errors import Cancelled
-from .request import GenerateRequest
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,28 +52,10 @@ __all__ = [
     "agree_on_seeds",
     "cancelled_result",
     "drop_cancelled",
-    "merge_key",
     "pixels_of",
-    "prompt_embeddings",
     "stack_gathered",
     "to_pil",
 ]
-
-
-def merge_key(request: GenerateRequest) -> Hashable:
-    """What merged requests must share: everything that shapes the denoising batch.
-
-    Prompt, negative prompt, seed and ``num_images`` may differ (they are per image), and
-    so may ``image_format``, ``output`` and ``preview_every`` (they are per request, applied
-    on rank 0 or at preview time).
-    """
-    return (
-        "sdxl",
-        request.width,
-        request.height,
-        request.num_inference_steps,
-        float(request.guidance_scale),
-    )
 
 
 @dataclass(frozen=True)
@@ -129,9 +110,12 @@ class WarmSizes:
 
     def __init__(self) -> None:
         self._sizes: dict[tuple[str, int, int], set[int]] = {}
+        self.new = 0  # sizes added since the last result: graph captures or compiles
 
     def add(self, kind: str, size: tuple[int, int], batch: int) -> None:
-        self._sizes.setdefault((kind, *size), set()).add(batch)
+        sizes = self._sizes.setdefault((kind, *size), set())
+        self.new += batch not in sizes
+        sizes.add(batch)
 
     def sizes(self, kind: str, size: tuple[int, int]) -> list[int]:
         return sorted(self._sizes.get((kind, *size), ()))
@@ -180,7 +164,8 @@ class BatchRun:
     """One rank's state of one merged batch; a fresh one per call, so nothing leaks."""
 
     batch: Batch
-    requests: list[GenerateRequest]
+    requests: list[Any]
+    """The validated requests, of the worker's family's model."""
     plan: BatchPlan
     mine: list[Slot]
     """This rank's images; ``mine[j]`` is its batch row ``j``."""
@@ -190,6 +175,8 @@ class BatchRun:
     rows: list[int] = field(default_factory=list)
     """Which of ``mine`` the pipeline's batch holds now, in order (padding rows follow)."""
     steps_done: int = 0
+    step_cache: dict[str, int] | None = None
+    """This rank's ``{"steps", "skipped"}`` when the step cache is on."""
 
     def __post_init__(self) -> None:
         self.cancelled = [False] * len(self.requests)
@@ -289,46 +276,6 @@ def agree_on_seeds(seeds: list[int | None], collective: bool, device: Any) -> li
         drawn = [int(value) for value in tensor.tolist()]
     filled = dict(zip(missing, drawn, strict=True))
     return [filled[k] if seed is None else seed for k, seed in enumerate(seeds)]
-
-
-def prompt_embeddings(
-    pipeline: Any, requests: list[GenerateRequest], slots: list[Slot], device: Any
-) -> dict[str, Any]:
-    """The pipeline's embedding arguments, one row per slot.
-
-    Each request's prompt is encoded alone (batch 1), exactly as the pipeline encodes a
-    single request's prompt before repeating it, so a row's conditioning is bitwise what
-    its request alone would get, whatever the other prompts in the batch.
-    """
-    import torch
-
-    cfg = requests[0].guidance_scale > 1
-    encoded: dict[int, tuple[Any, ...]] = {}
-    for slot in slots:
-        if slot.request not in encoded:
-            request = requests[slot.request]
-            encoded[slot.request] = pipeline.encode_prompt(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt,
-                device=device,
-                num_images_per_prompt=1,
-                do_classifier_free_guidance=cfg,
-            )
-    names = _EMBEDDING_ARGUMENTS
-    out: dict[str, Any] = {}
-    for position, name in enumerate(names):
-        parts = [encoded[slot.request][position] for slot in slots]
-        if all(part is not None for part in parts):  # no negatives without guidance
-            out[name] = torch.cat(parts)
-    return out
-
-
-_EMBEDDING_ARGUMENTS = (  # in the order encode_prompt returns them
-    "prompt_embeds",
-    "negative_prompt_embeds",
-    "pooled_prompt_embeds",
-    "negative_pooled_prompt_embeds",
-)
 
 
 @dataclass(frozen=True)

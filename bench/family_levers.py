@@ -1,0 +1,267 @@
+"""Speed levers of a diffusion family at full size (random weights) on one GPU, three ways.
+
+``bare``      one process, one pipeline: plain diffusers eager first (the reference images
+              and latents), then gridgen's levers applied in place one after the other
+              (``compile``, then ``compile`` + step cache, then FP8 + compile, then FP8 + cache),
+              each timed and compared with the eager images of the same seeds.
+``runner``    gridgen's worker behind a ``DistributedRunner`` with ``--setup`` (setup kwargs,
+              JSON): s/image at each ``--images`` count, streamed previews every 5 steps, peak
+              GPU memory, setup phases.
+``diffusers`` the plain diffusers pipeline call, eager, at each ``--images`` count.
+
+Every measurement is appended to ``$OUT/levers.jsonl`` as soon as it is made, so a run cut
+short still reports what it measured. One device call can run several modes in turn::
+
+    PYTHONPATH=src:bench python3 bench/family_levers.py runner --model flux-random \\
+        --setup '{"optimize": "compile", "warmup": [1, 4]}' --images 1,4 --out $OUT
+    PYTHONPATH=src:bench python3 bench/family_levers.py bare --model flux-random \\
+        --levers compile,cache:0.08,fp8,fp8+cache:0.08 --out $OUT
+
+On CPU with a tiny model (``--model tiny-flux --device cpu --size 64 --steps 2``) it checks
+its own plumbing in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from gridgen import Batch, DistributedRunner
+from gridgen.diffusion import family_of, worker_for
+
+
+def _worker_class(model: str) -> type:
+    base = worker_for(model)
+
+    class Bench(base):  # type: ignore[valid-type, misc]
+        """The family's worker, reporting rank 0's peak GPU memory with each result."""
+
+        def setup(self, *args: Any, **kwargs: Any) -> None:
+            import torch
+
+            super().setup(*args, **kwargs)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+
+        def run_batch(self, batch: Batch) -> list[Any]:
+            import torch
+
+            results = super().run_batch(batch)
+            peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+            return [{**r, "peak_gib": peak} if isinstance(r, dict) and r else r for r in results]
+
+    Bench.__qualname__ = Bench.__name__ = f"Bench{base.__name__}"
+    return Bench
+
+
+def _payload(args: argparse.Namespace, images: int, seed: int = 1, preview_every: int = 0) -> dict[str, Any]:
+    payload = {"prompt": "a lighthouse at dawn", "num_images": images, "width": args.size, "height": args.size,
+               "num_inference_steps": args.steps, "seed": seed, "preview_every": preview_every}
+    if args.guidance is not None:
+        payload["guidance_scale"] = args.guidance
+    return payload
+
+
+class Log:
+    def __init__(self, args: argparse.Namespace) -> None:
+        import torch
+
+        self.path = Path(args.out) / "levers.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.common = {
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+            "python": platform.python_version(), "model": args.model,
+            "family": family_of(args.model).name, "size": args.size, "steps": args.steps,
+            "image_format": "png",
+        }
+
+    def __call__(self, **record: Any) -> None:
+        line = {**self.common, **record}
+        with self.path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        shown = {k: v for k, v in record.items() if k not in ("times_s", "setup_phases", "timings")}
+        print(f"[{time.strftime('%H:%M:%S')}] {json.dumps(shown)}", flush=True)
+
+
+# -- runner ------------------------------------------------------------------------------
+
+
+async def runner_mode(args: argparse.Namespace, log: Log) -> None:
+    import diffusers  # noqa: F401  (the worker class imports it in the workers too)
+
+    setup = {"model": args.model, "preview": "linear", "warmup_size": (args.size, args.size),
+             "defer_encoding": False,  # results as dicts, to carry peak_gib
+             **json.loads(args.setup)}
+    worker_cls = _worker_class(args.model)
+    globals()[worker_cls.__name__] = worker_cls  # importable by name in the worker process
+    runner = DistributedRunner(worker_cls, world_size=1, device=args.device, request_timeout=1800,
+                               stream_buffer=4096, setup_kwargs=setup)
+    started = time.perf_counter()
+    async with runner:
+        startup = time.perf_counter() - started
+        log(mode="runner", setup=args.setup, startup_s=round(startup, 1))
+        for images in args.images:
+            for stream in (False, True) if images == 1 and args.previews else (False,):
+                times, result = [], None
+                for r in range(args.rounds):
+                    begun = time.perf_counter()
+                    if stream:
+                        async for item in runner.stream(_payload(args, images, seed=1 + r, preview_every=5)):
+                            result = item
+                    else:
+                        result = await runner.invoke(_payload(args, images, seed=1 + r))
+                    times.append(time.perf_counter() - begun)
+                assert isinstance(result, dict)
+                log(mode="runner", setup=args.setup, images_per_request=images, previews=5 if stream else 0,
+                    s_per_image=round(sorted(times)[len(times) // 2] / images, 4),
+                    times_s=[round(t, 4) for t in times], peak_gib=round(float(result["peak_gib"]), 2),
+                    step_cache=result.get("step_cache"), timings=result["timings"])
+
+
+# -- plain diffusers and the bare levers ---------------------------------------------------
+
+
+def _build(args: argparse.Namespace) -> Any:
+    import torch
+
+    from gridgen.diffusion import load_family_pipeline
+
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    pipe = load_family_pipeline(family_of(args.model), args.model, device=args.device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _generate(pipe: Any, args: argparse.Namespace, images: int, seed: int) -> Any:
+    import torch
+
+    kwargs: dict[str, Any] = {}
+    if args.guidance is not None:
+        kwargs["guidance_scale"] = args.guidance
+    out = pipe(prompt="a lighthouse at dawn", num_images_per_prompt=images, width=args.size,
+               height=args.size, num_inference_steps=args.steps, output_type="pt",
+               generator=[torch.Generator(args.device).manual_seed(seed + i) for i in range(images)], **kwargs)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    return out.images.float().cpu()
+
+
+def _time(pipe: Any, args: argparse.Namespace, images: int) -> tuple[float, list[float], float]:
+    import torch
+
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for r in range(args.rounds):
+        begun = time.perf_counter()
+        _generate(pipe, args, images, seed=100 + r)
+        times.append(time.perf_counter() - begun)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else 0.0
+    return sorted(times)[len(times) // 2] / images, times, peak
+
+
+def _quality(images: Any, reference: Any) -> dict[str, float]:
+    import torch
+
+    diff = (images - reference).abs() * 255
+    mse = float(((images - reference) ** 2).mean())
+    psnr = float("inf") if mse == 0 else float(10 * torch.log10(torch.tensor(1.0 / mse)))
+    return {"psnr_db": round(psnr, 2), "mean_abs_255": round(float(diff.mean()), 3),
+            "max_abs_255": round(float(diff.max()), 1)}
+
+
+def diffusers_mode(args: argparse.Namespace, log: Log) -> None:
+    started = time.perf_counter()
+    pipe = _build(args)
+    log(mode="diffusers", build_s=round(time.perf_counter() - started, 1))
+    _generate(pipe, args, 1, seed=0)  # cuBLAS handles, the allocator
+    for images in args.images:
+        s, times, peak = _time(pipe, args, images)
+        log(mode="diffusers", lever="eager", images_per_request=images, s_per_image=round(s, 4),
+            times_s=[round(t, 4) for t in times], peak_gib=round(peak, 2))
+
+
+def bare_mode(args: argparse.Namespace, log: Log) -> None:
+    from gridgen.diffusion.fast import compile_blocks
+    from gridgen.diffusion.lossy import CacheCounter, apply_quantization, apply_step_cache
+
+    pipe = _build(args)
+    transformer = pipe.transformer
+    transformer.fuse_qkv_projections()
+    seeds = (7, 8)
+    _generate(pipe, args, 1, seed=0)
+    reference = {seed: _generate(pipe, args, 1, seed) for seed in seeds}
+    s, times, peak = _time(pipe, args, 1)
+    log(mode="bare", lever="eager", images_per_request=1, s_per_image=round(s, 4), peak_gib=round(peak, 2))
+    quantized = cached = False
+    for lever in args.levers:
+        wants_fp8, threshold = "fp8" in lever, None
+        if "cache:" in lever:
+            threshold = float(lever.split("cache:")[1])
+        if cached:
+            transformer.disable_cache()
+            cached = False
+        if wants_fp8 and not quantized:
+            apply_quantization(transformer, "fp8")
+            quantized = True
+        counter = None
+        if threshold is not None:
+            apply_step_cache(transformer, threshold)
+            cached = True
+            counter = CacheCounter(transformer)
+        started = time.perf_counter()
+        compile_blocks(transformer, family_of(args.model).compile_blocks, fullgraph=not cached)
+        if cached:
+            transformer._reset_stateful_cache()
+        _generate(pipe, args, 1, seed=0)
+        log(mode="bare", lever=lever, compile_s=round(time.perf_counter() - started, 1))
+        quality = []
+        for seed in seeds:
+            if cached:
+                transformer._reset_stateful_cache()
+            quality.append(_quality(_generate(pipe, args, 1, seed), reference[seed]))
+        skipped = counter.take(args.steps * len(seeds)) if counter else None
+        if counter is not None:
+            counter.close()
+        if cached:
+            transformer._reset_stateful_cache()
+        s, times, peak = _time(pipe, args, 1)
+        log(mode="bare", lever=lever, images_per_request=1, s_per_image=round(s, 4),
+            times_s=[round(t, 4) for t in times], peak_gib=round(peak, 2), quality_vs_eager=quality,
+            step_cache=skipped)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=("runner", "diffusers", "bare"))
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--model", default="flux-random")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=28)
+    parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4])
+    parser.add_argument("--setup", default='{"optimize": "compile", "warmup": [1]}')
+    parser.add_argument("--previews", action="store_true", help="runner: also stream previews every 5 steps")
+    parser.add_argument("--levers", type=lambda s: s.split(","), default=["compile", "cache:0.08"])
+    args = parser.parse_args()
+    log = Log(args)
+    if args.mode == "runner":
+        asyncio.run(runner_mode(args, log))
+    elif args.mode == "diffusers":
+        diffusers_mode(args, log)
+    else:
+        bare_mode(args, log)
+
+
+if __name__ == "__main__":
+    main()
