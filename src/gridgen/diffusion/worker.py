@@ -40,8 +40,8 @@ import concurrent.futures
 import logging
 import os
 import time
-from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._batch import Batch, BatchItem
 from ..errors import Cancelled
@@ -71,6 +71,7 @@ from .fast import (
 from .lossy import CacheCounter, Quantize, check_lossy
 from .models import load_family_pipeline, load_preview_decoder
 from .preview import LinearPreview, Previewer, TaesdPreview
+from .setup_checks import PreviewMode, check_setup, phase_clock, thread_lock_for_progress_bars
 from .steps import RankSteps, _dist_ready
 
 if TYPE_CHECKING:
@@ -78,7 +79,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DiffusionWorker", "PreviewMode"]
 
-PreviewMode = Literal["auto", "taesd", "linear"] | None
 
 logger = logging.getLogger("gridgen.diffusion")
 COMPILE_CACHE_ENV = "GRIDGEN_COMPILE_CACHE"
@@ -209,19 +209,16 @@ class DiffusionWorker(RankSteps):
 
         started = time.perf_counter()
         phases: dict[str, float] = {}
-        mark = _phase_clock(phases)
-        if preview not in ("auto", "taesd", "linear", None):
-            raise ValueError(f"preview must be 'auto', 'taesd', 'linear' or None, got {preview!r}")
+        mark = phase_clock(phases)
         if self.world_size > 1 and not _dist_ready():
             raise RuntimeError(
                 f"world_size is {self.world_size} but torch.distributed is not initialised: "
                 "run the worker under gridgen.DistributedRunner (or init_process_group first)"
             )
         model = self.default_model if model is None else model
-        self._check_options(model, preview, optimize)
+        check_setup(type(self), model, self.device, preview, optimize, cpu_offload)
         check_lossy(self.family, self.device, optimize, quantize, step_cache)
-        self._check_offload(cpu_offload, optimize)
-        _thread_lock_for_progress_bars()
+        thread_lock_for_progress_bars()
         self.model = model
         self.dtype = resolve_dtype(dtype, self.device)
         self.pipeline = load_family_pipeline(
@@ -303,33 +300,6 @@ class DiffusionWorker(RankSteps):
             "rank %d set up in %.1fs: %s", self.rank, self.setup_seconds,
             ", ".join(f"{name} {seconds:.1f}s" for name, seconds in phases.items()),
         )
-
-    def _check_options(self, model: str, preview: PreviewMode, optimize: OptimizeMode) -> None:
-        """Refuse what this family cannot do, before loading anything."""
-        from .models import family_of
-
-        family = family_of(model)
-        if family is not self.family:
-            raise ValueError(
-                f"model {model!r} is a {family.title} pipeline, not {self.family.title}: serve it "
-                f"with gridgen.diffusion.worker_for({model!r}) (here: {type(self).__name__})"
-            )
-        if self.family is not SDXL and preview == "taesd":
-            raise ValueError(f'preview="taesd" is SDXL only; {self.family.title} previews are "linear"')
-
-    def _check_offload(self, cpu_offload: bool, optimize: OptimizeMode) -> None:
-        if not cpu_offload:
-            return
-        import torch
-
-        if torch.device(self.device).type != "cuda":
-            raise ValueError(f"cpu_offload moves models to a GPU while they run; the device is {self.device}")
-        # SDXL's CUDA graphs keep the addresses of the weights they captured: offloading moves them.
-        if self.family.denoiser == "unet" and optimize != "none":
-            raise ValueError(
-                f'cpu_offload needs optimize="none" for {self.family.title} (its CUDA graphs '
-                f"hold the weights' GPU addresses), got {optimize!r}"
-            )
 
     def teardown(self) -> None:
         """Let a deferred encoding finish, then stop the encoder thread."""
@@ -501,28 +471,3 @@ class DiffusionWorker(RankSteps):
             run.step_cache = self._cache_counter.take(run.steps_done)
         latents: torch.Tensor = output.images
         return latents
-
-
-def _phase_clock(phases: dict[str, float]) -> Callable[[str], None]:
-    """``mark(name)`` records the seconds since the previous mark (or since creation) as ``name``."""
-    last = [time.perf_counter()]
-
-    def mark(name: str) -> None:
-        now = time.perf_counter()
-        phases[name] = round(now - last[0], 3)
-        last[0] = now
-
-    return mark
-
-
-def _thread_lock_for_progress_bars() -> None:
-    """Give tqdm (which diffusers uses while loading) a thread lock, not its default
-    multiprocessing one: that one is a named semaphore in /dev/shm that outlives the worker
-    (which leaves with os._exit) until the host exits, two more at every group restart."""
-    import threading
-
-    import tqdm
-
-    tqdm.tqdm.set_lock(threading.RLock())
-
-
