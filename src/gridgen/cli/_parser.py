@@ -126,6 +126,12 @@ def _add_generate_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="guidance scale (0-30; SDXL/SD3.5: <= 1 turns it off; FLUX.1-dev: distilled "
         "guidance; not for FLUX.1-schnell; default: the family's, SDXL 5.0)",
     )
+    req.add_argument("--image", default=None, metavar="FILE",
+                     help="start image (PNG, JPEG or WebP) for image-to-image; resized to --width x --height")
+    req.add_argument("--strength", type=float, default=None, metavar="S",
+                     help="with --image: how much to change it, 0 (keep) to 1 (start from noise)")
+    req.add_argument("--mask", default=None, metavar="FILE",
+                     help="with --image: inpainting mask of the image's size; white repaints, black keeps")
     out = gen.add_argument_group("output")
     out.add_argument(
         "-o", "--output", default="grid.png", metavar="FILE",
