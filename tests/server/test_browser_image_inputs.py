@@ -1,0 +1,83 @@
+"""The playground in headless Chromium with an API key and image inputs: the page asks for
+the key once (kept in sessionStorage), a wrong key is a clear error, and an uploaded start
+image with a strength gives a result (issue 22).
+
+Needs Chromium and Playwright's Python package (see tests/server/test_browser.py).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from helpers.server import LiveServer
+from test_browser import CHROMIUM, CHROMIUM_ARGS, _sync_playwright
+
+pytestmark = pytest.mark.browser
+
+KEY = "browser-key-22"
+
+
+@pytest.fixture(scope="module")
+def service(tiny_cache: str) -> Iterator[LiveServer]:
+    _sync_playwright()  # skip before starting workers when the browser cannot run
+    from gridgen import DistributedRunner
+    from gridgen.sdxl import SDXLWorker
+    from gridgen.server import create_app
+
+    runner = DistributedRunner(SDXLWorker, world_size=2, device="cpu", setup_kwargs={"model": "tiny"})
+    with LiveServer(create_app(runner, title="gridgen · keys", api_keys=[KEY]), runner) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def browser(service: LiveServer) -> Iterator[Any]:
+    with _sync_playwright()() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def test_key_then_upload_an_image_with_a_strength(service: LiveServer, browser: Any, tmp_path: Path) -> None:
+    start = tmp_path / "start.png"
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 80), (250, 120, 20)).save(buffer, "PNG")
+    start.write_bytes(buffer.getvalue())
+
+    page = browser.new_page()
+    page.goto(service.url + "/")
+    page.wait_for_selector("#service.ready")  # /ready needs no key
+    assert page.is_visible("#api_key") and page.is_visible("[name=image]")
+    page.fill("[name=prompt]", "an orange field")
+    for name, value in {"num_images": 2, "num_inference_steps": 4, "width": 64, "height": 64, "seed": 5}.items():
+        page.fill(f"[name={name}]", str(value))
+    page.click("#generate")  # no key yet: the page asks for it, nothing is sent
+    assert "needs an API key" in page.inner_text("#error")
+
+    page.fill("#api_key", "wrong")
+    page.dispatch_event("#api_key", "change")
+    page.click("#generate")
+    page.wait_for_selector("#error:has-text('401')")
+    assert page.evaluate("sessionStorage.getItem('gridgen-api-key')") is None  # a wrong key is forgotten
+
+    page.fill("#api_key", KEY)
+    page.dispatch_event("#api_key", "change")
+    page.set_input_files("[name=image]", str(start))
+    page.fill("[name=strength]", "0.5")
+    page.click("#generate")
+    page.wait_for_selector('#stage img[data-kind="final grid"]', timeout=60_000)
+    assert page.inner_text("#status-text").startswith("Done: 2 image(s), 64\u00d764")
+    assert page.inner_text("#error") == ""
+    assert page.evaluate("sessionStorage.getItem('gridgen-api-key')") == KEY
+
+    page.reload()  # the key is kept for the tab's session: not asked again
+    page.wait_for_selector("#service.ready")
+    assert page.input_value("#api_key") == KEY
+    page.close()
