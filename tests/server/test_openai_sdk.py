@@ -1,6 +1,6 @@
 """The official ``openai`` Python SDK against a real ``gridgen serve`` (tiny SDXL, two CPU
 ranks, an API key): generations as b64_json and as URLs, JPEG output, streamed partial
-images, models.list(), and each client error as the SDK's exception class.
+images, edits with and without a mask, models.list(), and each client error as the SDK's exception class.
 
 One server for the module; 64x64 images, 2 to 4 steps.
 """
@@ -15,6 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from helpers.openai_edits import check_edit_with_mask, check_edit_without_mask
 from helpers.serve import gridgen_serve
 
 openai = pytest.importorskip("openai")
@@ -168,3 +169,11 @@ def test_a_body_over_the_limit_is_413_in_openais_shape(url: str) -> None:
     )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_edit_without_a_mask_is_image_to_image(client: object) -> None:
+    check_edit_without_mask(client)
+
+
+def test_edit_with_openais_mask_is_inpainting_with_diffusers_mask(client: object, url: str) -> None:
+    check_edit_with_mask(client, url, KEY)
