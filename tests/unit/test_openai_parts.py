@@ -11,6 +11,7 @@ from gridgen.server.auth import api_keys_from, key_matches
 from gridgen.server.image_store import ImageStore
 from gridgen.server.openai_errors import OpenAIError
 from gridgen.server.openai_params import (
+    EditParams,
     GenerationParams,
     auto_size_of,
     parse_params,
@@ -85,3 +86,13 @@ def test_api_keys_from_flags_and_environment() -> None:
         api_keys_from(["has space"], {})
     keys = [b"alpha", b"beta"]
     assert key_matches("beta", keys) and not key_matches("bet", keys) and not key_matches("", keys)
+
+
+def test_partial_images_of_an_edit_are_spaced_over_the_steps_the_strength_keeps() -> None:
+    params = parse_params({"prompt": "p", "stream": True, "partial_images": 3, "num_inference_steps": 20,
+                           "strength": 0.6}, EditParams)
+    payload = to_payload(params, default_size=(64, 64), default_steps=20, worker_format="png", image="data:x")
+    assert payload["preview_every"] == 3  # 12 of the 20 steps run: previews at 3, 6, 9 before the last
+    inpaint = to_payload(parse_params({"prompt": "p", "stream": True, "partial_images": 3}, EditParams),
+                         default_size=(64, 64), default_steps=20, worker_format="png", image="data:x", mask="data:y")
+    assert inpaint["preview_every"] == 5  # inpainting's default strength 1.0 runs all 20

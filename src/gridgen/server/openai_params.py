@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..diffusion.conditioning import DEFAULT_STRENGTH
 from .openai_errors import OpenAIError
 
 __all__ = [
@@ -149,5 +150,8 @@ def to_payload(
         payload["mask"] = mask
     if params.stream and params.partial_images:
         steps = int(payload.get("num_inference_steps", default_steps))
+        if image is not None:  # the image pipelines run about strength x steps of them
+            strength = payload.get("strength", DEFAULT_STRENGTH["inpaint" if mask else "img2img"])
+            steps = max(1, round(steps * float(strength)))
         payload["preview_every"] = partial_image_steps(params.partial_images, steps)
     return payload
