@@ -54,6 +54,7 @@ from .openai_params import (
     parse_params,
     to_payload,
 )
+from .request_ids import current_request_id
 from .sse import event_stream
 
 __all__ = ["OpenAIRoutes", "add_openai_routes", "mount_openai"]
@@ -94,7 +95,7 @@ class OpenAIRoutes:
         """Submit ``payload``; the JSON answer, or the event stream with ``stream=true``."""
         if params.stream:
             return self._stream(params, payload, kind)
-        handle = self.runner.submit(payload)
+        handle = self.runner.submit(payload, trace_id=current_request_id())
         arrived = time.perf_counter()
         try:
             finished, result = await result_unless_disconnected(request, handle)
@@ -131,7 +132,7 @@ class OpenAIRoutes:
         return [_in_format(image, params) for image in images]
 
     def _stream(self, params: ImageParams, payload: dict[str, Any], kind: str) -> Response:
-        handle = self.runner.submit(payload, streaming=True)
+        handle = self.runner.submit(payload, streaming=True, trace_id=current_request_id())
         arrived = time.perf_counter()
 
         def on_finish(ok: bool) -> None:
