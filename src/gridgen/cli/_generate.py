@@ -39,10 +39,27 @@ def _request_payload(args: argparse.Namespace) -> dict[str, Any]:
     }
     payload: dict[str, Any] = {"prompt": args.prompt}
     payload.update({k: v for k, v in options.items() if v is not None})
+    for name in ("image", "mask"):
+        path = getattr(args, name, None)
+        if path is not None:
+            payload[name] = _file_data_url(path, f"--{name}")
+    if getattr(args, "strength", None) is not None:
+        payload["strength"] = args.strength
     payload["preview_every"] = args.preview_every
     payload["image_format"] = image_format
     payload["output"] = "both" if args.save_dir else "grid"
     return payload
+
+
+def _file_data_url(path: str, option: str) -> str:
+    """An input image file as a data URL (checked on the host with the rest of the request)."""
+    import base64
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot read {path}: {exc.strerror}") from None
+    return "data:application/octet-stream;base64," + base64.b64encode(data).decode("ascii")
 
 
 _OPTION_NAMES = {

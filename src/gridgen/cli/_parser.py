@@ -126,6 +126,12 @@ def _add_generate_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="guidance scale (0-30; SDXL/SD3.5: <= 1 turns it off; FLUX.1-dev: distilled "
         "guidance; not for FLUX.1-schnell; default: the family's, SDXL 5.0)",
     )
+    req.add_argument("--image", default=None, metavar="FILE",
+                     help="start image (PNG, JPEG or WebP) for image-to-image; resized to --width x --height")
+    req.add_argument("--strength", type=float, default=None, metavar="S",
+                     help="with --image: how much to change it, 0 (keep) to 1 (start from noise)")
+    req.add_argument("--mask", default=None, metavar="FILE",
+                     help="with --image: inpainting mask of the image's size; white repaints, black keeps")
     out = gen.add_argument_group("output")
     out.add_argument(
         "-o", "--output", default="grid.png", metavar="FILE",
@@ -149,8 +155,9 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "serve",
         help="serve the HTTP API and the playground page",
         description="Start the workers and serve POST /generate, POST /stream (server-sent "
-        "events), GET /health, GET /ready and the playground page at / with uvicorn. The "
-        "service has no authentication: keep it on loopback or behind a proxy that has. The "
+        "events), the OpenAI-compatible /v1/images/generations, /v1/images/edits and /v1/models, "
+        "GET /health, GET /ready and the playground page at / with uvicorn. Without --api-key "
+        "the service has no authentication: keep it on loopback or behind a proxy that has. The "
         "port is bound first, so /health answers while the workers start.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
@@ -185,6 +192,11 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     serve.add_argument(
         "--log-format", default="text", choices=("text", "json"),
         help="text, or json: one JSON object per line, with the request id (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--api-key", action="append", default=None, metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on every route but /health, /ready and the "
+        "playground page (repeat for several keys; also $GRIDGEN_API_KEY, comma-separated)",
     )
     serve.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),

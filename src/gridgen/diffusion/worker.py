@@ -58,6 +58,7 @@ from .batching import (
     drop_cancelled,
     stack_gathered,
 )
+from .conditioning import ImageInputs, input_kind, input_merge_key
 from .encoding import OutputEncoder
 from .families import SDXL, Family
 from .fast import (
@@ -405,8 +406,8 @@ class DiffusionWorker(RankSteps):
 
     def _count_steps(self, requests: list[Any]) -> int:
         """How many times the pipeline's step callback will run: identical on every rank."""
-        key = (id(self.pipeline.scheduler), requests[0].num_inference_steps)
-        counts: dict[tuple[int, int], int] = self.__dict__.setdefault("_step_counts", {})
+        key = (id(self.pipeline.scheduler), requests[0].num_inference_steps, input_merge_key(requests[0]))
+        counts: dict[Hashable, int] = self.__dict__.setdefault("_step_counts", {})
         if key not in counts:  # building a scheduler per request costs ~1 ms of host time
             counts[key] = self.family.count_steps(self.pipeline, requests[0])
         return counts[key]
@@ -426,6 +427,8 @@ class DiffusionWorker(RankSteps):
         import torch
 
         first = run.requests[0]
+        if input_kind(first) is not None and run.total_steps == 0:  # strength 0: nothing to denoise
+            return ImageInputs.of(self).start_latents(run.requests, [s.request for s in run.mine], self.device)
         size = (first.width, first.height)
         graphed = self.fixed_shapes
         rows = self.warm.pad("unet", size, len(run.mine)) if graphed else len(run.mine)
@@ -435,8 +438,14 @@ class DiffusionWorker(RankSteps):
         self._sync()
         self.text_encode_seconds = time.perf_counter() - encoding
         generators = [torch.Generator(self.device).manual_seed(slot.seed) for slot in slots]
+        pipeline, extra = self.pipeline, {"width": first.width, "height": first.height}
+        tensors = list(self.family.step_tensors)
+        if input_kind(first) is not None:  # image-to-image or inpainting: a start image per row
+            pipeline, extra = ImageInputs.of(self).call(run.requests, [slot.request for slot in slots])
+            tensors = ["latents"]  # their loops keep more per-row tensors: rows never leave
         shrink = (
-            not graphed
+            pipeline is self.pipeline
+            and not graphed
             and self.family.shrinkable
             and type(self.pipeline.scheduler).__name__ in SHRINKABLE_SCHEDULERS
         )
@@ -453,16 +462,15 @@ class DiffusionWorker(RankSteps):
         if self._cache_counter is not None:
             # The cache's residuals belong to the last call's images: never carried over.
             getattr(self.pipeline, self.family.denoiser)._reset_stateful_cache()
-        output = self.pipeline(
+        output = pipeline(
             **embeds,
-            width=first.width,
-            height=first.height,
+            **extra,
             num_inference_steps=first.num_inference_steps,
             num_images_per_prompt=1,
             generator=generators,
             output_type="latent",
             callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=list(self.family.step_tensors),
+            callback_on_step_end_tensor_inputs=tensors,
             **self.family.call_kwargs(first),
         )
         if graphed:  # captured (or compiled) at the first step, cancelled or not

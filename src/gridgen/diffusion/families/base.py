@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from ..conditioning import input_merge_key, input_steps, refuse_unsupported_inputs
 from ..request import validate_payload
 
 if TYPE_CHECKING:
@@ -63,10 +64,15 @@ class Family:
     denoiser's own ``_repeated_blocks`` when empty)."""
     step_cache: bool = True
     """Whether ``step_cache`` (diffusers' first-block cache) can serve this family."""
+    image_pipelines: Mapping[str, str] = {}
+    """Its image pipelines, ``"module:Class"`` under ``diffusers.pipelines``, by kind
+    (``"img2img"``, ``"inpaint"``; see :mod:`gridgen.diffusion.conditioning`). A kind left
+    out is refused with the rule ``unsupported_field``."""
 
     def validate(self, payload: Mapping[str, Any] | BaseModel, world_size: int | None = None) -> Any:
         """The validated request (``num_images`` filled from ``world_size`` when absent)."""
-        return validate_payload(self.request_model, payload, world_size, self.unsupported)
+        request = validate_payload(self.request_model, payload, world_size, self.unsupported)
+        return refuse_unsupported_inputs(self, request)
 
     def guidance(self, request: Any) -> float:
         return float(getattr(request, "guidance_scale", 0.0))
@@ -74,7 +80,7 @@ class Family:
     def merge_key(self, request: Any) -> Hashable:
         """What merged requests must share: everything that shapes the denoising batch."""
         return (self.name, request.width, request.height, request.num_inference_steps,
-                self.guidance(request))
+                self.guidance(request), *input_merge_key(request))
 
     def encode(self, pipeline: Any, request: Any, device: Any) -> dict[str, Any]:
         """One request's embedding arguments, batch 1 (``None`` values are left out)."""
@@ -102,7 +108,12 @@ class Family:
 
     def count_steps(self, pipeline: Any, request: Any) -> int:
         """How many times the step callback will run (the same on every rank)."""
-        return int(request.num_inference_steps)
+        return input_steps(self, request, int(request.num_inference_steps))
+
+    def image_steps(self, total: int, strength: float) -> int:
+        """How many of ``total`` steps the image pipelines run at ``strength`` (FLUX.1's and
+        SD3.5's rounding: they truncate the steps they skip)."""
+        return total - int(max(total - min(total * strength, total), 0))
 
     def unpack(self, pipeline: Any, latents: torch.Tensor, request: Any) -> torch.Tensor:
         """Latents as ``(B, C, h, w)`` (the pipeline's step and output layout may differ)."""
