@@ -177,7 +177,8 @@ def _field_errors(
 ) -> list[FieldError]:
     """One :class:`FieldError` per pydantic error. ``unsupported`` maps fields that other
     families accept to the reason this one does not (rule ``unsupported_field``)."""
-    allowed = ", ".join(model.model_fields)
+    # The inherited image-input fields come first in the model; the prompt leads here.
+    allowed = ", ".join(sorted(model.model_fields, key=lambda name: name in ImageInputFields.model_fields))
     unsupported = unsupported or {}
     out: list[FieldError] = []
     for err in exc.errors(include_url=False):
