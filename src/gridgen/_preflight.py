@@ -158,6 +158,42 @@ def worker_options(args: argparse.Namespace, family: Any) -> dict[str, Any]:
     if args.dtype is not None:
         options["dtype"] = args.dtype
     options.update(_lossy_options(args, family))
+    options.update(lora_options(args))
+    return options
+
+
+def lora_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The worker's LoRA ``setup`` arguments (``--lora``, ``--lora-dir``, ``--max-loras``,
+    ``--max-lora-bytes``), the sources checked before any worker starts."""
+    from .diffusion.lora import LoraSources, parse_byte_size
+
+    options: dict[str, Any] = {}
+    named: dict[str, str] = {}
+    for item in args.lora or ():
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--lora {item!r}: write NAME=PATH")
+        if name in named:
+            raise UsageError(f"--lora {item!r}: the name {name!r} is given twice")
+        named[name] = str(Path(path).expanduser())
+    for option, sources in (("--lora", (named, None)), ("--lora-dir", (None, args.lora_dir))):
+        try:
+            LoraSources(*sources)
+        except (ValueError, OSError) as exc:
+            raise UsageError(f"{option}: {exc}") from None
+    if named:
+        options["loras"] = named
+    if args.lora_dir is not None:
+        options["lora_dir"] = str(Path(args.lora_dir).expanduser())
+    if args.max_loras is not None:
+        options["max_loras"] = args.max_loras
+    if args.max_lora_bytes is not None:
+        try:
+            options["max_lora_bytes"] = parse_byte_size(args.max_lora_bytes)
+        except ValueError as exc:
+            raise UsageError(f"--max-lora-bytes: {exc}") from None
+        if options["max_lora_bytes"] < 1:
+            raise UsageError("--max-lora-bytes: must be more than 0")
     return options
 
 

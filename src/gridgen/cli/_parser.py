@@ -66,6 +66,19 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--compile-cache", default=None, metavar="FILE",
                        help="with --optimize compile: load compiled kernels from FILE, or write it "
                        "after the warm-up when missing (default: $GRIDGEN_COMPILE_CACHE)")
+    adapters = parser.add_argument_group("LoRA adapters (docs/lora.md)")
+    adapters.add_argument("--lora", action="append", default=None, metavar="NAME=PATH",
+                          help="register a LoRA adapter (a .safetensors file or a folder holding one) "
+                          "under NAME; repeatable. Requests name adapters, never paths")
+    adapters.add_argument("--lora-dir", default=None, metavar="DIR",
+                          help="register every DIR/*.safetensors as an adapter named by its file "
+                          "stem; files added later are found without a restart")
+    adapters.add_argument("--max-loras", type=positive_int, default=None, metavar="N",
+                          help="adapters each worker keeps loaded, least recently used unloaded "
+                          "first (default 8)")
+    adapters.add_argument("--max-lora-bytes", default=None, metavar="SIZE",
+                          help="bytes of adapter weights each worker keeps loaded, e.g. 512M or "
+                          "2G (default 4G)")
     group.add_argument(
         "--verbose",
         "-v",
@@ -132,6 +145,11 @@ def _add_generate_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
                      help="with --image: how much to change it, 0 (keep) to 1 (start from noise)")
     req.add_argument("--mask", default=None, metavar="FILE",
                      help="with --image: inpainting mask of the image's size; white repaints, black keeps")
+    req.add_argument(
+        "--use-lora", action="append", default=None, metavar="NAME[:SCALE]",
+        help="apply a registered LoRA adapter (see --lora, --lora-dir) at SCALE (-2 to 2, "
+        "default 1); repeatable, up to 4",
+    )
     out = gen.add_argument_group("output")
     out.add_argument(
         "-o", "--output", default="grid.png", metavar="FILE",

@@ -100,7 +100,7 @@ class LoraSpec(BaseModel):
     def _a_name_not_a_path(cls, value: str) -> str:
         problem = name_problem(value)
         if problem is not None:
-            raise PydanticCustomError(problem[0], problem[1])
+            raise PydanticCustomError(problem[0], "{message}", {"message": problem[1]})
         return value
 
     @field_validator("scale", mode="before")
@@ -116,7 +116,7 @@ def _each_once(loras: tuple[LoraSpec, ...]) -> tuple[LoraSpec, ...]:
     for spec in loras:
         if spec.name in seen:
             raise PydanticCustomError(
-                "lora_duplicate", "adapter {name!r} is named twice", {"name": spec.name}
+                "lora_duplicate", "{message}", {"message": f"adapter {spec.name!r} is named twice"}
             )
         seen.add(spec.name)
     return loras
@@ -426,3 +426,66 @@ def parse_byte_size(text: str) -> int:
         raise ValueError(f"not a size: {text!r} (write e.g. 512M or 2G)")
     number, unit = float(match.group(1)), match.group(2).upper()
     return int(number * 1024 ** " KMGT".index(unit or " "))
+
+
+# -- what the worker calls ---------------------------------------------------------------
+
+
+def check_request_loras(request: Any, setup_kwargs: Mapping[str, Any]) -> None:
+    """On the host, at submit: refuse a request naming an adapter no configured source holds,
+    or more adapters than a rank keeps loaded (``max_loras``).
+
+    Raises:
+        InvalidRequestError: rule ``unknown_lora`` or ``too_many_loras``, naming the adapter.
+    """
+    loras = tuple(getattr(request, "loras", ()) or ())
+    if not loras:
+        return
+    LoraSources.from_setup(setup_kwargs).check(loras)
+    limit = setup_kwargs.get("max_loras") or DEFAULT_MAX_LORAS
+    active = active_loras(loras)
+    if len(active) > limit:
+        raise _request_error(
+            "loras", "too_many_loras",
+            f"{len(active)} adapters ({', '.join(n for n, _ in active)}) but each worker keeps "
+            f"at most {limit} loaded (max_loras)",
+        )
+
+
+def apply_loras(
+    cache: LoraCache | None, request: Any, collective: bool, rank: int, world_size: int, device: Any
+) -> None:
+    """Make this rank's pipeline run ``request``'s adapters; collective when ``collective``.
+
+    Every rank reports whether it managed; if any did not, every rank raises (its own error,
+    or :class:`~gridgen.LoraLoadError` naming the ranks that failed) at the same point, so no
+    rank waits in a denoising collective for one that gave up, and the request fails alone.
+    """
+    wanted = active_loras(getattr(request, "loras", ()))
+    error: BaseException | None = None
+    if cache is None:
+        if wanted:
+            error = _request_error(
+                "loras", "unknown_lora",
+                f"no adapter named {wanted[0][0]!r} (registered: none are configured)",
+            )
+    else:
+        try:
+            cache.activate(wanted)
+        except Exception as exc:
+            error = exc
+    if collective:
+        import torch
+        import torch.distributed as dist
+
+        failed = torch.zeros(world_size, dtype=torch.int32, device=device)
+        failed[rank] = error is not None
+        dist.all_reduce(failed)
+        ranks = [r for r, flag in enumerate(failed.tolist()) if flag]
+        if ranks and error is None:
+            error = LoraLoadError(
+                f"adapters {', '.join(n for n, _ in wanted)}: loading failed on rank(s) "
+                f"{', '.join(map(str, ranks))} (their error says why)"
+            )
+    if error is not None:
+        raise error
