@@ -9,7 +9,7 @@
   :data:`MAX_LORAS_PER_REQUEST` adapters, scales from -2 to 2 (default 1). A name with a path
   separator is refused by the request model everywhere; an unknown name by
   :meth:`LoraSources.check`, on the host before the request is queued.
-* **The cache** (:class:`LoraCache`): one per rank, least recently used adapters unloaded
+* **The cache** (:class:`~gridgen.diffusion.lora_cache.LoraCache`): one per rank, least recently used adapters unloaded
   first when over ``max_loras`` adapters or ``max_lora_bytes``; the adapters of the request
   being served are never unloaded. Loading goes through diffusers' PEFT integration
   (``load_lora_weights(..., adapter_name=...)``, ``set_adapters``, ``disable_lora``,
@@ -28,33 +28,28 @@ import logging
 import os
 import re
 import threading
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from ..errors import InvalidRequestError, LoraLoadError
+from ..errors import InvalidRequestError
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 __all__ = [
     "DEFAULT_MAX_LORAS",
     "DEFAULT_MAX_LORA_BYTES",
     "MAX_LORAS_PER_REQUEST",
     "MAX_LORA_SCALE",
-    "LoraCache",
     "LoraSources",
     "LoraSpec",
     "Loras",
     "active_loras",
     "parse_byte_size",
-    "read_lora",
 ]
 
 logger = logging.getLogger("gridgen.diffusion")
@@ -260,162 +255,6 @@ _SHARED: dict[Any, LoraSources] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def read_lora(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """An adapter's state dict, read on the CPU from its safetensors file."""
-    from safetensors.torch import load_file
-
-    return load_file(str(path), device="cpu")
-
-
-# -- the per-rank cache ------------------------------------------------------------------
-
-
-@dataclass
-class _Loaded:
-    adapter: str  # the PEFT adapter name (users' names may hold dots, which PEFT refuses)
-    file: Path
-    stamp: tuple[int, int]  # the file's (mtime_ns, size) when loaded
-    nbytes: int
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_mtime_ns, stat.st_size
-
-
-class LoraCache:
-    """The adapters loaded into one rank's pipeline, least recently used unloaded first.
-
-    :meth:`activate` makes the pipeline run with exactly a request's adapters: it loads
-    those not loaded yet (unloading others to stay within ``max_count`` adapters and
-    ``max_bytes``, never one the request uses), then sets them active with their scales,
-    or disables every adapter when the request has none. A file that changed on disk since
-    it was loaded is loaded again.
-    """
-
-    def __init__(
-        self,
-        pipeline: Any,
-        sources: LoraSources,
-        max_count: int = DEFAULT_MAX_LORAS,
-        max_bytes: int = DEFAULT_MAX_LORA_BYTES,
-        reader: Callable[[Path], Mapping[str, Any]] = read_lora,
-    ) -> None:
-        if type(max_count) is not int or max_count < 1:
-            raise ValueError(f"max_loras must be an int >= 1, got {max_count!r}")
-        if type(max_bytes) is not int or max_bytes < 1:
-            raise ValueError(f"max_lora_bytes must be an int >= 1, got {max_bytes!r}")
-        self.pipeline = pipeline
-        self.sources = sources
-        self.max_count = max_count
-        self.max_bytes = max_bytes
-        self.reader = reader
-        self.loaded: OrderedDict[str, _Loaded] = OrderedDict()
-        """Loaded adapters by name, least recently used first."""
-        self.active: tuple[tuple[str, float], ...] = ()
-        self.load_seconds: dict[str, float] = {}
-        """Seconds the last load of each adapter took (read, then ``load_lora_weights``)."""
-        self._ids = 0
-
-    @property
-    def nbytes(self) -> int:
-        return sum(entry.nbytes for entry in self.loaded.values())
-
-    def activate(self, loras: tuple[tuple[str, float], ...]) -> None:
-        """Run the next denoising with exactly ``loras`` (see :func:`active_loras`).
-
-        Raises:
-            InvalidRequestError: an adapter no source holds (rule ``unknown_lora``).
-            LoraLoadError: an adapter could not be loaded; the pipeline is left with no
-                adapter active, so the next request runs as asked.
-        """
-        names = [name for name, _ in loras]
-        try:
-            for name in names:
-                self._ensure(name, pinned=names)
-                self.loaded.move_to_end(name)
-        except BaseException:
-            self._disable()
-            raise
-        if not loras:
-            self._disable()
-            return
-        if loras != self.active:
-            self.pipeline.enable_lora()
-            self.pipeline.set_adapters(
-                [self.loaded[name].adapter for name in names], [scale for _, scale in loras]
-            )
-            self.active = loras
-
-    def _disable(self) -> None:
-        if self.loaded and self.active != ():
-            self.pipeline.disable_lora()
-        self.active = ()
-
-    def _ensure(self, name: str, pinned: Sequence[str]) -> None:
-        file = self.sources.path(name)
-        if file is None:
-            known = ", ".join(self.sources.names()) or "none are configured"
-            raise _request_error(
-                "loras", "unknown_lora", f"no adapter named {name!r} (registered: {known})"
-            )
-        entry = self.loaded.get(name)
-        try:
-            stamp = _stamp(file)
-        except OSError as exc:
-            raise LoraLoadError(f"adapter {name!r}: cannot read {file.name}: {exc}") from exc
-        if entry is not None and entry.file == file and entry.stamp == stamp:
-            return
-        if entry is not None:  # the file changed on disk: load it again
-            self._unload(name)
-        started = time.perf_counter()
-        try:
-            state = dict(self.reader(file))
-        except Exception as exc:
-            raise LoraLoadError(f"adapter {name!r}: cannot read {file.name}: {exc}") from exc
-        nbytes = sum(int(t.numel()) * self._element_size() for t in state.values())
-        self._make_room(nbytes, pinned)
-        self._ids += 1
-        adapter = f"gridgen_{self._ids}"
-        try:
-            self.pipeline.load_lora_weights(state, adapter_name=adapter)
-        except Exception as exc:
-            self._forget(adapter)
-            raise LoraLoadError(f"adapter {name!r} could not be loaded from {file.name}: {exc}") from exc
-        self.loaded[name] = _Loaded(adapter, file, stamp, nbytes)
-        self.load_seconds[name] = time.perf_counter() - started
-        self.active = ()  # a new adapter comes in active: set_adapters again
-        logger.info("loaded LoRA %r (%.1f MB) in %.2fs", name, nbytes / 1e6, self.load_seconds[name])
-
-    def _element_size(self) -> int:
-        dtype = getattr(self.pipeline, "dtype", None)
-        return int(getattr(dtype, "itemsize", 4))
-
-    def _make_room(self, nbytes: int, pinned: Sequence[str]) -> None:
-        for name in list(self.loaded):
-            if len(self.loaded) < self.max_count and self.nbytes + nbytes <= self.max_bytes:
-                return
-            if name not in pinned:
-                self._unload(name)
-
-    def _unload(self, name: str) -> None:
-        entry = self.loaded.pop(name)
-        self._forget(entry.adapter)
-        self.active = ()
-        logger.info("unloaded LoRA %r", name)
-
-    def _forget(self, adapter: str) -> None:
-        """Delete PEFT adapter ``adapter`` wherever it got to (also after a failed load)."""
-        for component in self._components():
-            peft_config = getattr(component, "peft_config", None)
-            if peft_config and adapter in peft_config:
-                component.delete_adapters(adapter)
-
-    def _components(self) -> list[Any]:
-        names = getattr(self.pipeline, "_lora_loadable_modules", ())
-        return [c for c in (getattr(self.pipeline, n, None) for n in names) if c is not None]
-
-
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?", re.IGNORECASE)
 
 
@@ -450,42 +289,3 @@ def check_request_loras(request: Any, setup_kwargs: Mapping[str, Any]) -> None:
             f"{len(active)} adapters ({', '.join(n for n, _ in active)}) but each worker keeps "
             f"at most {limit} loaded (max_loras)",
         )
-
-
-def apply_loras(
-    cache: LoraCache | None, request: Any, collective: bool, rank: int, world_size: int, device: Any
-) -> None:
-    """Make this rank's pipeline run ``request``'s adapters; collective when ``collective``.
-
-    Every rank reports whether it managed; if any did not, every rank raises (its own error,
-    or :class:`~gridgen.LoraLoadError` naming the ranks that failed) at the same point, so no
-    rank waits in a denoising collective for one that gave up, and the request fails alone.
-    """
-    wanted = active_loras(getattr(request, "loras", ()))
-    error: BaseException | None = None
-    if cache is None:
-        if wanted:
-            error = _request_error(
-                "loras", "unknown_lora",
-                f"no adapter named {wanted[0][0]!r} (registered: none are configured)",
-            )
-    else:
-        try:
-            cache.activate(wanted)
-        except Exception as exc:
-            error = exc
-    if collective:
-        import torch
-        import torch.distributed as dist
-
-        failed = torch.zeros(world_size, dtype=torch.int32, device=device)
-        failed[rank] = error is not None
-        dist.all_reduce(failed)
-        ranks = [r for r, flag in enumerate(failed.tolist()) if flag]
-        if ranks and error is None:
-            error = LoraLoadError(
-                f"adapters {', '.join(n for n, _ in wanted)}: loading failed on rank(s) "
-                f"{', '.join(map(str, ranks))} (their error says why)"
-            )
-    if error is not None:
-        raise error
