@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gridgen.sdxl import SDXLWorker
+
 # The denoiser of each family, and the save_lora_weights argument naming its layers.
 _DENOISER = {"sdxl": ("unet", "unet_lora_layers"), "flux": ("transformer", "transformer_lora_layers"),
              "sd3": ("transformer", "transformer_lora_layers")}
@@ -52,3 +54,50 @@ def make_loras(model: str, folder: Path, names_and_seeds: dict[str, int]) -> dic
         name: make_lora(pipeline, kind, folder / f"{name}.safetensors", seed)
         for name, seed in names_and_seeds.items()
     }
+
+
+SMALL: dict[str, Any] = {"prompt": "a lighthouse", "width": 64, "height": 64, "num_inference_steps": 2,
+                         "seed": 11, "num_images": 1, "output": "images"}
+"""64x64, 2 steps, one image: what every LoRA test runs."""
+
+
+def pixels(result: dict[str, Any]) -> list[Any]:
+    """A result's images as uint8 arrays."""
+    import numpy as np
+
+    return [np.asarray(image.open().convert("RGB")) for image in result["images"]]
+
+
+def same(a: list[Any], b: list[Any]) -> bool:
+    """Bit for bit the same images."""
+    return len(a) == len(b) and all((x == y).all() for x, y in zip(a, b, strict=True))
+
+
+def apart(a: list[Any], b: list[Any]) -> float:
+    """Mean absolute difference of two image lists, in grey levels."""
+    import numpy as np
+
+    return float(np.mean([np.abs(x.astype(int) - y.astype(int)).mean() for x, y in zip(a, b, strict=True)]))
+
+
+def with_loras(request: dict[str, Any], *specs: tuple[str, float]) -> dict[str, Any]:
+    return {**request, "loras": [{"name": name, "scale": scale} for name, scale in specs]}
+
+
+class FlakyLoraSDXLWorker(SDXLWorker):
+    """The SDXL worker, except that rank 1 cannot load adapters named ``rank1-*``: one rank
+    failing where the others succeed, as with a file only some ranks can read."""
+
+    def setup(self, **kwargs: Any) -> None:  # type: ignore[override]
+        super().setup(**kwargs)
+        cache = self.lora_cache
+        if cache is None or self.rank != 1:
+            return
+        load = cache.backend.load
+
+        def flaky_load(name: str, file: Path) -> Any:
+            if name.startswith("rank1-"):
+                raise OSError(f"rank 1 cannot read {file.name} (on purpose)")
+            return load(name, file)
+
+        cache.backend.load = flaky_load  # type: ignore[method-assign]

@@ -10,9 +10,10 @@ compiled fast path. See :mod:`gridgen.diffusion.lora` for the rules.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +27,7 @@ from .lora import (
     active_loras,
 )
 
-__all__ = ["LoraBackend", "LoraCache", "PeftAdapters", "apply_loras"]
+__all__ = ["LoraBackend", "LoraCache", "PeftAdapters", "apply_loras", "setup_loras"]
 
 logger = logging.getLogger("gridgen.diffusion")
 
@@ -85,7 +86,8 @@ class PeftAdapters:
         self.pipeline.set_adapters([h for h, _ in adapters], [scale for _, scale in adapters])
 
     def disable(self) -> None:
-        self.pipeline.disable_lora()
+        if _lora_bytes(self.pipeline):  # diffusers refuses to disable what was never loaded
+            self.pipeline.disable_lora()
 
 
 def _lora_bytes(pipeline: Any) -> int:
@@ -258,3 +260,29 @@ def apply_loras(
             )
     if error is not None:
         raise error
+
+
+def setup_loras(
+    pipeline: Any,
+    fast_path: bool,
+    loras: Mapping[str, str | os.PathLike[str]] | None,
+    lora_dir: str | os.PathLike[str] | None,
+    max_loras: int,
+    max_lora_bytes: int,
+    lora_max_rank: int,
+) -> LoraCache | None:
+    """The worker's cache for ``setup(loras=..., lora_dir=...)``, or None without sources.
+
+    On the fast path (CUDA graphs, compiled regions), adapters go through one fixed slot
+    (:class:`~gridgen.diffusion.lora_slots.LoraSlots`), added here: call this before the
+    pipeline is compiled or captured.
+    """
+    sources = LoraSources(loras, lora_dir)
+    if sources.empty:
+        return None
+    from .lora_slots import LoraSlots
+
+    backend = LoraSlots(pipeline, lora_max_rank) if fast_path else PeftAdapters(pipeline)
+    cache = LoraCache(pipeline, sources, max_loras, max_lora_bytes, backend=backend)
+    cache.active = ()
+    return cache
