@@ -28,17 +28,20 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
-
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
-from pydantic_core import PydanticCustomError
+from typing import Any
 
 from ..errors import InvalidRequestError
-
-if TYPE_CHECKING:
-    pass
+from .lora_request import (
+    MAX_LORA_SCALE,
+    MAX_LORAS_PER_REQUEST,
+    Loras,
+    LoraSpec,
+    active_loras,
+    name_problem,
+)
+from .request import FieldError
 
 __all__ = [
     "DEFAULT_MAX_LORAS",
@@ -54,93 +57,15 @@ __all__ = [
 
 logger = logging.getLogger("gridgen.diffusion")
 
-MAX_LORAS_PER_REQUEST = 4
-"""Most adapters one request may name."""
-MAX_LORA_SCALE = 2.0
-"""Scales run from ``-MAX_LORA_SCALE`` to ``MAX_LORA_SCALE``."""
+_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
+
 DEFAULT_MAX_LORAS = 8
 """Adapters each rank keeps loaded by default (``setup(max_loras=...)``)."""
 DEFAULT_MAX_LORA_BYTES = 4 << 30
 """Bytes of adapter weights each rank keeps loaded by default (``setup(max_lora_bytes=...)``)."""
-MAX_NAME_CHARS = 128
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
-_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
-
-
-def name_problem(name: str) -> tuple[str, str] | None:
-    """``(rule, message)`` when ``name`` cannot name an adapter, else None."""
-    if any(sep in name for sep in ("/", "\\", os.sep)):
-        return "lora_path", f"adapter {name!r}: a request names a registered adapter, never a path"
-    if not 1 <= len(name) <= MAX_NAME_CHARS or not _NAME.fullmatch(name):
-        return "lora_name", (
-            f"adapter {name!r}: a name is 1 to {MAX_NAME_CHARS} letters, digits and _ . + - "
-            "and does not start with . + or -"
-        )
-    return None
-
-
-class LoraSpec(BaseModel):
-    """One adapter a request asks for: a registered ``name`` and its ``scale``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(description="A registered adapter's name (never a path).")
-    scale: float = Field(
-        default=1.0, ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE,
-        description="How strongly it applies; 0 leaves it out.",
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _a_name_not_a_path(cls, value: str) -> str:
-        problem = name_problem(value)
-        if problem is not None:
-            raise PydanticCustomError(problem[0], "{message}", {"message": problem[1]})
-        return value
-
-    @field_validator("scale", mode="before")
-    @classmethod
-    def _a_number(cls, value: Any) -> Any:
-        if isinstance(value, (bool, str, bytes)):
-            raise ValueError(f"must be a number, not {type(value).__name__}")
-        return value
-
-
-def _each_once(loras: tuple[LoraSpec, ...]) -> tuple[LoraSpec, ...]:
-    seen: set[str] = set()
-    for spec in loras:
-        if spec.name in seen:
-            raise PydanticCustomError(
-                "lora_duplicate", "{message}", {"message": f"adapter {spec.name!r} is named twice"}
-            )
-        seen.add(spec.name)
-    return loras
-
-
-Loras = Annotated[
-    tuple[LoraSpec, ...],
-    Field(
-        max_length=MAX_LORAS_PER_REQUEST,
-        description=(
-            f"LoRA adapters to apply, by registered name, each with a scale from "
-            f"{-MAX_LORA_SCALE:g} to {MAX_LORA_SCALE:g} (default 1); at most "
-            f"{MAX_LORAS_PER_REQUEST}. Empty: the base model."
-        ),
-    ),
-    AfterValidator(_each_once),
-]
-"""The type of every family's ``loras`` request field (default ``()``)."""
-
-
-def active_loras(loras: Iterable[LoraSpec] | None) -> tuple[tuple[str, float], ...]:
-    """``((name, scale), ...)`` sorted by name, scale-0 adapters left out: what a request runs
-    with, and the adapter part of its merge key (the same set in any order is one key)."""
-    return tuple(sorted((s.name, float(s.scale)) for s in loras or () if s.scale != 0))
 
 
 def _request_error(field: str, rule: str, message: str) -> InvalidRequestError:
-    from ..sdxl.request import FieldError
-
     return InvalidRequestError([FieldError(field=field, rule=rule, message=message)])
 
 

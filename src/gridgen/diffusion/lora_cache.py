@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +27,15 @@ from .lora import (
     active_loras,
 )
 
-__all__ = ["LoraBackend", "LoraCache", "PeftAdapters", "apply_loras", "setup_loras"]
+__all__ = [
+    "LoraBackend",
+    "LoraCache",
+    "PeftAdapters",
+    "apply_loras",
+    "check_lora_options",
+    "lora_warmup_sizes",
+    "setup_loras",
+]
 
 logger = logging.getLogger("gridgen.diffusion")
 
@@ -262,22 +270,44 @@ def apply_loras(
         raise error
 
 
-def setup_loras(
-    pipeline: Any,
-    fast_path: bool,
+def check_lora_options(
     loras: Mapping[str, str | os.PathLike[str]] | None,
     lora_dir: str | os.PathLike[str] | None,
     max_loras: int,
     max_lora_bytes: int,
     lora_max_rank: int,
+    quantize: str | None,
+) -> LoraSources:
+    """``setup``'s LoRA options, checked before the model loads; the adapter sources.
+
+    Raises:
+        ValueError / FileNotFoundError: a bad name, path, bound, or FP8 with adapters.
+    """
+    sources = LoraSources(loras, lora_dir)
+    for name, value, low in (("max_loras", max_loras, 1), ("max_lora_bytes", max_lora_bytes, 1),
+                             ("lora_max_rank", lora_max_rank, 1)):
+        if type(value) is not int or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if quantize is not None and not sources.empty:
+        raise ValueError(f"quantize={quantize!r} and LoRA adapters do not combine: the float8 "
+                         "layers would quantize the adapters' low-rank weights too")
+    return sources
+
+
+def setup_loras(
+    pipeline: Any,
+    sources: LoraSources,
+    fast_path: bool,
+    max_loras: int,
+    max_lora_bytes: int,
+    lora_max_rank: int,
 ) -> LoraCache | None:
-    """The worker's cache for ``setup(loras=..., lora_dir=...)``, or None without sources.
+    """The worker's cache of adapters from ``sources``, or None when there are none.
 
     On the fast path (CUDA graphs, compiled regions), adapters go through one fixed slot
     (:class:`~gridgen.diffusion.lora_slots.LoraSlots`), added here: call this before the
     pipeline is compiled or captured.
     """
-    sources = LoraSources(loras, lora_dir)
     if sources.empty:
         return None
     from .lora_slots import LoraSlots
@@ -286,3 +316,15 @@ def setup_loras(
     cache = LoraCache(pipeline, sources, max_loras, max_lora_bytes, backend=backend)
     cache.active = ()
     return cache
+
+
+def lora_warmup_sizes(warmup: Sequence[int], cache: LoraCache | None) -> Iterator[int]:
+    """``setup(warmup=...)``'s sizes, run twice with a LoRA slot: adapters off, then through
+    the (zero) slot, so both paths are compiled and captured before the first request."""
+    from .lora_slots import LoraSlots
+
+    yield from warmup
+    if cache is not None and isinstance(cache.backend, LoraSlots) and warmup:
+        cache.backend.apply([])
+        yield from warmup
+        cache.backend.disable()

@@ -24,6 +24,7 @@ from ..errors import InvalidRequestError
 from ..grid import MAX_GRID_IMAGES
 from ..images import ImageFormat
 from ..inputs import ImageInfo, ImageInputError, check_image_input
+from .lora_request import Loras
 
 __all__ = [
     "MAX_IMAGES",
@@ -143,6 +144,7 @@ class CommonRequest(ImageInputFields):
     output: OutputKind = Field(
         default="grid", description="Return the grid, the separate images, or both."
     )
+    loras: Loras = ()
 
     @field_validator("prompt")
     @classmethod

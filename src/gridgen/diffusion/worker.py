@@ -40,7 +40,7 @@ import concurrent.futures
 import logging
 import os
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._batch import Batch, BatchItem
@@ -67,8 +67,12 @@ from .fast import (
     load_compile_cache,
     optimize_pipeline,
     optimize_transformer,
+    resolve_optimize,
     save_compile_cache,
 )
+from .lora import DEFAULT_MAX_LORA_BYTES, DEFAULT_MAX_LORAS, check_request_loras
+from .lora_cache import LoraCache, apply_loras, check_lora_options, lora_warmup_sizes, setup_loras
+from .lora_slots import DEFAULT_LORA_MAX_RANK
 from .lossy import CacheCounter, Quantize, check_lossy
 from .models import load_family_pipeline, load_preview_decoder
 from .preview import LinearPreview, Previewer, TaesdPreview
@@ -129,6 +133,8 @@ class DiffusionWorker(RankSteps):
     dtype: torch.dtype
     model: str
     _cache_counter: CacheCounter | None = None
+    lora_cache: LoraCache | None = None
+    """This rank's loaded LoRA adapters (None: the service has no adapter sources)."""
     # -- setup ------------------------------------------------------------------------
 
     # One piece: its docstring (57 lines) is the options' reference; the body runs in order: checks, load, warm-up.
@@ -149,6 +155,11 @@ class DiffusionWorker(RankSteps):
         quantize: Quantize = None,
         step_cache: float | None = None,
         cpu_offload: bool = False,
+        loras: Mapping[str, str | os.PathLike[str]] | None = None,
+        lora_dir: str | os.PathLike[str] | None = None,
+        max_loras: int = DEFAULT_MAX_LORAS,
+        max_lora_bytes: int = DEFAULT_MAX_LORA_BYTES,
+        lora_max_rank: int = DEFAULT_LORA_MAX_RANK,
         **from_pretrained_kwargs: Any,
     ) -> None:
         """Load the pipeline (and the preview decoder) onto ``self.device``.
@@ -198,6 +209,11 @@ class DiffusionWorker(RankSteps):
             cpu_offload: keep every model on the CPU and move each to the GPU only while it
                 runs (diffusers' model offload), for cards under 40 GB; slower, and only
                 with ``optimize="none"`` or, for FLUX.1 and SD3.5, ``"compile"``.
+            loras / lora_dir: LoRA adapters requests may name: ``{"name": path}``, and a folder
+                whose ``*.safetensors`` are adapters named by their stem (``docs/lora.md``).
+            max_loras / max_lora_bytes: adapters each rank keeps loaded, least recently used
+                unloaded first. lora_max_rank: the rank of the fast path's adapter slot
+                (:mod:`gridgen.diffusion.lora_slots`), with ``optimize`` on.
             **from_pretrained_kwargs: passed to the pipeline class's ``from_pretrained``.
 
         Raises:
@@ -219,6 +235,7 @@ class DiffusionWorker(RankSteps):
         model = self.default_model if model is None else model
         check_setup(type(self), model, self.device, preview, optimize, cpu_offload)
         check_lossy(self.family, self.device, optimize, quantize, step_cache)
+        sources = check_lora_options(loras, lora_dir, max_loras, max_lora_bytes, lora_max_rank, quantize)
         thread_lock_for_progress_bars()
         self.model = model
         self.dtype = resolve_dtype(dtype, self.device)
@@ -227,17 +244,21 @@ class DiffusionWorker(RankSteps):
         )
         self.pipeline.set_progress_bar_config(disable=True)
         mark("load")
+        fast = resolve_optimize(optimize, self.device) != "none"
+        self.lora_cache = setup_loras(self.pipeline, sources, fast, max_loras, max_lora_bytes, lora_max_rank)
+        slots = self.lora_cache.backend if self.lora_cache is not None and fast else None
         self.graphed_unet = None
         if self.family.denoiser == "unet":
             self.graphed_unet = optimize_pipeline(
                 self.pipeline, optimize, self.device,
                 regions=compile_regions, text_encoder_graphs=text_encoder_graphs,
+                lora_variant=None if slots is None else lambda: slots.enabled,  # type: ignore[attr-defined]
             )
             self.fixed_shapes = self.graphed_unet is not None
         else:
             self.fixed_shapes = optimize_transformer(
                 self.pipeline, optimize, self.device, blocks=self.family.compile_blocks,
-                quantize=quantize, step_cache=step_cache,
+                quantize=quantize, step_cache=step_cache, lora_slot=slots is not None,
             )
         self._cache_counter = (
             CacheCounter(getattr(self.pipeline, self.family.denoiser)) if step_cache is not None else None
@@ -277,7 +298,7 @@ class DiffusionWorker(RankSteps):
             self.previewer = None
         mark("preview")
         width, height = warmup_size
-        for per_rank in warmup:
+        for per_rank in lora_warmup_sizes(warmup, self.lora_cache):
             # Every rank runs the same warm-up in lockstep (the gathers are collectives).
             warm = self(
                 prompt="warm-up", num_images=per_rank * self.world_size, width=width, height=height,
@@ -330,6 +351,13 @@ class DiffusionWorker(RankSteps):
         return cls.family.merge_key(cls.family.validate(payload))
 
     @classmethod
+    def check_payload(cls, payload: dict[str, Any], setup_kwargs: Mapping[str, Any]) -> None:
+        """Refuse, before it is queued, a request naming adapters the service's sources do not
+        hold (:func:`~gridgen.diffusion.lora.check_request_loras`)."""
+        if payload.get("loras"):
+            check_request_loras(cls.family.validate(payload), setup_kwargs)
+
+    @classmethod
     def batch_units(cls, payload: dict[str, Any], world_size: int) -> int:
         """The request's ``num_images`` (default: ``world_size``)."""
         count = cls.family.validate(payload, world_size).num_images
@@ -376,6 +404,8 @@ class DiffusionWorker(RankSteps):
         if len({self.family.merge_key(request) for request in requests}) > 1:
             raise ValueError("run_batch got requests with different batch_key values")
         seeds = agree_on_seeds([r.seed for r in requests], self._collective(), self.device)
+        # Merged requests have the same adapters (they are part of the merge key).
+        apply_loras(self.lora_cache, requests[0], self._collective(), self.rank, self.world_size, self.device)
         plan = BatchPlan([r.num_images or 0 for r in requests], seeds, self.world_size)
         run = BatchRun(batch, requests, plan, plan.share(self.rank), self._count_steps(requests))
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from ..conditioning import input_merge_key, input_steps, refuse_unsupported_inputs
+from ..lora_request import active_loras
 from ..request import validate_payload
 
 if TYPE_CHECKING:
@@ -78,9 +79,10 @@ class Family:
         return float(getattr(request, "guidance_scale", 0.0))
 
     def merge_key(self, request: Any) -> Hashable:
-        """What merged requests must share: everything that shapes the denoising batch."""
+        """What merged requests must share: everything that shapes the denoising batch (the
+        LoRA adapters and their scales too)."""
         return (self.name, request.width, request.height, request.num_inference_steps,
-                self.guidance(request), *input_merge_key(request))
+                self.guidance(request), *input_merge_key(request), active_loras(request.loras))
 
     def encode(self, pipeline: Any, request: Any, device: Any) -> dict[str, Any]:
         """One request's embedding arguments, batch 1 (``None`` values are left out)."""

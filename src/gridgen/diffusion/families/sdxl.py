@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ...errors import InvalidRequestError
 from ...images import ImageFormat
 from ..conditioning import input_merge_key, input_steps, refuse_unsupported_inputs
+from ..lora_request import Loras, active_loras
 from ..request import (
     MAX_IMAGES,
     MAX_PROMPT_CHARS,
@@ -89,6 +90,7 @@ class GenerateRequest(ImageInputFields):
     output: OutputKind = Field(
         default="grid", description="Return the grid, the separate images, or both."
     )
+    loras: Loras = ()
 
     @field_validator("prompt")
     @classmethod
@@ -210,9 +212,10 @@ class _SDXL(Family):
     def merge_key(self, request: Any) -> Hashable:
         """Prompt, negative prompt, seed and ``num_images`` may differ (they are per image), and
         so may ``image_format``, ``output`` and ``preview_every`` (per request, applied on
-        rank 0 or at preview time); image inputs too, but not their kind and strength."""
+        rank 0 or at preview time); image inputs too, but not their kind and strength; the
+        LoRA adapters and their scales may not."""
         return ("sdxl", request.width, request.height, request.num_inference_steps,
-                float(request.guidance_scale), *input_merge_key(request))
+                float(request.guidance_scale), *input_merge_key(request), active_loras(request.loras))
 
     def embeddings(
         self, pipeline: Any, requests: Sequence[Any], slots: Sequence[Slot], device: Any
