@@ -20,6 +20,9 @@ Endpoints
     ``200 {"ready": true, ...}`` when the runner takes requests, else ``503`` with its
     ``state`` (``new``, ``starting``, ``restarting``, ``dead``, ``stopping``, ``stopped``,
     or ``failed`` with an ``error`` when the app could not start it).
+``GET /loras``
+    The LoRA adapters requests may name, when the request model has ``loras``
+    (:mod:`gridgen.server.loras`, ``docs/lora.md``).
 ``GET /``
     The playground page (plain HTML and JavaScript shipped in the package).
 
@@ -76,6 +79,7 @@ from ..sdxl import GenerateRequest, GenerateResult
 from .auth import ApiKeyAuth
 from .disconnect import CLIENT_CLOSED_REQUEST, result_unless_disconnected
 from .errors import DEFAULT_MAX_BODY_BYTES, Pace, add_error_handling, error_body, traced_error_body
+from .loras import add_lora_route
 from .openai import mount_openai
 from .request_ids import RequestIds, current_request_id
 from .sse import event_stream, request_events
@@ -197,6 +201,7 @@ def create_app(
     _add_stream_route(app, runner, request_model, convert_result, pace, stream_ping)
     _add_status_routes(app, runner, pace, start_error)
     _add_playground_route(app, page)
+    add_lora_route(app, runner, request_model)
     mount_openai(app, runner, pace, enabled=openai_api, model_id=model_id, stream_ping=stream_ping)
     if api_keys:
         app.add_middleware(ApiKeyAuth, keys=list(api_keys))  # before the body is read

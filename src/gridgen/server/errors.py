@@ -60,6 +60,8 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
         status = 422 if isinstance(exc, InvalidRequestError) else 500
     elif isinstance(exc, InvalidRequestError):
         status = 422
+        # Found on the host after the body parsed (an unknown LoRA adapter, say): each rule too.
+        body["errors"] = [{"field": e.field, "rule": e.rule, "message": e.message} for e in exc.errors]
     elif isinstance(exc, WorkerDiedError):
         body.update(rank=exc.rank, exitcode=exc.exitcode, signal=exc.signal)
         status = 500
