@@ -353,8 +353,6 @@ def optimize_transformer(
     applied before compiling, so the compiled graphs hold the float8 kernels. ``lora_slot``:
     the transformer carries a LoRA slot, so q/k/v stay unfused.
     """
-    import torch
-
     if mode not in ("auto", "graphs", "compile", "none"):
         raise ValueError(f"optimize must be 'auto', 'graphs', 'compile' or 'none', got {mode!r}")
     mode = resolve_optimize(mode, device)
