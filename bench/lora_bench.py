@@ -17,7 +17,12 @@ request (``invoke``), the median of ``--repeats`` runs after one warm-up:
   interleaved, against ``plain_queue_s`` with none: the runner merges only requests of the
   same adapter set, so the mixed queue runs as two merged calls instead of one;
 * ``baseline_none_s``: the same no-adapter request on a runner started *without* adapter
-  sources (the speed path the service takes when no LoRA is configured).
+  sources (the speed path the service takes when no LoRA is configured: fused q/k/v, no
+  slot), so ``none_s`` - ``baseline_none_s`` is what configuring adapters costs a request
+  that uses none.
+
+With ``--optimize`` on (the default ``auto`` on a GPU), adapters go through the fast path's
+LoRA slot (:mod:`gridgen.diffusion.lora_slots`), of rank ``--rank``.
 
 The JSON is rewritten after every figure, so a run cut short keeps what it measured.
 """
@@ -43,23 +48,19 @@ TARGETS = {
 
 def denoiser_on_meta(model: str) -> Any:
     """The denoiser of built-in ``model`` with no weights (shapes only)."""
+    import diffusers
     import torch
 
-    import gridgen.diffusion.models as models
+    from gridgen.diffusion import builders
 
     with torch.device("meta"):
         if model == "sdxl-random":
-            import diffusers
-
-            from gridgen.sdxl.models import sdxl_base_config
-
-            config = {k: v for k, v in sdxl_base_config()["unet"].items() if not k.startswith("_")}
-            return diffusers.UNet2DConditionModel(**config)
-        import diffusers
-
-        config = {k: v for k, v in models.family_config(model)["transformer"].items()
-                  if not k.startswith("_") and k not in ("note", "model_type")}
-        return diffusers.FluxTransformer2DModel(**config)
+            config = builders.sdxl_base_config()["unet"]
+            return diffusers.UNet2DConditionModel(**{k: v for k, v in config.items() if not k.startswith("_")})
+        config = builders.family_config(model)["transformer"]
+        return diffusers.FluxTransformer2DModel(
+            **{k: v for k, v in config.items() if not k.startswith("_") and k not in ("note", "model_type")}
+        )
 
 
 def make_lora(denoiser: Any, kind: str, path: Path, rank: int, seed: int) -> int:
@@ -128,12 +129,13 @@ async def bench_model(model: str, args: argparse.Namespace, report: Report) -> N
     worker_cls = worker_for(model)
 
     if not args.skip_baseline:
-        async with DistributedRunner(worker_cls, world_size=1, setup_kwargs={"model": model}) as runner:
+        plain = {"model": model, "optimize": args.optimize}
+        async with DistributedRunner(worker_cls, world_size=1, setup_kwargs=plain) as runner:
             await timed(runner, base)
             report.put(model, "baseline_none_s", await series(runner, [base] * n))
             report.put(model, "baseline_plain_queue_s", await queue(runner, [base] * 8))
 
-    setup = {"model": model, "lora_dir": str(folder)}
+    setup = {"model": model, "optimize": args.optimize, "lora_dir": str(folder), "lora_max_rank": args.rank}
     async with DistributedRunner(worker_cls, world_size=1, setup_kwargs=setup, max_batch=8) as runner:
         await timed(runner, base)
         await timed(runner, with_a)
@@ -163,6 +165,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--optimize", default="auto", choices=("auto", "graphs", "compile", "none"),
+                        help="the workers' speed path (auto: CUDA graphs for SDXL, fused QKV for "
+                        "FLUX.1; with adapters, their LoRA slot of rank --rank)")
     parser.add_argument("--skip-baseline", action="store_true",
                         help="skip the runner without adapter sources")
     args = parser.parse_args()
