@@ -164,7 +164,7 @@ def worker_options(args: argparse.Namespace, family: Any) -> dict[str, Any]:
 
 def lora_options(args: argparse.Namespace) -> dict[str, Any]:
     """The worker's LoRA ``setup`` arguments (``--lora``, ``--lora-dir``, ``--max-loras``,
-    ``--max-lora-bytes``), the sources checked before any worker starts."""
+    ``--max-lora-bytes``, ``--lora-max-rank``), the sources checked before any worker starts."""
     from .diffusion.lora import LoraSources, parse_byte_size
 
     options: dict[str, Any] = {}
@@ -187,6 +187,8 @@ def lora_options(args: argparse.Namespace) -> dict[str, Any]:
         options["lora_dir"] = str(Path(args.lora_dir).expanduser())
     if args.max_loras is not None:
         options["max_loras"] = args.max_loras
+    if args.lora_max_rank is not None:
+        options["lora_max_rank"] = args.lora_max_rank
     if args.max_lora_bytes is not None:
         try:
             options["max_lora_bytes"] = parse_byte_size(args.max_lora_bytes)

@@ -79,6 +79,9 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
     adapters.add_argument("--max-lora-bytes", default=None, metavar="SIZE",
                           help="bytes of adapter weights each worker keeps loaded, e.g. 512M or "
                           "2G (default 4G)")
+    adapters.add_argument("--lora-max-rank", type=positive_int, default=None, metavar="R",
+                          help="with --optimize on: the rank of the slot adapters are written into, "
+                          "at least the sum of the ranks one request combines (default 64)")
     group.add_argument(
         "--verbose",
         "-v",
