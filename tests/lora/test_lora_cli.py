@@ -15,12 +15,12 @@ from gridgen.diffusion import SDXL
 from gridgen.sdxl import SDXLWorker
 
 from helpers.cli import run_cli
-from helpers.lora import SMALL, apart, make_loras, pixels, with_loras
+from helpers.lora import SMALL, apart, pixels, with_loras
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_cache: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return make_loras("tiny", tmp_path_factory.mktemp("loras-cli"), {"a": 1, "b": 2})
+def adapters(lora_folders: dict[str, Path]) -> dict[str, Path]:
+    return {name: lora_folders["tiny"] / f"{name}.safetensors" for name in ("a", "b")}
 
 
 def test_the_options_become_setup_arguments(adapters: dict[str, Path]) -> None:

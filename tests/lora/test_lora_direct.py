@@ -16,19 +16,14 @@ import pytest
 from gridgen import InvalidRequestError, LoraLoadError
 from gridgen.diffusion import worker_for
 
-from helpers.lora import SMALL, apart, make_loras, pixels, same, with_loras
+from helpers.lora import SMALL, apart, pixels, same, with_loras
 
 MODELS = ("tiny", "tiny-flux", "tiny-sd3")
 
 
 @pytest.fixture(scope="module")
-def folders(family_cache: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Per model, a folder of three adapters ``a``, ``b``, ``c``."""
-    out = {}
-    for model in MODELS:
-        out[model] = tmp_path_factory.mktemp(f"loras-{model}")
-        make_loras(model, out[model], {"a": 1, "b": 2, "c": 3})
-    return out
+def folders(lora_folders: dict[str, Path]) -> dict[str, Path]:
+    return lora_folders
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +88,18 @@ def test_least_recently_used_adapters_are_unloaded_under_a_count_limit_of_2(
     assert same(pixels(worker(**SMALL)), pixels(base["tiny"](**SMALL)))
 
 
-def test_a_byte_bound_keeps_only_the_running_requests_adapters(folders: dict[str, Path]) -> None:
+@pytest.fixture(scope="module")
+def tight(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """An SDXL worker keeping 1 byte of adapters, with adapter ``x``: a file tests rewrite."""
+    mine = tmp_path_factory.mktemp("loras-rewritten") / "x.safetensors"
+    shutil.copy(folders["tiny"] / "a.safetensors", mine)
     worker = worker_for("tiny")()
-    worker.setup(model="tiny", lora_dir=str(folders["tiny"]), max_lora_bytes=1)
+    worker.setup(model="tiny", lora_dir=str(folders["tiny"]), loras={"x": str(mine)}, max_lora_bytes=1)
+    return worker
+
+
+def test_a_byte_bound_keeps_only_the_running_requests_adapters(tight: Any) -> None:
+    worker = tight
     worker(**with_loras(SMALL, ("a", 1.0)))
     both = worker(**with_loras(SMALL, ("b", 1.0), ("c", 1.0)))  # over the bound, still runs
     assert list(worker.lora_cache.loaded) == ["b", "c"] and both["images"]
@@ -117,16 +121,14 @@ def test_a_broken_file_fails_that_request_alone(
     assert same(pixels(worker(**with_loras(SMALL, ("a", 1.0)))), adapted)
 
 
-def test_a_file_changed_on_disk_is_loaded_again(folders: dict[str, Path], tmp_path: Path) -> None:
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    shutil.copy(folders["tiny"] / "a.safetensors", folder / "x.safetensors")
-    worker = worker_for("tiny")()
-    worker.setup(model="tiny", loras={"x": str(folder / "x.safetensors")})
-    as_a = pixels(worker(**with_loras(SMALL, ("x", 1.0))))
-    shutil.copy(folders["tiny"] / "b.safetensors", folder / "x.safetensors")
-    as_b = pixels(worker(**with_loras(SMALL, ("x", 1.0))))
+def test_a_file_changed_on_disk_is_loaded_again(folders: dict[str, Path], tight: Any) -> None:
+    mine = tight.lora_cache.sources.path("x")
+    shutil.copy(folders["tiny"] / "a.safetensors", mine)
+    as_a = pixels(tight(**with_loras(SMALL, ("x", 1.0))))
+    shutil.copy(folders["tiny"] / "b.safetensors", mine)
+    as_b = pixels(tight(**with_loras(SMALL, ("x", 1.0))))
     assert apart(as_a, as_b) > 1.0
+    assert same(as_b, pixels(tight(**with_loras(SMALL, ("b", 1.0)))))
 
 
 def test_unknown_names_and_a_worker_without_sources(base: dict[str, Any], served: dict[str, Any]) -> None:

@@ -17,14 +17,12 @@ from gridgen.diffusion.lora_cache import PeftAdapters
 from gridgen.diffusion.lora_slots import LoraSlots
 from gridgen.sdxl import SDXLWorker
 
-from helpers.lora import SMALL, apart, make_loras, pixels, same, with_loras
+from helpers.lora import SMALL, apart, pixels, same, with_loras
 
 
 @pytest.fixture(scope="module")
-def folder(tiny_cache: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("loras-fast")
-    make_loras("tiny", path, {"a": 1, "b": 2, "c": 3})
-    return path
+def folder(lora_folders: dict[str, Path]) -> Path:
+    return lora_folders["tiny"]
 
 
 @pytest.fixture(scope="module")

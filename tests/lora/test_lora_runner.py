@@ -21,16 +21,18 @@ import pytest
 from gridgen import DistributedRunner, InvalidRequestError, WorkerError
 from gridgen.sdxl import SDXLWorker
 
-from helpers.lora import SMALL, FlakyLoraSDXLWorker, apart, make_loras, pixels, with_loras
+from helpers.lora import SMALL, FlakyLoraSDXLWorker, apart, pixels, with_loras
 from helpers.runtime import LiveRunner, live
 
 
 @pytest.fixture(scope="module")
-def folder(tiny_cache: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def folder(lora_folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``a``, ``b`` and ``rank1-fails`` (a copy of ``b``); ``../spare.safetensors`` beside it."""
     path = tmp_path_factory.mktemp("loras-runner")
-    made = make_loras("tiny", path, {"a": 1, "b": 2, "spare": 3})
-    shutil.copy(made["b"], path / "rank1-fails.safetensors")
-    made["spare"].rename(path.parent / "spare.safetensors")  # added to the folder by a test
+    made = lora_folders["tiny"]
+    for source, name in (("a", "a"), ("b", "b"), ("b", "rank1-fails")):
+        shutil.copy(made / f"{source}.safetensors", path / f"{name}.safetensors")
+    shutil.copy(made / "c.safetensors", path.parent / "spare.safetensors")  # a test adds it
     return path
 
 
@@ -42,17 +44,24 @@ def group(folder: Path) -> Iterator[LiveRunner]:
 
 
 @pytest.fixture(scope="module")
-def solo(folder: Path) -> SDXLWorker:
+def solo_and_base(folder: Path) -> tuple[SDXLWorker, list[Any]]:
+    """A worker on one rank serving the folder, and its images of ``SMALL`` made before it
+    loaded any adapter: what a service that never loaded one gives."""
     worker = SDXLWorker()
     worker.setup(model="tiny", lora_dir=str(folder))
-    return worker
+    return worker, pixels(worker(**SMALL))
 
 
-@pytest.fixture(scope="module")
-def base(tiny_cache: str) -> SDXLWorker:
-    worker = SDXLWorker()
-    worker.setup(model="tiny")
-    return worker
+@pytest.fixture()
+def solo(solo_and_base: tuple[SDXLWorker, list[Any]]) -> SDXLWorker:
+    return solo_and_base[0]
+
+
+@pytest.fixture()
+def base(solo_and_base: tuple[SDXLWorker, list[Any]]) -> list[Any]:
+    """Never-adapted images of ``SMALL`` (and of every request that differs from it only by
+    naming no adapter, or adapters at scale 0)."""
+    return solo_and_base[1]
 
 
 def _run(group: LiveRunner, *payloads: dict[str, Any]) -> list[dict[str, Any]]:
@@ -74,7 +83,7 @@ def test_both_ranks_apply_the_same_adapters(group: LiveRunner, solo: SDXLWorker)
         assert apart([image], alone) < 0.05
 
 
-def test_merged_calls_never_mix_adapter_sets(group: LiveRunner, solo: SDXLWorker, base: SDXLWorker) -> None:
+def test_merged_calls_never_mix_adapter_sets(group: LiveRunner, solo: SDXLWorker, base: list[Any]) -> None:
     a, b = with_loras(SMALL, ("a", 1.0)), with_loras(SMALL, ("b", 1.0))
     none = {**SMALL, "loras": []}
     payloads = [a, SMALL, b, {**a, "seed": 12}, none, with_loras(SMALL, ("a", 0.0))]
@@ -83,10 +92,9 @@ def test_merged_calls_never_mix_adapter_sets(group: LiveRunner, solo: SDXLWorker
     assert denoise[0] == denoise[3] and denoise[1] == denoise[4] == denoise[5]  # merged
     assert len({denoise[0], denoise[1], denoise[2]}) == 3  # three adapter sets, three calls
     for payload, result in zip(payloads, results, strict=True):
-        want = pixels(solo(**payload)) if payload.get("loras") else pixels(base(**payload))
+        adapted = any(spec["scale"] for spec in payload.get("loras", []))
+        want = pixels(solo(**payload)) if adapted else base  # no adapter: a fresh service's images
         assert apart(pixels(result), want) < 0.05, payload.get("loras")
-    # the no-adapter requests, served after adapters, are a fresh service's images
-    assert apart(pixels(results[1]), pixels(base(**SMALL))) < 0.05
 
 
 def test_unknown_adapters_and_paths_are_refused_before_queueing(group: LiveRunner) -> None:
@@ -107,7 +115,7 @@ def test_unknown_adapters_and_paths_are_refused_before_queueing(group: LiveRunne
 
 
 def test_a_rank_that_cannot_load_an_adapter_fails_that_request_alone(
-    group: LiveRunner, solo: SDXLWorker, base: SDXLWorker
+    group: LiveRunner, solo: SDXLWorker, base: list[Any]
 ) -> None:
     pids = group.run(_pids)
     with pytest.raises(WorkerError) as caught:
@@ -116,7 +124,7 @@ def test_a_rank_that_cannot_load_an_adapter_fails_that_request_alone(
     assert "rank1-fails" in str(caught.value)
     a, none = _run(group, with_loras(SMALL, ("a", 1.0)), SMALL)  # the next requests run right
     assert apart(pixels(a), pixels(solo(**with_loras(SMALL, ("a", 1.0))))) < 0.05
-    assert apart(pixels(none), pixels(base(**SMALL))) < 0.05
+    assert apart(pixels(none), base) < 0.05
     assert group.run(_pids) == pids  # no rank died, the group was not rebuilt
 
 

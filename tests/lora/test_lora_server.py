@@ -19,15 +19,16 @@ import pytest
 
 from gridgen.diffusion import FluxWorker
 
-from helpers.lora import SMALL, apart, make_loras, pixels, with_loras
+from helpers.lora import SMALL, apart, pixels, with_loras
 from helpers.server import LiveServer, decode_data_url, stream_events
 
 REQUEST = {**SMALL, "output": "grid"}
 
 
 @pytest.fixture(scope="module")
-def adapters(family_cache: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return make_loras("tiny-flux", tmp_path_factory.mktemp("loras-http"), {"ink": 1, "sun.v2": 2})
+def adapters(lora_folders: dict[str, Path]) -> dict[str, Path]:
+    folder = lora_folders["tiny-flux"]
+    return {"ink": folder / "a.safetensors", "sun.v2": folder / "b.safetensors"}
 
 
 @pytest.fixture(scope="module")
