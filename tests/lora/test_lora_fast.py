@@ -94,3 +94,17 @@ def test_a_rank_sum_over_the_slot_fails_that_request_alone(eager: SDXLWorker, fa
     with pytest.raises(LoraLoadError, match="add up to 12"):
         fast(**with_loras(SMALL, ("a", 1.0), ("b", 1.0), ("c", 1.0)))
     assert same(pixels(fast(**SMALL)), pixels(eager(**SMALL)))
+
+
+def test_flux_adapters_go_through_the_transformers_slot(lora_folders: dict[str, Path]) -> None:
+    from gridgen.diffusion import FluxWorker
+
+    folder = str(lora_folders["tiny-flux"])
+    eager, fast = FluxWorker(), FluxWorker()
+    eager.setup(model="tiny-flux", optimize="none", lora_dir=folder)
+    fast.setup(model="tiny-flux", optimize="graphs", lora_dir=folder, lora_max_rank=8)
+    assert isinstance(fast.lora_cache.backend, LoraSlots)
+    assert not hasattr(fast.pipeline.transformer.transformer_blocks[0].attn, "to_qkv")  # unfused
+    both = with_loras(SMALL, ("a", 0.8), ("b", -1.0))
+    assert apart(pixels(fast(**both)), pixels(eager(**both))) < 0.05
+    assert same(pixels(fast(**SMALL)), pixels(eager(**SMALL)))
