@@ -95,6 +95,25 @@ def test_bad_adapter_names_are_422s_naming_the_adapter(
         assert client.get("/ready").json()["queue_size"] == 0
 
 
+def test_the_openai_routes_take_loras_through_extra_body(server: LiveServer, solo: FluxWorker) -> None:
+    import base64
+    import io
+
+    openai = pytest.importorskip("openai")
+    from PIL import Image
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    extra = {"num_inference_steps": SMALL["num_inference_steps"], "seed": SMALL["seed"]}
+    loras = [{"name": "ink", "scale": 1.0}, {"name": "sun.v2", "scale": -0.5}]
+    result = client.images.generate(prompt=SMALL["prompt"], size="64x64", extra_body={**extra, "loras": loras})
+    with Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))) as image:
+        got = [np.asarray(image.convert("RGB"))]
+    assert apart(got, _reference(solo, with_loras(REQUEST, ("ink", 1.0), ("sun.v2", -0.5)))) < 0.05
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(prompt="x", size="64x64", extra_body={**extra, "loras": [{"name": "nope"}]})
+    assert caught.value.code == "unknown_lora" and "'nope'" in str(caught.value)
+
+
 @pytest.mark.browser
 def test_the_playground_picks_an_adapter_and_a_scale(server: LiveServer, solo: FluxWorker) -> None:
     sync_playwright = _playwright()

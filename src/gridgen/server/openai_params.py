@@ -7,12 +7,13 @@ The payload is the worker family's own request (``prompt``, ``num_images``, ``wi
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..diffusion.conditioning import DEFAULT_STRENGTH
 from .openai_errors import OpenAIError
@@ -60,6 +61,13 @@ class ImageParams(BaseModel):
     guidance_scale: float | None = None
     negative_prompt: str | None = None
     strength: float | None = None
+    loras: list[dict[str, Any]] | None = None  # checked by the family's request model
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _loras_from_a_form(cls, value: Any) -> Any:
+        # A multipart form (the edits route) carries the list as JSON text.
+        return json.loads(value) if isinstance(value, str) else value
 
 
 class GenerationParams(ImageParams):
@@ -72,7 +80,7 @@ class EditParams(ImageParams):
     input_fidelity: str | None = None  # accepted, ignored
 
 
-_GRIDGEN_FIELDS = ("seed", "num_inference_steps", "guidance_scale", "negative_prompt", "strength")
+_GRIDGEN_FIELDS = ("seed", "num_inference_steps", "guidance_scale", "negative_prompt", "strength", "loras")
 
 
 def parse_params(raw: Mapping[str, Any], model: type[ImageParams]) -> ImageParams:
