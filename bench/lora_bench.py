@@ -10,7 +10,8 @@ request (``invoke``), the median of ``--repeats`` runs after one warm-up:
 
 * ``none``: no adapter; ``same``: adapter ``a`` every request (no switch);
   ``switch``: ``a`` and ``b`` alternating (every request switches);
-* ``switch_cost_s`` = ``switch`` - ``same``; ``active_ratio`` = ``none`` / ``same``
+* ``switch_cost_s`` = ``switch`` - ``same``; ``switch_keeps_images``: ``a`` after ``b``
+  gives ``a``'s image byte for byte, and not the no-adapter image (no stale CUDA graph); ``active_ratio`` = ``none`` / ``same``
   (throughput with one active adapter relative to none);
 * ``first_load_s``: the first request naming ``c`` (not loaded, read from local disk) minus ``same``;
 * ``mixed_queue_s``: 8 one-image requests submitted at once, half ``a`` and half none,
@@ -147,6 +148,11 @@ async def bench_model(model: str, args: argparse.Namespace, report: Report) -> N
         switch = await series(runner, [with_a, with_b] * ((n + 1) // 2))
         report.put(model, "switch_s", switch)
         report.put(model, "switch_cost_s", switch - same)
+        # No stale graph: adapter a after b gives a's image again, and differs from none.
+        first_a, _, again_a, plain = [
+            (await runner.invoke(p))["grid"].data for p in (with_a, with_b, with_a, base)
+        ]
+        report.put(model, "switch_keeps_images", first_a == again_a and first_a != plain)
         report.put(model, "active_ratio", none / same)
         first = await timed(runner, {**base, "loras": [{"name": "c", "scale": 0.8}]})
         report.put(model, "first_load_s", first - same)
