@@ -93,6 +93,12 @@ class Report:
         print(f"{model} {key}: {value}", flush=True)
 
 
+def _pixels(image: Any) -> bytes:
+    """An image's pixels (the runner hands back PIL images; an encoded one has ``open()``)."""
+    image = image.open() if hasattr(image, "open") else image
+    return bytes(image.convert("RGB").tobytes())
+
+
 async def timed(runner: Any, payload: dict[str, Any]) -> float:
     started = time.perf_counter()
     await runner.invoke(payload)
@@ -114,7 +120,7 @@ async def bench_model(model: str, args: argparse.Namespace, report: Report) -> N
     from gridgen import DistributedRunner
     from gridgen.diffusion import worker_for
 
-    kind = "sdxl" if model.startswith("sdxl") else "flux"
+    kind = "flux" if model.startswith("flux") else "sdxl"
     folder = Path(tempfile.mkdtemp(prefix="gridgen-lora-bench-"))
     denoiser = denoiser_on_meta(model)
     params = {name: make_lora(denoiser, kind, folder / f"{name}.safetensors", args.rank, seed)
@@ -150,7 +156,7 @@ async def bench_model(model: str, args: argparse.Namespace, report: Report) -> N
         report.put(model, "switch_cost_s", switch - same)
         # No stale graph: adapter a after b gives a's image again, and differs from none.
         first_a, _, again_a, plain = [
-            (await runner.invoke(p))["grid"].data for p in (with_a, with_b, with_a, base)
+            _pixels((await runner.invoke(p))["grid"]) for p in (with_a, with_b, with_a, base)
         ]
         report.put(model, "switch_keeps_images", first_a == again_a and first_a != plain)
         report.put(model, "active_ratio", none / same)

@@ -90,11 +90,15 @@ def test_least_recently_used_adapters_are_unloaded_under_a_count_limit_of_2(
 
 @pytest.fixture(scope="module")
 def tight(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """An SDXL worker keeping 1 byte of adapters, with adapter ``x``: a file tests rewrite."""
+    """An SDXL worker keeping 1 byte of adapters, serving a folder of its own (tests add
+    files to it) with ``a``, ``b``, ``c``, and adapter ``x``, a file tests rewrite."""
+    own = tmp_path_factory.mktemp("loras-own")
+    for name in ("a", "b", "c"):
+        shutil.copy(folders["tiny"] / f"{name}.safetensors", own)
     mine = tmp_path_factory.mktemp("loras-rewritten") / "x.safetensors"
     shutil.copy(folders["tiny"] / "a.safetensors", mine)
     worker = worker_for("tiny")()
-    worker.setup(model="tiny", lora_dir=str(folders["tiny"]), loras={"x": str(mine)}, max_lora_bytes=1)
+    worker.setup(model="tiny", lora_dir=str(own), loras={"x": str(mine)}, max_lora_bytes=1)
     return worker
 
 
@@ -105,20 +109,21 @@ def test_a_byte_bound_keeps_only_the_running_requests_adapters(tight: Any) -> No
     assert list(worker.lora_cache.loaded) == ["b", "c"] and both["images"]
 
 
-def test_a_broken_file_fails_that_request_alone(
-    served: dict[str, Any], base: dict[str, Any], folders: dict[str, Path], tmp_path: Path
+def test_a_broken_or_foreign_file_fails_that_request_alone(
+    tight: Any, base: dict[str, Any], folders: dict[str, Path]
 ) -> None:
-    worker = served["tiny"]
+    worker = tight
+    own = worker.lora_cache.sources.directory
     adapted = pixels(worker(**with_loras(SMALL, ("a", 1.0))))
-    broken = folders["tiny"] / "broken.safetensors"
-    broken.write_bytes(b"not a safetensors file")
-    try:
-        with pytest.raises(LoraLoadError, match="'broken'"):
-            worker(**with_loras(SMALL, ("broken", 1.0)))
-    finally:
-        broken.unlink()
+    (own / "broken.safetensors").write_bytes(b"not a safetensors file")
+    shutil.copy(folders["tiny-flux"] / "a.safetensors", own / "foreign.safetensors")  # FLUX.1's
+    with pytest.raises(LoraLoadError, match="'broken'"):
+        worker(**with_loras(SMALL, ("broken", 1.0)))
     assert same(pixels(worker(**SMALL)), pixels(base["tiny"](**SMALL)))
+    with pytest.raises(LoraLoadError, match=r"'foreign'.*adapts no layer of this model"):
+        worker(**with_loras(SMALL, ("foreign", 1.0)))
     assert same(pixels(worker(**with_loras(SMALL, ("a", 1.0)))), adapted)
+    assert same(pixels(worker(**SMALL)), pixels(base["tiny"](**SMALL)))
 
 
 def test_a_file_changed_on_disk_is_loaded_again(folders: dict[str, Path], tight: Any) -> None:

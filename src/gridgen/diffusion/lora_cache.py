@@ -78,16 +78,20 @@ class PeftAdapters:
         except BaseException:
             self.unload(adapter)
             raise
+        if not self._holds(adapter):  # diffusers skips keys no layer matches, with a warning
+            raise LoraLoadError(f"adapter {name!r} ({file.name}) adapts no layer of this model: "
+                                "an adapter made for another model?")
         return adapter, _lora_bytes(self.pipeline) - before
+
+    def _holds(self, adapter: str) -> bool:
+        names = getattr(self.pipeline, "_lora_loadable_modules", ())
+        return any(adapter in (getattr(getattr(self.pipeline, n, None), "peft_config", None) or {})
+                   for n in names)
 
     def unload(self, handle: Any) -> None:
         """Delete PEFT adapter ``handle`` wherever it got to (also after a failed load)."""
-        names = getattr(self.pipeline, "_lora_loadable_modules", ())
-        for component in (getattr(self.pipeline, n, None) for n in names):
-            peft_config = getattr(component, "peft_config", None)
-            if peft_config and handle in peft_config:
-                self.pipeline.delete_adapters(handle)
-                return
+        if self._holds(handle):
+            self.pipeline.delete_adapters(handle)
 
     def apply(self, adapters: Sequence[tuple[Any, float]]) -> None:
         self.pipeline.enable_lora()
