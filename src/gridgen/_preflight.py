@@ -167,9 +167,9 @@ def _parallel_options(args: argparse.Namespace, family: Any) -> dict[str, Any]:
     rules :meth:`DiffusionWorker.setup` applies again in every worker)."""
     if getattr(args, "parallel", None) is None:
         return {}
-    from .diffusion.parallel import Parallelism, check_parallel
-
     import torch
+
+    from .diffusion.parallel import Parallelism, check_parallel
 
     gpus = int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
     # Unknown here (a Ray head may have no GPU): left to the workers' own check.
