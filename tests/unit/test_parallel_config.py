@@ -66,9 +66,9 @@ def test_configurations_that_cannot_run_are_refused(
 
 def test_ring_needs_cuda_and_16_bit_and_the_step_cache_data_parallelism() -> None:
     ring = Parallelism(ring=2)
-    with pytest.raises(ValueError, match="parallel.ring: ring attention needs .* on CPU or in float32 use ulysses"):
+    with pytest.raises(ValueError, match=r"parallel.ring: ring attention needs .* on CPU or in float32 use ulysses"):
         check_parallel(ring, FLUX_DEV, 2, "cpu")
-    with pytest.raises(ValueError, match="parallel.ring"):
+    with pytest.raises(ValueError, match=r"parallel\.ring"):
         check_parallel(ring, FLUX_DEV, 2, "cuda", torch.float32)
     check_parallel(ring, FLUX_DEV, 2, "cuda", torch.bfloat16)
     with pytest.raises(ValueError, match="step_cache: only with data parallelism"):
