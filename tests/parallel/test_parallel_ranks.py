@@ -16,6 +16,10 @@ from gridgen import Batch
 from helpers.families import arrays
 from helpers.gloo import on_ranks
 
+# The module's processes start (and, once, restart) inside the first test's time: two ranks
+# importing diffusers take 10 s on two idle cores, 30 s on a loaded machine.
+pytestmark = pytest.mark.timeout(240)
+
 REQUEST: dict[str, Any] = {
     "prompt": "a red cube", "negative_prompt": "blurry", "width": 64, "height": 64,
     "num_inference_steps": 2, "seed": 7, "num_images": 2, "output": "images",
