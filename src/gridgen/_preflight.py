@@ -158,6 +158,7 @@ def worker_options(args: argparse.Namespace, family: Any) -> dict[str, Any]:
     if args.dtype is not None:
         options["dtype"] = args.dtype
     options.update(_lossy_options(args, family))
+    options.update(_parallel_options(args, family))
     options.update(lora_options(args))
     return options
 
@@ -197,6 +198,28 @@ def lora_options(args: argparse.Namespace) -> dict[str, Any]:
         if options["max_lora_bytes"] < 1:
             raise UsageError("--max-lora-bytes: must be more than 0")
     return options
+
+
+def _parallel_options(args: argparse.Namespace, family: Any) -> dict[str, Any]:
+    """``--parallel``, checked against the family, the worker count and the device (the
+    rules :meth:`DiffusionWorker.setup` applies again in every worker)."""
+    if getattr(args, "parallel", None) is None:
+        return {}
+    import torch
+
+    from .diffusion.parallel import Parallelism, check_parallel
+
+    gpus = int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    # Unknown here (a Ray head may have no GPU): left to the workers' own check.
+    device = args.device or ("cuda" if gpus else None)
+    workers = args.workers or (gpus if device == "cuda" else 1) or None
+    try:
+        parallel = Parallelism.parse(args.parallel)
+        check_parallel(parallel, family, workers, device, args.dtype, args.step_cache)
+    except ValueError as exc:
+        text = str(exc).replace("step_cache:", "--step-cache:")
+        raise UsageError(f"--parallel {args.parallel}: {text}") from None
+    return {"parallel": args.parallel}
 
 
 _LOSSY_FLAGS = {"quantize": "--quantize", "step_cache": "--step-cache", "cpu_offload": "--cpu-offload"}

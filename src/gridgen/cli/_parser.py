@@ -42,6 +42,14 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="cuda (worker i on cuda:i) or cpu (default: cuda when available, else cpu)",
     )
+    group.add_argument(
+        "--parallel",
+        default=None,
+        metavar="cfg=2,ulysses=2",
+        help="split one image over a group of workers: cfg=2 (SDXL, SD3.5: the two guidance "
+        "branches), ulysses=N or ring=N (FLUX.1: the sequence); the groups share the images "
+        "(workers = groups x cfg x ulysses x ring; docs/parallelism.md)",
+    )
     speed = parser.add_argument_group("speed (GPU; docs/performance.md)")
     speed.add_argument("--optimize", choices=("auto", "graphs", "compile", "none"), default=None,
                        help="auto (default: CUDA graphs on GPUs for SDXL, fused attention projections "

@@ -75,7 +75,8 @@ from .lora_cache import LoraCache, apply_loras, check_lora_options, lora_warmup_
 from .lora_slots import DEFAULT_LORA_MAX_RANK
 from .lossy import CacheCounter, Quantize, check_lossy
 from .models import load_family_pipeline, load_preview_decoder
-from .preview import LinearPreview, Previewer, TaesdPreview
+from .parallel import CfgSplit, ParallelGroups, Parallelism, check_parallel, check_sequence_request
+from .preview import Previewer, make_previewer
 from .setup_checks import PreviewMode, check_setup, phase_clock, thread_lock_for_progress_bars
 from .steps import RankSteps, _dist_ready
 
@@ -135,6 +136,7 @@ class DiffusionWorker(RankSteps):
     _cache_counter: CacheCounter | None = None
     lora_cache: LoraCache | None = None
     """This rank's loaded LoRA adapters (None: the service has no adapter sources)."""
+    _cfg_split: CfgSplit | None = None
     # -- setup ------------------------------------------------------------------------
 
     # One piece: its docstring (57 lines) is the options' reference; the body runs in order: checks, load, warm-up.
@@ -160,6 +162,7 @@ class DiffusionWorker(RankSteps):
         max_loras: int = DEFAULT_MAX_LORAS,
         max_lora_bytes: int = DEFAULT_MAX_LORA_BYTES,
         lora_max_rank: int = DEFAULT_LORA_MAX_RANK,
+        parallel: Mapping[str, int] | str | None = None,
         **from_pretrained_kwargs: Any,
     ) -> None:
         """Load the pipeline (and the preview decoder) onto ``self.device``.
@@ -214,6 +217,9 @@ class DiffusionWorker(RankSteps):
             max_loras / max_lora_bytes: adapters each rank keeps loaded, least recently used
                 unloaded first. lora_max_rank: the rank of the fast path's adapter slot
                 (:mod:`gridgen.diffusion.lora_slots`), with ``optimize`` on.
+            parallel: split one image over a group of ranks, e.g. ``{"cfg": 2}`` (SDXL, SD3.5)
+                or ``{"ulysses": 2}`` (FLUX.1); the groups then share the images (see
+                :mod:`gridgen.diffusion.parallel` and ``docs/parallelism.md``).
             **from_pretrained_kwargs: passed to the pipeline class's ``from_pretrained``.
 
         Raises:
@@ -239,6 +245,8 @@ class DiffusionWorker(RankSteps):
         thread_lock_for_progress_bars()
         self.model = model
         self.dtype = resolve_dtype(dtype, self.device)
+        self.parallel = Parallelism.parse(parallel)
+        check_parallel(self.parallel, self.family, self.world_size, str(self.device), self.dtype, step_cache)
         self.pipeline = load_family_pipeline(
             self.family, model, device=self.device, dtype=self.dtype, **from_pretrained_kwargs
         )
@@ -267,6 +275,8 @@ class DiffusionWorker(RankSteps):
             self.pipeline.enable_model_cpu_offload(device=self.device)
         if compile_cache is None:
             compile_cache = os.environ.get(COMPILE_CACHE_ENV) or None
+        self.grouping = ParallelGroups.build(self.parallel, self.rank, self.world_size, self.device)
+        self._cfg_split = self.grouping.apply(self.pipeline, self.family.denoiser)
         mark("optimize")
         cache_loaded = compile_cache is not None and load_compile_cache(compile_cache)
         mark("compile_cache_load")
@@ -284,24 +294,14 @@ class DiffusionWorker(RankSteps):
             if self.defer_encoding and self.rank == 0
             else None
         )
-        if preview == "auto":
-            preview = "taesd" if preview_model is not None else "linear"
-        if preview == "taesd":
-            decoder = load_preview_decoder(
-                preview_model, model=model, device=self.device, dtype=self.dtype
-            )
-            self.previewer = TaesdPreview(decoder)
-        elif preview == "linear":
-            factors, bias = self.family.latent_rgb
-            self.previewer = LinearPreview(factors=factors, bias=bias)
-        else:
-            self.previewer = None
+        self.previewer = make_previewer(preview, preview_model, self.family.latent_rgb, lambda name: load_preview_decoder(
+            name, model=model, device=self.device, dtype=self.dtype))
         mark("preview")
         width, height = warmup_size
         for per_rank in lora_warmup_sizes(warmup, self.lora_cache):
             # Every rank runs the same warm-up in lockstep (the gathers are collectives).
             warm = self(
-                prompt="warm-up", num_images=per_rank * self.world_size, width=width, height=height,
+                prompt="warm-up", num_images=per_rank * self.grouping.groups, width=width, height=height,
                 num_inference_steps=2, seed=0, preview_every=0,
             )
             if isinstance(warm, concurrent.futures.Future):
@@ -310,7 +310,7 @@ class DiffusionWorker(RankSteps):
         if self.fixed_shapes and warmup:
             # A merge is padded up to a warm size (or compiles a new shape): let the runner
             # form only merges of warm sizes.
-            self.batch_sizes = sorted({per_rank * self.world_size for per_rank in warmup})
+            self.batch_sizes = sorted({per_rank * self.grouping.groups for per_rank in warmup})
         if compile_cache is not None and not cache_loaded and self.rank == 0:
             save_compile_cache(compile_cache)
             mark("compile_cache_save")
@@ -338,6 +338,7 @@ class DiffusionWorker(RankSteps):
         super().__init__(rank=rank, world_size=world_size, device=device)
         self.warm = WarmSizes()
         """Batch sizes already run per image size; merged batches are padded to them."""
+        self.grouping = ParallelGroups(Parallelism(), rank, world_size)
 
     @classmethod
     def batch_key(cls, payload: dict[str, Any]) -> Hashable:
@@ -400,14 +401,17 @@ class DiffusionWorker(RankSteps):
             ValueError: the requests have different :meth:`batch_key` values.
         """
         started = time.perf_counter()
-        requests = [self.family.validate(item.payload, self.world_size) for item in batch]
+        groups = self.grouping  # images are strided over the groups (each rank its own without parallel)
+        requests = [self.family.validate(item.payload, groups.groups) for item in batch]
+        for request in requests:
+            check_sequence_request(groups.parallel, request)
         if len({self.family.merge_key(request) for request in requests}) > 1:
             raise ValueError("run_batch got requests with different batch_key values")
         seeds = agree_on_seeds([r.seed for r in requests], self._collective(), self.device)
         # Merged requests have the same adapters (they are part of the merge key).
         apply_loras(self.lora_cache, requests[0], self._collective(), self.rank, self.world_size, self.device)
-        plan = BatchPlan([r.num_images or 0 for r in requests], seeds, self.world_size)
-        run = BatchRun(batch, requests, plan, plan.share(self.rank), self._count_steps(requests))
+        plan = BatchPlan([r.num_images or 0 for r in requests], seeds, groups.groups)
+        run = BatchRun(batch, requests, plan, plan.share(groups.group), self._count_steps(requests))
 
         latents = self._denoise(run)  # my share as one batch; idle ranks walk the same steps
         if all(run.cancelled):  # every rank saw the same answer at the same step
@@ -489,6 +493,8 @@ class DiffusionWorker(RankSteps):
                 return tensors
             return drop_cancelled(run, tensors, generators) if shrink else tensors
 
+        if self._cfg_split is not None:
+            self._cfg_split.pipeline = pipeline  # splits its CFG batch over the rank pair
         if self._cache_counter is not None:
             # The cache's residuals belong to the last call's images: never carried over.
             getattr(self.pipeline, self.family.denoiser)._reset_stateful_cache()

@@ -65,6 +65,9 @@ class Family:
     denoiser's own ``_repeated_blocks`` when empty)."""
     step_cache: bool = True
     """Whether ``step_cache`` (diffusers' first-block cache) can serve this family."""
+    parallel_refusals: Mapping[str, str] = {}
+    """Degrees of ``setup(parallel=...)`` (``"cfg"``, ``"ulysses"``, ``"ring"``) this family
+    cannot split one image by, and why (see :mod:`gridgen.diffusion.parallel`)."""
     image_pipelines: Mapping[str, str] = {}
     """Its image pipelines, ``"module:Class"`` under ``diffusers.pipelines``, by kind
     (``"img2img"``, ``"inpaint"``; see :mod:`gridgen.diffusion.conditioning`). A kind left

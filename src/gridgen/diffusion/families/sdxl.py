@@ -201,6 +201,12 @@ class _SDXL(Family):
     denoiser = "unet"
     step_cache = False  # diffusers' block caches are for transformers; the UNet has none
     latent_rgb = (SDXL_LATENT_RGB_FACTORS, SDXL_LATENT_RGB_BIAS)
+    parallel_refusals = {
+        "ulysses": "its UNet has no sequence-parallel path (diffusers' context parallelism is "
+        "for transformers); use cfg=2 to split one image",
+        "ring": "its UNet has no sequence-parallel path (diffusers' context parallelism is "
+        "for transformers); use cfg=2 to split one image",
+    }
     image_pipelines = {
         "img2img": "stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img:StableDiffusionXLImg2ImgPipeline",
         "inpaint": "stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint:StableDiffusionXLInpaintPipeline",
