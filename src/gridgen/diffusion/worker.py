@@ -65,13 +65,11 @@ from .fast import (
     CompileRegions,
     OptimizeMode,
     load_compile_cache,
-    optimize_pipeline,
-    optimize_transformer,
-    resolve_optimize,
     save_compile_cache,
 )
+from .levers import apply_levers
 from .lora import DEFAULT_MAX_LORA_BYTES, DEFAULT_MAX_LORAS, check_request_loras
-from .lora_cache import LoraCache, apply_loras, check_lora_options, lora_warmup_sizes, setup_loras
+from .lora_cache import LoraCache, apply_loras, check_lora_options, lora_warmup_sizes
 from .lora_slots import DEFAULT_LORA_MAX_RANK
 from .lossy import CacheCounter, Quantize, check_lossy
 from .models import load_family_pipeline, load_preview_decoder
@@ -252,27 +250,12 @@ class DiffusionWorker(RankSteps):
         )
         self.pipeline.set_progress_bar_config(disable=True)
         mark("load")
-        fast = resolve_optimize(optimize, self.device) != "none"
-        self.lora_cache = setup_loras(self.pipeline, sources, fast, max_loras, max_lora_bytes, lora_max_rank)
-        slots = self.lora_cache.backend if self.lora_cache is not None and fast else None
-        self.graphed_unet = None
-        if self.family.denoiser == "unet":
-            self.graphed_unet = optimize_pipeline(
-                self.pipeline, optimize, self.device,
-                regions=compile_regions, text_encoder_graphs=text_encoder_graphs,
-                lora_variant=None if slots is None else lambda: slots.enabled,  # type: ignore[attr-defined]
-            )
-            self.fixed_shapes = self.graphed_unet is not None
-        else:
-            self.fixed_shapes = optimize_transformer(
-                self.pipeline, optimize, self.device, blocks=self.family.compile_blocks,
-                quantize=quantize, step_cache=step_cache, lora_slot=slots is not None,
-            )
-        self._cache_counter = (
-            CacheCounter(getattr(self.pipeline, self.family.denoiser)) if step_cache is not None else None
+        levers = apply_levers(
+            self.pipeline, self.family, self.device, optimize, compile_regions, text_encoder_graphs,
+            quantize, step_cache, cpu_offload, sources, (max_loras, max_lora_bytes, lora_max_rank),
         )
-        if cpu_offload:
-            self.pipeline.enable_model_cpu_offload(device=self.device)
+        self.graphed_unet, self.fixed_shapes = levers.graphed_unet, levers.fixed_shapes
+        self.lora_cache, self._cache_counter = levers.lora_cache, levers.cache_counter
         if compile_cache is None:
             compile_cache = os.environ.get(COMPILE_CACHE_ENV) or None
         self.grouping = ParallelGroups.build(self.parallel, self.rank, self.world_size, self.device)
