@@ -1,8 +1,9 @@
 """Merging queued requests into one call (the host's side of batching).
 
-At submit, :meth:`BatchPolicy.describe` asks the worker class for the request's key
-and work units (``batch_key`` / ``batch_units``, classmethods run on the host): an
-exception there rejects that request before it is queued. When the group is free, the
+At submit, :meth:`BatchPolicy.describe` asks the worker class to check the request
+against its setup arguments (``check_payload``) and for its key and work units
+(``batch_key`` / ``batch_units``; classmethods run on the host): an exception there
+rejects that request before it is queued. When the group is free, the
 dispatcher takes the head of the queue and :meth:`BatchPolicy.gather` adds the queued
 requests with the same key, in queue order, while the caps allow (``max_batch``
 requests, ``max_batch_units`` units, and the frame under ``max_message_bytes``); the
@@ -17,7 +18,7 @@ oldest left.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from ._options import RunnerOptions
@@ -39,11 +40,13 @@ class BatchPolicy:
         world_size: int,
         options: RunnerOptions,
         declared: Callable[[], tuple[int, ...] | None] = lambda: None,
+        setup_kwargs: Callable[[], Mapping[str, Any]] = dict,
     ) -> None:
         self.worker_cls = worker_cls
         self.world_size = world_size
         self.options = options
         self._declared = declared
+        self._setup_kwargs = setup_kwargs
 
     @property
     def sizes(self) -> tuple[int, ...] | None:
@@ -54,7 +57,11 @@ class BatchPolicy:
         return self._declared()
 
     def describe(self, payload: dict[str, Any]) -> tuple[Hashable | None, int]:
-        """(key, units) of a request; raises what ``batch_key`` / ``batch_units`` raise."""
+        """(key, units) of a request; raises what ``check_payload``, ``batch_key`` and
+        ``batch_units`` raise."""
+        check = getattr(self.worker_cls, "check_payload", None)
+        if check is not None:
+            check(payload, self._setup_kwargs())
         batch_key = getattr(self.worker_cls, "batch_key", None)
         key = None if batch_key is None else batch_key(payload)
         if key is None:

@@ -195,6 +195,8 @@ def worker_options(
     if args.dtype is not None:
         options["dtype"] = args.dtype
     options.update(_lossy_options(args, family))
+    options.update(_parallel_options(args, family))
+    options.update(lora_options(args))
     return options
 
 
@@ -208,6 +210,65 @@ def _check_size(family: Any, warmup_size: tuple[int, int]) -> None:
     except InvalidRequestError as exc:
         rules = "; ".join(f"{e.field} {e.message}" for e in exc.errors)
         raise UsageError(f"--warmup-size {width}x{height}: {rules}") from None
+
+
+def lora_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The worker's LoRA ``setup`` arguments (``--lora``, ``--lora-dir``, ``--max-loras``,
+    ``--max-lora-bytes``, ``--lora-max-rank``), the sources checked before any worker starts."""
+    from .diffusion.lora import LoraSources, parse_byte_size
+
+    options: dict[str, Any] = {}
+    named: dict[str, str] = {}
+    for item in args.lora or ():
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--lora {item!r}: write NAME=PATH")
+        if name in named:
+            raise UsageError(f"--lora {item!r}: the name {name!r} is given twice")
+        named[name] = str(Path(path).expanduser())
+    for option, sources in (("--lora", (named, None)), ("--lora-dir", (None, args.lora_dir))):
+        try:
+            LoraSources(*sources)
+        except (ValueError, OSError) as exc:
+            raise UsageError(f"{option}: {exc}") from None
+    if named:
+        options["loras"] = named
+    if args.lora_dir is not None:
+        options["lora_dir"] = str(Path(args.lora_dir).expanduser())
+    if args.max_loras is not None:
+        options["max_loras"] = args.max_loras
+    if args.lora_max_rank is not None:
+        options["lora_max_rank"] = args.lora_max_rank
+    if args.max_lora_bytes is not None:
+        try:
+            options["max_lora_bytes"] = parse_byte_size(args.max_lora_bytes)
+        except ValueError as exc:
+            raise UsageError(f"--max-lora-bytes: {exc}") from None
+        if options["max_lora_bytes"] < 1:
+            raise UsageError("--max-lora-bytes: must be more than 0")
+    return options
+
+
+def _parallel_options(args: argparse.Namespace, family: Any) -> dict[str, Any]:
+    """``--parallel``, checked against the family, the worker count and the device (the
+    rules :meth:`DiffusionWorker.setup` applies again in every worker)."""
+    if getattr(args, "parallel", None) is None:
+        return {}
+    import torch
+
+    from .diffusion.parallel import Parallelism, check_parallel
+
+    gpus = int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    # Unknown here (a Ray head may have no GPU): left to the workers' own check.
+    device = args.device or ("cuda" if gpus else None)
+    workers = args.workers or (gpus if device == "cuda" else 1) or None
+    try:
+        parallel = Parallelism.parse(args.parallel)
+        check_parallel(parallel, family, workers, device, args.dtype, args.step_cache)
+    except ValueError as exc:
+        text = str(exc).replace("step_cache:", "--step-cache:")
+        raise UsageError(f"--parallel {args.parallel}: {text}") from None
+    return {"parallel": args.parallel}
 
 
 _LOSSY_FLAGS = {"quantize": "--quantize", "step_cache": "--step-cache", "cpu_offload": "--cpu-offload"}

@@ -17,6 +17,7 @@ GridgenError
 ├── PayloadTooLarge            an encoded message is over max_message_bytes (also a ValueError)
 ├── CodecError                 bytes that are not a valid gridgen message (also a ValueError)
 ├── ModelNotFoundError         a model could not be found locally or on the hub (also a FileNotFoundError)
+├── LoraLoadError              raised *inside workers*: a LoRA adapter a request named could not be loaded
 └── Cancelled                  raised *inside workers* by check_cancelled() when the host cancelled
 ```
 
@@ -39,6 +40,7 @@ __all__ = [
     "CodecError",
     "GridgenError",
     "InvalidRequestError",
+    "LoraLoadError",
     "ModelNotFoundError",
     "PayloadTooLarge",
     "QueueFull",
@@ -259,6 +261,13 @@ class ModelNotFoundError(GridgenError, FileNotFoundError):
 
     The message names the model and says how to fix it.
     """
+
+
+class LoraLoadError(GridgenError, RuntimeError):
+    """Raised inside workers when a LoRA adapter a request named could not be read or loaded
+    (:mod:`gridgen.diffusion.lora`). Every rank raises it together, so that request fails
+    alone (the caller gets a :class:`WorkerError` whose ``remote_type`` names it) and the
+    next request runs with the adapters it asks for."""
 
 
 class Cancelled(GridgenError):

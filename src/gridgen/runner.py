@@ -174,7 +174,8 @@ class DistributedRunner(Generic[W]):
         self._supervisor.setup_kwargs = setup_kwargs
         supervisor = self._supervisor
         policy = BatchPolicy(
-            self.worker_cls, self.world_size, self.options, lambda: supervisor.worker_batch_sizes
+            self.worker_cls, self.world_size, self.options,
+            lambda: supervisor.worker_batch_sizes, lambda: supervisor.setup_kwargs,
         )
         self._dispatcher = Dispatcher(self.options, self._control, self._supervisor, policy, self._stats)
         self._phase = "new"  # new, starting, running, draining, stopping, stopped

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import Cancelled
@@ -206,6 +206,15 @@ class DistributedWorker:
         from collections.abc import Hashable
 
         from ._batch import Batch
+
+    @classmethod
+    def check_payload(cls, payload: dict[str, Any], setup_kwargs: Mapping[str, Any]) -> None:
+        """Called on the host when a request is submitted, before :meth:`batch_key`, with the
+        keyword arguments the runner gives ``setup``: raise to reject the request before it
+        is queued (the diffusion workers refuse an adapter that no configured source holds).
+        It runs on the class (no instance); do not modify either argument. Default: nothing.
+        """
+        del payload, setup_kwargs
 
     @classmethod
     def batch_key(cls, payload: dict[str, Any]) -> Hashable | None:

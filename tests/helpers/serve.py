@@ -1,8 +1,9 @@
-"""A real ``gridgen serve`` process on the tiny model, for the operations tests.
+"""A real ``gridgen serve`` process on CPU ranks, for tests that talk to it as clients do:
+``ServeProcess`` (the operations tests) and ``gridgen_serve`` (the OpenAI SDK tests).
 
-Its stderr goes to a file (a pipe nobody reads would fill and block the server); the
-URL comes from the banner line, which is plain text or, with ``--log-format json``, a
-JSON object.
+``ServeProcess``'s stderr goes to a file (a pipe nobody reads would fill and block the
+server); the URL comes from the banner line, which is plain text or, with
+``--log-format json``, a JSON object.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +106,39 @@ def json_lines(text: str) -> list[dict[str, Any]]:
         assert isinstance(entry, dict), line
         out.append(entry)
     return out
+
+
+
+@contextmanager
+def gridgen_serve(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> Iterator[str]:
+    """``gridgen serve --device cpu --port 0 ARGS...`` until ready; yields its base URL.
+
+    Stopped with SIGINT (as Ctrl-C) at the end; its stderr is shown if it fails to start.
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gridgen.cli", "serve", "--device", "cpu", "--port", "0",
+         "--log-level", "warning", *args],
+        stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
+    try:
+        assert process.stderr is not None
+        banner = process.stderr.readline()
+        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)/", banner)
+        assert match, banner + process.stderr.read()
+        url = match.group(1)
+        lines: list[str] = []  # drained, so that a chatty server never blocks on a full pipe
+        threading.Thread(target=lambda: lines.extend(process.stderr or ()), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while httpx.get(f"{url}/ready", timeout=10).status_code != 200:
+            assert process.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "not ready in time"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -118,3 +118,18 @@ def test_nothing_listens_beyond_loopback(ray_cluster: LocalRayCluster, sdxl_app:
     assert {"gcs_server", "raylet"} <= names and any("ProxyActor" in n for n in names), names
     exposed = [s for s in sockets if not is_loopback(s[2])]
     assert not exposed, exposed
+
+
+def test_the_openai_sdk_generates_and_edits_through_the_proxy(sdxl_app: SDXLApp) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{sdxl_app.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    result = client.images.generate(prompt="a lighthouse", size="64x64", n=2,
+                                     extra_body={"num_inference_steps": 2, "seed": 3})
+    sizes = [Image.open(io.BytesIO(base64.b64decode(d.b64_json))).size for d in result.data]
+    assert sizes == [(64, 64), (64, 64)]
+    start = io.BytesIO()
+    Image.new("RGB", (64, 64), (250, 120, 20)).save(start, "PNG")
+    edited = client.images.edit(image=("start.png", start.getvalue(), "image/png"), prompt="an orange field",
+                                size="64x64", extra_body={"num_inference_steps": 2, "seed": 3, "strength": 0.5})
+    assert [Image.open(io.BytesIO(base64.b64decode(d.b64_json))).size for d in edited.data] == [(64, 64)]

@@ -16,7 +16,8 @@ def test_openapi_lists_the_endpoints_and_models() -> None:
     schema = app.openapi()
     assert schema["info"]["title"] == "my service"
     paths = schema["paths"]
-    assert set(paths) == {"/generate", "/stream", "/health", "/ready"}
+    # /loras: the default request model (SDXL's) has a loras field
+    assert set(paths) == {"/generate", "/stream", "/health", "/ready", "/loras"}
     for path in ("/generate", "/stream"):
         body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert body == {"$ref": "#/components/schemas/GenerateRequest"}

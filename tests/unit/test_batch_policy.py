@@ -130,3 +130,26 @@ def test_batch_sizes_keep_other_keys_in_their_places() -> None:
 def test_bad_batch_sizes_name_the_option(sizes: tuple[Any, ...]) -> None:
     with pytest.raises(ValueError, match="batch_sizes must be None or ints >= 1"):
         RunnerOptions(batch_sizes=sizes)
+
+
+class _Gatekeeper(BatchProbeWorker):
+    """Refuses, on the host, what its setup arguments do not allow."""
+
+    seen: list[dict[str, Any]] = []
+
+    @classmethod
+    def check_payload(cls, payload: dict[str, Any], setup_kwargs: Any) -> None:
+        cls.seen.append(dict(setup_kwargs))
+        if payload.get("colour") not in setup_kwargs.get("colours", ()):
+            raise ValueError(f"colour {payload.get('colour')!r} is not served")
+
+
+def test_check_payload_sees_the_setup_arguments_and_refuses_before_the_key() -> None:
+    setup = {"colours": ["red"]}
+    policy = BatchPolicy(_Gatekeeper, 2, RunnerOptions(), setup_kwargs=lambda: setup)
+    assert policy.describe({"colour": "red", "batch": "a"}) == ("a", 1)
+    with pytest.raises(ValueError, match="'blue' is not served"):
+        policy.describe({"colour": "blue", "batch": "a"})
+    setup["colours"] = ["red", "blue"]  # read at each submit: a restart may change them
+    assert policy.describe({"colour": "blue", "batch": "b"}) == ("b", 1)
+    assert _Gatekeeper.seen == [{"colours": ["red"]}] * 2 + [{"colours": ["red", "blue"]}]

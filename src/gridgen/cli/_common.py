@@ -46,6 +46,16 @@ def worker_class(model: str) -> Any:
     return worker_for(model)
 
 
+def api_keys(args: Any) -> list[str]:
+    """The service's API keys: ``--api-key`` (repeatable) and ``$GRIDGEN_API_KEY``."""
+    from ..server.auth import api_keys_from
+
+    try:
+        return api_keys_from(getattr(args, "api_key", None))
+    except ValueError as exc:
+        raise UsageError(f"--api-key / $GRIDGEN_API_KEY: {exc}") from None
+
+
 def quiet_workers(verbose: bool) -> None:
     if verbose:
         os.environ["GRIDGEN_VERBOSE"] = "1"  # the model libraries' own output, in every worker

@@ -47,10 +47,40 @@ def _request_payload(args: argparse.Namespace) -> dict[str, Any]:
     }
     payload: dict[str, Any] = {"prompt": args.prompt}
     payload.update({k: v for k, v in options.items() if v is not None})
+    for name in ("image", "mask"):
+        path = getattr(args, name, None)
+        if path is not None:
+            payload[name] = _file_data_url(path, f"--{name}")
+    if getattr(args, "strength", None) is not None:
+        payload["strength"] = args.strength
     payload["preview_every"] = args.preview_every
     payload["image_format"] = image_format
     payload["output"] = "both" if args.save_dir else "grid"
+    if args.use_lora:
+        payload["loras"] = [_lora_spec(item) for item in args.use_lora]
     return payload
+
+
+def _file_data_url(path: str, option: str) -> str:
+    """An input image file as a data URL (checked on the host with the rest of the request)."""
+    import base64
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot read {path}: {exc.strerror}") from None
+    return "data:application/octet-stream;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _lora_spec(item: str) -> dict[str, Any]:
+    """``NAME`` or ``NAME:SCALE`` (``--use-lora``) as a ``loras`` entry."""
+    name, sep, scale = item.rpartition(":") if ":" in item else (item, "", "")
+    if not sep:
+        return {"name": item}
+    try:
+        return {"name": name, "scale": float(scale)}
+    except ValueError:
+        raise UsageError(f"--use-lora {item!r}: SCALE must be a number, e.g. {name}:0.8") from None
 
 
 _OPTION_NAMES = {
@@ -72,10 +102,26 @@ def _validate(payload: dict[str, Any], family: Any) -> Any:
         lines = []
         for error in exc.errors:
             option = _OPTION_NAMES.get(error.field, "--" + error.field.replace("_", "-"))
+            if error.field.startswith("loras"):
+                option = "--use-lora"
             # The request's field names (the HTTP API's) mean nothing here: the flag says it.
             message = re.sub(r" \(allowed: [^)]*\)$", "", error.message)
             lines.append(f"  {option} ({error.field}): {message} [rule: {error.rule}]")
         raise UsageError("invalid request:\n" + "\n".join(lines)) from None
+
+
+def _check_loras(payload: dict[str, Any], options: dict[str, Any]) -> None:
+    """Every ``--use-lora`` adapter is registered by ``--lora`` / ``--lora-dir``."""
+    if not payload.get("loras"):
+        return
+    from ..diffusion.lora import LoraSources, LoraSpec
+    from ..errors import InvalidRequestError
+
+    try:
+        LoraSources.from_setup(options).check([LoraSpec(**spec) for spec in payload["loras"]])
+    except InvalidRequestError as exc:
+        raise UsageError(f"--use-lora: {exc.errors[0].message} (register it with --lora NAME=PATH "
+                         "or --lora-dir DIR)") from None
 
 
 async def _run_generate(args: argparse.Namespace, payload: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
     family = model_family(args.model or default_model())
     request = _validate(payload, family)  # exit 2 here, before any worker starts
     options = worker_options(args, family, request_size=(request.width, request.height))
+    _check_loras(payload, options)
     check_outputs(args)
     check_device(args)
     check_model(args.model)

@@ -41,6 +41,14 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="cuda (worker i on cuda:i) or cpu (default: cuda when available, else cpu)",
     )
+    group.add_argument(
+        "--parallel",
+        default=None,
+        metavar="cfg=2,ulysses=2",
+        help="split one image over a group of workers: cfg=2 (SDXL, SD3.5: the two guidance "
+        "branches), ulysses=N or ring=N (FLUX.1: the sequence); the groups share the images "
+        "(workers = groups x cfg x ulysses x ring; docs/parallelism.md)",
+    )
     speed = parser.add_argument_group("speed (GPU; docs/performance.md)")
     speed.add_argument("--optimize", choices=("auto", "graphs", "compile", "none"), default=None,
                        help="auto (default: CUDA graphs on GPUs for SDXL, fused attention projections "
@@ -68,6 +76,22 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--compile-cache", default=None, metavar="FILE",
                        help="with --optimize compile: load compiled kernels from FILE, or write it "
                        "after the warm-up when missing (default: $GRIDGEN_COMPILE_CACHE)")
+    adapters = parser.add_argument_group("LoRA adapters (docs/lora.md)")
+    adapters.add_argument("--lora", action="append", default=None, metavar="NAME=PATH",
+                          help="register a LoRA adapter (a .safetensors file or a folder holding one) "
+                          "under NAME; repeatable. Requests name adapters, never paths")
+    adapters.add_argument("--lora-dir", default=None, metavar="DIR",
+                          help="register every DIR/*.safetensors as an adapter named by its file "
+                          "stem; files added later are found without a restart")
+    adapters.add_argument("--max-loras", type=positive_int, default=None, metavar="N",
+                          help="adapters each worker keeps loaded, least recently used unloaded "
+                          "first (default 8)")
+    adapters.add_argument("--max-lora-bytes", default=None, metavar="SIZE",
+                          help="bytes of adapter weights each worker keeps loaded, e.g. 512M or "
+                          "2G (default 4G)")
+    adapters.add_argument("--lora-max-rank", type=positive_int, default=None, metavar="R",
+                          help="with --optimize on: the rank of the slot adapters are written into, "
+                          "at least the sum of the ranks one request combines (default 64)")
     group.add_argument(
         "--verbose",
         "-v",
@@ -128,6 +152,17 @@ def _add_generate_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="guidance scale (0-30; SDXL/SD3.5: <= 1 turns it off; FLUX.1-dev: distilled "
         "guidance; not for FLUX.1-schnell; default: the family's, SDXL 5.0)",
     )
+    req.add_argument("--image", default=None, metavar="FILE",
+                     help="start image (PNG, JPEG or WebP) for image-to-image; resized to --width x --height")
+    req.add_argument("--strength", type=float, default=None, metavar="S",
+                     help="with --image: how much to change it, 0 (keep) to 1 (start from noise)")
+    req.add_argument("--mask", default=None, metavar="FILE",
+                     help="with --image: inpainting mask of the image's size; white repaints, black keeps")
+    req.add_argument(
+        "--use-lora", action="append", default=None, metavar="NAME[:SCALE]",
+        help="apply a registered LoRA adapter (see --lora, --lora-dir) at SCALE (-2 to 2, "
+        "default 1); repeatable, up to 4",
+    )
     out = gen.add_argument_group("output")
     out.add_argument(
         "-o", "--output", default="grid.png", metavar="FILE",
@@ -155,8 +190,9 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "serve",
         help="serve the HTTP API and the playground page",
         description="Start the workers and serve POST /generate, POST /stream (server-sent "
-        "events), GET /health, GET /ready and the playground page at / with uvicorn. The "
-        "service has no authentication: keep it on loopback or behind a proxy that has. The "
+        "events), the OpenAI-compatible /v1/images/generations, /v1/images/edits and /v1/models, "
+        "GET /health, GET /ready and the playground page at / with uvicorn. Without --api-key "
+        "the service has no authentication: keep it on loopback or behind a proxy that has. The "
         "port is bound first, so /health answers while the workers start.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
@@ -191,6 +227,11 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     serve.add_argument(
         "--log-format", default="text", choices=("text", "json"),
         help="text, or json: one JSON object per line, with the request id (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--api-key", action="append", default=None, metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on every route but /health, /ready and the "
+        "playground page (repeat for several keys; also $GRIDGEN_API_KEY, comma-separated)",
     )
     serve.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),

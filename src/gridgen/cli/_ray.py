@@ -11,7 +11,7 @@ import socket
 import time
 from typing import Any
 
-from ._common import QUIET_ENV, default_model, err, model_family, url_host
+from ._common import QUIET_ENV, api_keys, default_model, err, model_family, url_host
 
 __all__ = ["APP_NAME", "parse_replicas", "serve_on_ray"]
 
@@ -103,6 +103,7 @@ def _application(args: argparse.Namespace, replicas: Any, autoscaling: Any, opti
         # Ray Serve's own drain: a stopping replica gets no new requests and its ongoing
         # ones (running and queued in the runner) this long to finish.
         deployment_options={"ray_actor_options": actor, "graceful_shutdown_timeout_s": args.drain_timeout},
+        api_keys=api_keys(args),
     )
     sizing = f"{replicas} replica(s)" if autoscaling is None else f"{autoscaling[0]} to {autoscaling[1]} replicas"
     where = f"{ranks} GPU(s)" if device == "cuda" else f"{ranks} CPU rank(s)"

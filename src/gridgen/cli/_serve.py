@@ -19,6 +19,7 @@ from .._preflight import (
 )
 from .._worker_logging import LOG_FORMAT_ENV
 from ._common import (
+    api_keys,
     default_model,
     describe,
     model_family,
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
         return serve_on_ray(args)
     check_serve_options(args)
+    keys = api_keys(args)
     model = args.model or default_model()
     family = model_family(model)
     options = worker_options(args, family)
@@ -56,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
         os.environ[LOG_FORMAT_ENV] = "json"  # the workers' lines too
     logging.config.dictConfig(log_config)
     worker_cls = worker_class(model)
-    if not is_loopback(args.host):
-        announce(f"gridgen: warning: listening on {args.host}: the service has no authentication", args.log_format)
+    if not is_loopback(args.host) and not keys:
+        announce(f"gridgen: warning: listening on {args.host} without an API key: anyone who reaches it "
+                 "can use it (--api-key or $GRIDGEN_API_KEY)", args.log_format)
     runner = DistributedRunner(
         worker_cls,
         world_size=args.workers,
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     app = create_app(
         runner, request_model=family.request_model, response_model=GenerateResult,
-        title=f"gridgen · {model}", on_start_failed=start_failed,
+        title=f"gridgen · {model}", on_start_failed=start_failed, api_keys=keys, model_id=model,
     )
     port = listener.getsockname()[1]
     announce(

@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,6 +57,7 @@ __all__ = [
     "load_compile_cache",
     "optimize_pipeline",
     "optimize_transformer",
+    "resolve_optimize",
     "save_compile_cache",
 ]
 
@@ -94,10 +96,13 @@ class GraphedUNet:
     On CPU the same static-buffer path runs without a graph, so it is testable anywhere.
     """
 
-    def __init__(self, unet: Any, warmup: int = 2) -> None:
+    def __init__(self, unet: Any, warmup: int = 2, variant: Callable[[], Hashable] | None = None) -> None:
         import torch
 
         self.unet = unet
+        self.variant = variant
+        """What decides the computation besides the shapes (a LoRA slot on or off): part of
+        every graph's key."""
         self.eager = unet.forward
         self.warmup = warmup
         self.cuda = next(unet.parameters()).device.type == "cuda"
@@ -146,7 +151,9 @@ class GraphedUNet:
         if not torch.is_tensor(timestep):
             timestep = torch.tensor(timestep, dtype=torch.float32, device=sample.device)
         te, ti = added_cond_kwargs["text_embeds"], added_cond_kwargs["time_ids"]
-        key = tuple((tuple(x.shape), x.dtype) for x in (sample, timestep, encoder_hidden_states, te, ti))
+        key: tuple[Any, ...] = tuple((tuple(x.shape), x.dtype) for x in (sample, timestep, encoder_hidden_states, te, ti))
+        if self.variant is not None:
+            key = (*key, self.variant())
         entry = self.entries.get(key) or self._capture(key, sample, timestep, encoder_hidden_states, te, ti)
         static = entry["static"]
         for name, value in (("sample", sample), ("t", timestep), ("ehs", encoder_hidden_states), ("te", te), ("ti", ti)):
@@ -266,6 +273,15 @@ class _TextEncoderOutput(tuple):  # type: ignore[type-arg]
         return self
 
 
+def resolve_optimize(mode: OptimizeMode, device: Any) -> OptimizeMode:
+    """``"auto"`` as what it means on ``device``: ``"graphs"`` on CUDA, else ``"none"``."""
+    import torch
+
+    if mode == "auto":
+        return "graphs" if torch.device(device).type == "cuda" else "none"
+    return mode
+
+
 def optimize_pipeline(
     pipeline: Any,
     mode: OptimizeMode,
@@ -273,11 +289,15 @@ def optimize_pipeline(
     regions: CompileRegions = "transformers",
     autotune: bool = False,
     text_encoder_graphs: bool = True,
+    lora_variant: Callable[[], Hashable] | None = None,
 ) -> GraphedUNet | None:
     """Apply ``mode`` to ``pipeline`` in place (see the module docstring); return the graph wrapper.
 
     ``regions`` and ``autotune`` (inductor's ``max-autotune-no-cudagraphs``) only matter for
     ``mode="compile"``; ``text_encoder_graphs`` CUDA-graphs both text encoders (CUDA only).
+    ``lora_variant``: the UNet carries a LoRA slot (:mod:`gridgen.diffusion.lora_slots`) and
+    this says whether it is on: q/k/v stay unfused (a fused projection would bypass the
+    slot) and every graph is keyed on it.
     """
     import torch
 
@@ -286,12 +306,12 @@ def optimize_pipeline(
     if regions not in _REGIONS:
         raise ValueError(f"compile_regions must be one of {sorted(_REGIONS)}, got {regions!r}")
     is_cuda = torch.device(device).type == "cuda"
-    if mode == "auto":
-        mode = "graphs" if is_cuda else "none"
+    mode = resolve_optimize(mode, device)
     if mode == "none":
         return None
     unet, vae = pipeline.unet, pipeline.vae
-    unet.fuse_qkv_projections()
+    if lora_variant is None:
+        unet.fuse_qkv_projections()
     if unet.dtype in (torch.float16, torch.bfloat16):
         vae.to(dtype=torch.bfloat16 if getattr(vae.config, "force_upcast", False) else torch.float16)
     if mode == "compile":
@@ -310,7 +330,7 @@ def optimize_pipeline(
             encoder = getattr(pipeline, name, None)
             if encoder is not None:
                 GraphedTextEncoder(encoder).install()
-    return GraphedUNet(unet).install()
+    return GraphedUNet(unet, variant=lora_variant).install()
 
 
 def optimize_transformer(
@@ -320,6 +340,7 @@ def optimize_transformer(
     blocks: tuple[str, ...] = (),
     quantize: Quantize = None,
     step_cache: float | None = None,
+    lora_slot: bool = False,
 ) -> bool:
     """Apply ``mode`` to a transformer family's pipeline (FLUX.1, SD3.5) in place; return
     whether its shapes are now fixed (compiled: each new batch shape compiles).
@@ -329,19 +350,18 @@ def optimize_transformer(
     ``_repeated_blocks``; ``fullgraph=True, dynamic=False``: one graph per block class and
     shape, reused by all 57 of FLUX.1's blocks) and of the VAE decoder. ``quantize`` and
     ``step_cache`` are the opt-in lossy levers of :mod:`gridgen.diffusion.lossy`; FP8 is
-    applied before compiling, so the compiled graphs hold the float8 kernels.
+    applied before compiling, so the compiled graphs hold the float8 kernels. ``lora_slot``:
+    the transformer carries a LoRA slot, so q/k/v stay unfused.
     """
-    import torch
-
     if mode not in ("auto", "graphs", "compile", "none"):
         raise ValueError(f"optimize must be 'auto', 'graphs', 'compile' or 'none', got {mode!r}")
-    if mode == "auto":
-        mode = "graphs" if torch.device(device).type == "cuda" else "none"
+    mode = resolve_optimize(mode, device)
     transformer = pipeline.transformer
     apply_step_cache(transformer, step_cache)
     if mode == "none":
         return False
-    transformer.fuse_qkv_projections()
+    if not lora_slot:
+        transformer.fuse_qkv_projections()
     apply_quantization(transformer, quantize)
     if mode != "compile":
         return False

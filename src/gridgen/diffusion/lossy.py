@@ -86,7 +86,7 @@ def apply_quantization(denoiser: Any, quantize: Quantize) -> None:
     # torchao's C++ extensions are built for one torch version; its float8 path is pure
     # Python and Triton, so skip loading them rather than warn about a mismatch.
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
-    from torchao.quantization import (  # type: ignore[import-not-found]
+    from torchao.quantization import (  # type: ignore[import-not-found, import-untyped, unused-ignore]
         Float8DynamicActivationFloat8WeightConfig,
         PerRow,
         quantize_,

@@ -18,7 +18,7 @@ of its own can still take part in the preview gather with a correctly shaped emp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ __all__ = [
     "LinearPreview",
     "Previewer",
     "TaesdPreview",
+    "make_previewer",
     "to_uint8",
 ]
 
@@ -128,3 +129,18 @@ class TaesdPreview:
             if decoded.shape[-2:] != (height, width):
                 decoded = F.interpolate(decoded.float(), size=(height, width), mode="area")
             return to_uint8(decoded)
+
+
+def make_previewer(
+    mode: str | None, preview_model: str | None, latent_rgb: Any, load_decoder: Callable[[str | None], Any]
+) -> Previewer | None:
+    """The previewer of ``setup(preview=mode)``: ``"auto"`` is TAESD when a ``preview_model``
+    is given, else linear; ``load_decoder(preview_model)`` loads the TAESD decoder."""
+    if mode == "auto":
+        mode = "taesd" if preview_model is not None else "linear"
+    if mode == "taesd":
+        return TaesdPreview(load_decoder(preview_model))
+    if mode == "linear":
+        factors, bias = latent_rgb
+        return LinearPreview(factors=factors, bias=bias)
+    return None

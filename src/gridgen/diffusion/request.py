@@ -17,11 +17,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from ..errors import InvalidRequestError
 from ..grid import MAX_GRID_IMAGES
 from ..images import ImageFormat
+from ..inputs import ImageInfo, ImageInputError, check_image_input
+from .lora_request import Loras
 
 __all__ = [
     "MAX_IMAGES",
@@ -29,6 +32,7 @@ __all__ = [
     "MAX_SEED",
     "CommonRequest",
     "FieldError",
+    "ImageInputFields",
     "OutputKind",
     "side_field",
     "validate_payload",
@@ -48,7 +52,69 @@ _NUMBERS = (
 )
 
 
-class CommonRequest(BaseModel):
+class ImageInputFields(BaseModel):
+    """The image-input fields of every family's request model, checked where the request is
+    validated (on the host before it is queued, and on every rank): a bad image is an
+    :class:`~gridgen.InvalidRequestError` naming the field and the rule. Which families
+    run them: :mod:`gridgen.diffusion.conditioning`."""
+
+    image: str | None = Field(
+        default=None,
+        description="Start image for image-to-image (or inpainting with mask): a data URL or "
+        "base64 of a PNG, JPEG or WebP file; resized to width x height.",
+    )
+    strength: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="With image: how much of the denoising to run over it, 0 (the image back, "
+        "through the VAE) to 1 (from noise); default 0.6, and 1.0 when inpainting.",
+    )
+    mask: str | None = Field(
+        default=None,
+        description="With image: inpainting mask of the image's size; white repaints, black keeps.",
+    )
+
+    @field_validator("strength", mode="before")
+    @classmethod
+    def _strength_is_a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool | str | bytes):
+            raise ValueError(f"must be a number, not {type(value).__name__}")
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _image_decodes(cls, value: str | None) -> str | None:
+        if value is not None:
+            _checked_or_error(value)
+        return value
+
+    @field_validator("strength", "mask")
+    @classmethod
+    def _needs_image(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or "image" not in info.data:  # no value, or the image already failed
+            return value
+        image = info.data["image"]
+        if image is None:
+            raise PydanticCustomError("requires_image", "needs an image (the start image to change)")
+        if info.field_name == "mask":
+            mask_size = _checked_or_error(value).size
+            image_size = check_image_input(image).size
+            if mask_size != image_size:
+                raise PydanticCustomError(
+                    "mask_size",
+                    "is {mask} pixels but the image is {image}: they must be the same size",
+                    {"mask": "x".join(map(str, mask_size)), "image": "x".join(map(str, image_size))},
+                )
+        return value
+
+
+def _checked_or_error(value: Any) -> ImageInfo:
+    try:
+        return check_image_input(value)
+    except ImageInputError as exc:
+        raise PydanticCustomError(exc.rule, str(exc)) from None
+
+
+class CommonRequest(ImageInputFields):
     """Fields every family accepts (the SDXL model defines the same ones itself)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -78,6 +144,7 @@ class CommonRequest(BaseModel):
     output: OutputKind = Field(
         default="grid", description="Return the grid, the separate images, or both."
     )
+    loras: Loras = ()
 
     @field_validator("prompt")
     @classmethod
@@ -112,7 +179,8 @@ def _field_errors(
 ) -> list[FieldError]:
     """One :class:`FieldError` per pydantic error. ``unsupported`` maps fields that other
     families accept to the reason this one does not (rule ``unsupported_field``)."""
-    allowed = ", ".join(model.model_fields)
+    # The inherited image-input fields come first in the model; the prompt leads here.
+    allowed = ", ".join(sorted(model.model_fields, key=lambda name: name in ImageInputFields.model_fields))
     unsupported = unsupported or {}
     out: list[FieldError] = []
     for err in exc.errors(include_url=False):

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from .encoding import OutputEncoder
     from .families import Family
+    from .parallel import ParallelGroups
     from .preview import Previewer
 
 __all__ = ["RankSteps"]
@@ -47,6 +48,8 @@ class RankSteps(DistributedWorker):
     setup_seconds: float | None
     """Seconds the last ``setup`` took, until the first result after it reports them."""
     _encoder_pool: concurrent.futures.ThreadPoolExecutor | None
+    grouping: ParallelGroups
+    """This rank's group (see :mod:`gridgen.diffusion.parallel`)."""
 
     def _after_step(self, run: BatchRun, step: int, latents: torch.Tensor | None) -> None:
         """Runs after denoising step ``step`` (0-based) on every rank, in lockstep."""
@@ -83,7 +86,7 @@ class RankSteps(DistributedWorker):
         previews = torch.zeros(
             (run.plan.max_share, 3, height, width), dtype=torch.uint8, device=self.device
         )
-        if latents is not None:
+        if latents is not None and self.grouping.leader:
             wanted = set(due)
             positions = [
                 p for p in run.live_positions() if run.mine[run.rows[p]].request in wanted
@@ -109,7 +112,7 @@ class RankSteps(DistributedWorker):
             device=self.device,
         )
         live = run.live_positions()
-        if latents is not None and live:
+        if latents is not None and live and self.grouping.leader:  # a group's leader decodes
             pixels[[run.rows[p] for p in live]] = self._decode(latents[live], first)
         return pixels
 
@@ -129,23 +132,25 @@ class RankSteps(DistributedWorker):
         return pixels
 
     def _gather(self, batch: torch.Tensor, max_share: int) -> list[torch.Tensor] | None:
-        """Gather every rank's uint8 batch (padded to ``max_share``) to rank 0.
+        """Gather every group leader's uint8 batch (padded to ``max_share``) to rank 0.
 
-        Returns one tensor per rank on rank 0 (still padded), ``None`` on other ranks.
-        Every rank must call it, those with an empty batch too.
+        Returns one tensor per group on rank 0 (still padded), ``None`` on other ranks.
+        Every rank must call it, those with an empty batch too. Without ``parallel`` every
+        rank leads its own group of one.
         """
         import torch
 
+        if not self.grouping.leader:
+            return None
         padded = torch.zeros((max_share, *batch.shape[1:]), dtype=torch.uint8, device=self.device)
         padded[: batch.shape[0]] = batch
-        if not self._collective():
+        groups = self.grouping.groups
+        if not self._collective() or groups == 1:
             return [padded]
         import torch.distributed as dist
 
-        slots = (
-            [torch.empty_like(padded) for _ in range(self.world_size)] if self.rank == 0 else None
-        )
-        dist.gather(padded, slots, dst=0)
+        slots = [torch.empty_like(padded) for _ in range(groups)] if self.rank == 0 else None
+        dist.gather(padded, slots, dst=0, group=self.grouping.data_group)
         return slots
 
     def _finish(

@@ -40,8 +40,8 @@ import concurrent.futures
 import logging
 import os
 import time
-from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from collections.abc import Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._batch import Batch, BatchItem
 from ..errors import Cancelled
@@ -58,19 +58,24 @@ from .batching import (
     drop_cancelled,
     stack_gathered,
 )
+from .conditioning import ImageInputs, input_kind, input_merge_key
 from .encoding import OutputEncoder
 from .families import SDXL, Family
 from .fast import (
     CompileRegions,
     OptimizeMode,
     load_compile_cache,
-    optimize_pipeline,
-    optimize_transformer,
     save_compile_cache,
 )
+from .levers import apply_levers
+from .lora import DEFAULT_MAX_LORA_BYTES, DEFAULT_MAX_LORAS, check_request_loras
+from .lora_cache import LoraCache, apply_loras, check_lora_options, lora_warmup_sizes
+from .lora_slots import DEFAULT_LORA_MAX_RANK
 from .lossy import CacheCounter, Quantize, check_lossy
 from .models import load_family_pipeline, load_preview_decoder
-from .preview import LinearPreview, Previewer, TaesdPreview
+from .parallel import CfgSplit, ParallelGroups, Parallelism, check_parallel, check_sequence_request
+from .preview import Previewer, make_previewer
+from .setup_checks import PreviewMode, check_setup, phase_clock, thread_lock_for_progress_bars
 from .steps import RankSteps, _dist_ready
 
 if TYPE_CHECKING:
@@ -78,7 +83,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DiffusionWorker", "PreviewMode"]
 
-PreviewMode = Literal["auto", "taesd", "linear"] | None
 
 logger = logging.getLogger("gridgen.diffusion")
 COMPILE_CACHE_ENV = "GRIDGEN_COMPILE_CACHE"
@@ -128,6 +132,9 @@ class DiffusionWorker(RankSteps):
     dtype: torch.dtype
     model: str
     _cache_counter: CacheCounter | None = None
+    lora_cache: LoraCache | None = None
+    """This rank's loaded LoRA adapters (None: the service has no adapter sources)."""
+    _cfg_split: CfgSplit | None = None
     # -- setup ------------------------------------------------------------------------
 
     # One piece: its docstring (57 lines) is the options' reference; the body runs in order: checks, load, warm-up.
@@ -148,6 +155,12 @@ class DiffusionWorker(RankSteps):
         quantize: Quantize = None,
         step_cache: float | None = None,
         cpu_offload: bool = False,
+        loras: Mapping[str, str | os.PathLike[str]] | None = None,
+        lora_dir: str | os.PathLike[str] | None = None,
+        max_loras: int = DEFAULT_MAX_LORAS,
+        max_lora_bytes: int = DEFAULT_MAX_LORA_BYTES,
+        lora_max_rank: int = DEFAULT_LORA_MAX_RANK,
+        parallel: Mapping[str, int] | str | None = None,
         **from_pretrained_kwargs: Any,
     ) -> None:
         """Load the pipeline (and the preview decoder) onto ``self.device``.
@@ -197,6 +210,14 @@ class DiffusionWorker(RankSteps):
             cpu_offload: keep every model on the CPU and move each to the GPU only while it
                 runs (diffusers' model offload), for cards under 40 GB; slower, and only
                 with ``optimize="none"`` or, for FLUX.1 and SD3.5, ``"compile"``.
+            loras / lora_dir: LoRA adapters requests may name: ``{"name": path}``, and a folder
+                whose ``*.safetensors`` are adapters named by their stem (``docs/lora.md``).
+            max_loras / max_lora_bytes: adapters each rank keeps loaded, least recently used
+                unloaded first. lora_max_rank: the rank of the fast path's adapter slot
+                (:mod:`gridgen.diffusion.lora_slots`), with ``optimize`` on.
+            parallel: split one image over a group of ranks, e.g. ``{"cfg": 2}`` (SDXL, SD3.5)
+                or ``{"ulysses": 2}`` (FLUX.1); the groups then share the images (see
+                :mod:`gridgen.diffusion.parallel` and ``docs/parallelism.md``).
             **from_pretrained_kwargs: passed to the pipeline class's ``from_pretrained``.
 
         Raises:
@@ -209,45 +230,36 @@ class DiffusionWorker(RankSteps):
 
         started = time.perf_counter()
         phases: dict[str, float] = {}
-        mark = _phase_clock(phases)
-        if preview not in ("auto", "taesd", "linear", None):
-            raise ValueError(f"preview must be 'auto', 'taesd', 'linear' or None, got {preview!r}")
+        mark = phase_clock(phases)
         if self.world_size > 1 and not _dist_ready():
             raise RuntimeError(
                 f"world_size is {self.world_size} but torch.distributed is not initialised: "
                 "run the worker under gridgen.DistributedRunner (or init_process_group first)"
             )
         model = self.default_model if model is None else model
-        self._check_options(model, preview, optimize)
+        check_setup(type(self), model, self.device, preview, optimize, cpu_offload)
         check_lossy(self.family, self.device, optimize, quantize, step_cache)
-        self._check_offload(cpu_offload, optimize)
-        _thread_lock_for_progress_bars()
+        sources = check_lora_options(loras, lora_dir, max_loras, max_lora_bytes, lora_max_rank, quantize)
+        thread_lock_for_progress_bars()
         self.model = model
         self.dtype = resolve_dtype(dtype, self.device)
+        self.parallel = Parallelism.parse(parallel)
+        check_parallel(self.parallel, self.family, self.world_size, str(self.device), self.dtype, step_cache)
         self.pipeline = load_family_pipeline(
             self.family, model, device=self.device, dtype=self.dtype, **from_pretrained_kwargs
         )
         self.pipeline.set_progress_bar_config(disable=True)
         mark("load")
-        self.graphed_unet = None
-        if self.family.denoiser == "unet":
-            self.graphed_unet = optimize_pipeline(
-                self.pipeline, optimize, self.device,
-                regions=compile_regions, text_encoder_graphs=text_encoder_graphs,
-            )
-            self.fixed_shapes = self.graphed_unet is not None
-        else:
-            self.fixed_shapes = optimize_transformer(
-                self.pipeline, optimize, self.device, blocks=self.family.compile_blocks,
-                quantize=quantize, step_cache=step_cache,
-            )
-        self._cache_counter = (
-            CacheCounter(getattr(self.pipeline, self.family.denoiser)) if step_cache is not None else None
+        levers = apply_levers(
+            self.pipeline, self.family, self.device, optimize, compile_regions, text_encoder_graphs,
+            quantize, step_cache, cpu_offload, sources, (max_loras, max_lora_bytes, lora_max_rank),
         )
-        if cpu_offload:
-            self.pipeline.enable_model_cpu_offload(device=self.device)
+        self.graphed_unet, self.fixed_shapes = levers.graphed_unet, levers.fixed_shapes
+        self.lora_cache, self._cache_counter = levers.lora_cache, levers.cache_counter
         if compile_cache is None:
             compile_cache = os.environ.get(COMPILE_CACHE_ENV) or None
+        self.grouping = ParallelGroups.build(self.parallel, self.rank, self.world_size, self.device)
+        self._cfg_split = self.grouping.apply(self.pipeline, self.family.denoiser)
         mark("optimize")
         cache_loaded = compile_cache is not None and load_compile_cache(compile_cache)
         mark("compile_cache_load")
@@ -265,24 +277,14 @@ class DiffusionWorker(RankSteps):
             if self.defer_encoding and self.rank == 0
             else None
         )
-        if preview == "auto":
-            preview = "taesd" if preview_model is not None else "linear"
-        if preview == "taesd":
-            decoder = load_preview_decoder(
-                preview_model, model=model, device=self.device, dtype=self.dtype
-            )
-            self.previewer = TaesdPreview(decoder)
-        elif preview == "linear":
-            factors, bias = self.family.latent_rgb
-            self.previewer = LinearPreview(factors=factors, bias=bias)
-        else:
-            self.previewer = None
+        self.previewer = make_previewer(preview, preview_model, self.family.latent_rgb, lambda name: load_preview_decoder(
+            name, model=model, device=self.device, dtype=self.dtype))
         mark("preview")
         width, height = warmup_size
-        for per_rank in warmup:
+        for per_rank in lora_warmup_sizes(warmup, self.lora_cache):
             # Every rank runs the same warm-up in lockstep (the gathers are collectives).
             warm = self(
-                prompt="warm-up", num_images=per_rank * self.world_size, width=width, height=height,
+                prompt="warm-up", num_images=per_rank * self.grouping.groups, width=width, height=height,
                 num_inference_steps=2, seed=0, preview_every=0,
             )
             if isinstance(warm, concurrent.futures.Future):
@@ -291,7 +293,7 @@ class DiffusionWorker(RankSteps):
         if self.fixed_shapes and warmup:
             # A merge is padded up to a warm size (or compiles a new shape): let the runner
             # form only merges of warm sizes.
-            self.batch_sizes = sorted({per_rank * self.world_size for per_rank in warmup})
+            self.batch_sizes = sorted({per_rank * self.grouping.groups for per_rank in warmup})
         if compile_cache is not None and not cache_loaded and self.rank == 0:
             save_compile_cache(compile_cache)
             mark("compile_cache_save")
@@ -303,33 +305,6 @@ class DiffusionWorker(RankSteps):
             "rank %d set up in %.1fs: %s", self.rank, self.setup_seconds,
             ", ".join(f"{name} {seconds:.1f}s" for name, seconds in phases.items()),
         )
-
-    def _check_options(self, model: str, preview: PreviewMode, optimize: OptimizeMode) -> None:
-        """Refuse what this family cannot do, before loading anything."""
-        from .models import family_of
-
-        family = family_of(model)
-        if family is not self.family:
-            raise ValueError(
-                f"model {model!r} is a {family.title} pipeline, not {self.family.title}: serve it "
-                f"with gridgen.diffusion.worker_for({model!r}) (here: {type(self).__name__})"
-            )
-        if self.family is not SDXL and preview == "taesd":
-            raise ValueError(f'preview="taesd" is SDXL only; {self.family.title} previews are "linear"')
-
-    def _check_offload(self, cpu_offload: bool, optimize: OptimizeMode) -> None:
-        if not cpu_offload:
-            return
-        import torch
-
-        if torch.device(self.device).type != "cuda":
-            raise ValueError(f"cpu_offload moves models to a GPU while they run; the device is {self.device}")
-        # SDXL's CUDA graphs keep the addresses of the weights they captured: offloading moves them.
-        if self.family.denoiser == "unet" and optimize != "none":
-            raise ValueError(
-                f'cpu_offload needs optimize="none" for {self.family.title} (its CUDA graphs '
-                f"hold the weights' GPU addresses), got {optimize!r}"
-            )
 
     def teardown(self) -> None:
         """Let a deferred encoding finish, then stop the encoder thread."""
@@ -346,6 +321,7 @@ class DiffusionWorker(RankSteps):
         super().__init__(rank=rank, world_size=world_size, device=device)
         self.warm = WarmSizes()
         """Batch sizes already run per image size; merged batches are padded to them."""
+        self.grouping = ParallelGroups(Parallelism(), rank, world_size)
 
     @classmethod
     def batch_key(cls, payload: dict[str, Any]) -> Hashable:
@@ -357,6 +333,13 @@ class DiffusionWorker(RankSteps):
         it is queued or merged.
         """
         return cls.family.merge_key(cls.family.validate(payload))
+
+    @classmethod
+    def check_payload(cls, payload: dict[str, Any], setup_kwargs: Mapping[str, Any]) -> None:
+        """Refuse, before it is queued, a request naming adapters the service's sources do not
+        hold (:func:`~gridgen.diffusion.lora.check_request_loras`)."""
+        if payload.get("loras"):
+            check_request_loras(cls.family.validate(payload), setup_kwargs)
 
     @classmethod
     def batch_units(cls, payload: dict[str, Any], world_size: int) -> int:
@@ -401,12 +384,17 @@ class DiffusionWorker(RankSteps):
             ValueError: the requests have different :meth:`batch_key` values.
         """
         started = time.perf_counter()
-        requests = [self.family.validate(item.payload, self.world_size) for item in batch]
+        groups = self.grouping  # images are strided over the groups (each rank its own without parallel)
+        requests = [self.family.validate(item.payload, groups.groups) for item in batch]
+        for request in requests:
+            check_sequence_request(groups.parallel, request)
         if len({self.family.merge_key(request) for request in requests}) > 1:
             raise ValueError("run_batch got requests with different batch_key values")
         seeds = agree_on_seeds([r.seed for r in requests], self._collective(), self.device)
-        plan = BatchPlan([r.num_images or 0 for r in requests], seeds, self.world_size)
-        run = BatchRun(batch, requests, plan, plan.share(self.rank), self._count_steps(requests))
+        # Merged requests have the same adapters (they are part of the merge key).
+        apply_loras(self.lora_cache, requests[0], self._collective(), self.rank, self.world_size, self.device)
+        plan = BatchPlan([r.num_images or 0 for r in requests], seeds, groups.groups)
+        run = BatchRun(batch, requests, plan, plan.share(groups.group), self._count_steps(requests))
 
         latents = self._denoise(run)  # my share as one batch; idle ranks walk the same steps
         if all(run.cancelled):  # every rank saw the same answer at the same step
@@ -435,8 +423,8 @@ class DiffusionWorker(RankSteps):
 
     def _count_steps(self, requests: list[Any]) -> int:
         """How many times the pipeline's step callback will run: identical on every rank."""
-        key = (id(self.pipeline.scheduler), requests[0].num_inference_steps)
-        counts: dict[tuple[int, int], int] = self.__dict__.setdefault("_step_counts", {})
+        key = (id(self.pipeline.scheduler), requests[0].num_inference_steps, input_merge_key(requests[0]))
+        counts: dict[Hashable, int] = self.__dict__.setdefault("_step_counts", {})
         if key not in counts:  # building a scheduler per request costs ~1 ms of host time
             counts[key] = self.family.count_steps(self.pipeline, requests[0])
         return counts[key]
@@ -456,6 +444,8 @@ class DiffusionWorker(RankSteps):
         import torch
 
         first = run.requests[0]
+        if input_kind(first) is not None and run.total_steps == 0:  # strength 0: nothing to denoise
+            return ImageInputs.of(self).start_latents(run.requests, [s.request for s in run.mine], self.device)
         size = (first.width, first.height)
         graphed = self.fixed_shapes
         rows = self.warm.pad("unet", size, len(run.mine)) if graphed else len(run.mine)
@@ -465,8 +455,14 @@ class DiffusionWorker(RankSteps):
         self._sync()
         self.text_encode_seconds = time.perf_counter() - encoding
         generators = [torch.Generator(self.device).manual_seed(slot.seed) for slot in slots]
+        pipeline, extra = self.pipeline, {"width": first.width, "height": first.height}
+        tensors = list(self.family.step_tensors)
+        if input_kind(first) is not None:  # image-to-image or inpainting: a start image per row
+            pipeline, extra = ImageInputs.of(self).call(run.requests, [slot.request for slot in slots])
+            tensors = ["latents"]  # their loops keep more per-row tensors: rows never leave
         shrink = (
-            not graphed
+            pipeline is self.pipeline
+            and not graphed
             and self.family.shrinkable
             and type(self.pipeline.scheduler).__name__ in SHRINKABLE_SCHEDULERS
         )
@@ -480,19 +476,20 @@ class DiffusionWorker(RankSteps):
                 return tensors
             return drop_cancelled(run, tensors, generators) if shrink else tensors
 
+        if self._cfg_split is not None:
+            self._cfg_split.pipeline = pipeline  # splits its CFG batch over the rank pair
         if self._cache_counter is not None:
             # The cache's residuals belong to the last call's images: never carried over.
             getattr(self.pipeline, self.family.denoiser)._reset_stateful_cache()
-        output = self.pipeline(
+        output = pipeline(
             **embeds,
-            width=first.width,
-            height=first.height,
+            **extra,
             num_inference_steps=first.num_inference_steps,
             num_images_per_prompt=1,
             generator=generators,
             output_type="latent",
             callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=list(self.family.step_tensors),
+            callback_on_step_end_tensor_inputs=tensors,
             **self.family.call_kwargs(first),
         )
         if graphed:  # captured (or compiled) at the first step, cancelled or not
@@ -501,28 +498,3 @@ class DiffusionWorker(RankSteps):
             run.step_cache = self._cache_counter.take(run.steps_done)
         latents: torch.Tensor = output.images
         return latents
-
-
-def _phase_clock(phases: dict[str, float]) -> Callable[[str], None]:
-    """``mark(name)`` records the seconds since the previous mark (or since creation) as ``name``."""
-    last = [time.perf_counter()]
-
-    def mark(name: str) -> None:
-        now = time.perf_counter()
-        phases[name] = round(now - last[0], 3)
-        last[0] = now
-
-    return mark
-
-
-def _thread_lock_for_progress_bars() -> None:
-    """Give tqdm (which diffusers uses while loading) a thread lock, not its default
-    multiprocessing one: that one is a named semaphore in /dev/shm that outlives the worker
-    (which leaves with os._exit) until the host exits, two more at every group restart."""
-    import threading
-
-    import tqdm
-
-    tqdm.tqdm.set_lock(threading.RLock())
-
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ray import serve
@@ -125,6 +125,7 @@ def application(
     prepare: Callable[[], Any] | str | None = None,
     name: str = "gridgen",
     deployment_options: Mapping[str, Any] | None = None,
+    api_keys: Sequence[str] = (),
 ) -> Application:
     """A Ray Serve application: replicas each owning one ``DistributedRunner`` of ``worker_cls``.
 
@@ -163,6 +164,8 @@ def application(
             ``request_router_config`` routes each request to the less busy of two replicas
             from the whole cluster (:class:`~gridgen.ray._routing.LeastBusyRouter`), not
             the proxy's own node first.
+        api_keys: as in ``create_app``: every route but ``/health``, ``/ready`` and the
+            playground page then needs ``Authorization: Bearer KEY``.
     """
     worker = resolve(worker_cls)
     if not (isinstance(worker, type) and issubclass(worker, DistributedWorker)):
@@ -189,7 +192,10 @@ def application(
         max_queue=max_queue,
         gpus=gpus,
         cpu_ranks=cpu_ranks,
-        app_options=_app_options(worker, request_model, response_model, title, stream_ping),
+        app_options={
+            **_app_options(worker, request_model, response_model, title, stream_ping),
+            **({"api_keys": list(api_keys)} if api_keys else {}),
+        },
         prepare=prepare,
     )
     deployment = serve.deployment(name=name, **options)(serve.ingress()(GridgenReplica))

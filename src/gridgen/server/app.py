@@ -20,6 +20,9 @@ Endpoints
     ``200 {"ready": true, ...}`` when the runner takes requests, else ``503`` with its
     ``state`` (``new``, ``starting``, ``restarting``, ``dead``, ``stopping``, ``stopped``,
     or ``failed`` with an ``error`` when the app could not start it).
+``GET /loras``
+    The LoRA adapters requests may name, when the request model has ``loras``
+    (:mod:`gridgen.server.loras`, ``docs/lora.md``).
 ``GET /``
     The playground page (plain HTML and JavaScript shipped in the package).
 ``GET /docs``, ``GET /redoc``
@@ -63,7 +66,7 @@ import html
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -72,13 +75,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from fastapi.sse import EventSourceResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
-from starlette.types import Message
 
 from .._json import to_jsonable
 from ..images import keep_encoded
-from ..runner import DistributedRunner, RequestHandle
+from ..runner import DistributedRunner
 from ..sdxl import GenerateRequest, GenerateResult
+from .auth import ApiKeyAuth
+from .disconnect import CLIENT_CLOSED_REQUEST, result_unless_disconnected
 from .errors import DEFAULT_MAX_BODY_BYTES, Pace, add_error_handling, error_body, traced_error_body
+from .loras import add_lora_route
+from .openai import mount_openai
 from .request_ids import RequestIds, current_request_id
 from .sse import event_stream, request_events
 
@@ -87,7 +93,6 @@ __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app", "error_body"]
 logger = logging.getLogger("gridgen.server")
 
 _DEFAULT = object()
-_CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"; nobody reads it
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # in /generate's and /stream's OpenAPI
     500: {"description": "A worker failed (WorkerError, WorkerDiedError)"},
     503: {"description": "Queue full, or the runner is not ready (Retry-After set)"},
@@ -132,29 +137,6 @@ def _playground(title: str, config: Mapping[str, Any]) -> str:
     return page.replace("__GRIDGEN_TITLE__", html.escape(title)).replace("__GRIDGEN_CONFIG__", data)
 
 
-async def _disconnected(request: Request) -> None:
-    """Return when the client closes the connection (the body was read already)."""
-    while True:
-        message: Message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def _result_unless_disconnected(request: Request, handle: RequestHandle) -> tuple[bool, Any]:
-    """``(True, result)``, or ``(False, None)`` once the client is gone (the request is cancelled)."""
-    result = asyncio.ensure_future(handle.result())
-    gone = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not result.done():
-            result.cancel()  # handle.result() cancels the request on every rank
-    if result.done() and not result.cancelled():
-        return True, result.result()
-    return False, None
-
-
 def create_app(
     runner: DistributedRunner[Any],
     *,
@@ -165,6 +147,9 @@ def create_app(
     stream_ping: float = 15.0,
     on_start_failed: Callable[[BaseException], None] | None = None,
     max_body_bytes: int | None = DEFAULT_MAX_BODY_BYTES,
+    api_keys: Sequence[str] = (),
+    openai_api: bool | None = None,
+    model_id: str | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``runner`` (endpoints and errors: see the module docstring).
 
@@ -185,7 +170,13 @@ def create_app(
         on_start_failed: called with the error if starting the runner in the background
             fails (the error is also logged and ``/ready`` reports ``failed``).
         max_body_bytes: larger request bodies get a 413 before they are read in full
-            (default :data:`DEFAULT_MAX_BODY_BYTES`, 1 MiB; ``None``: no limit).
+            (default :data:`DEFAULT_MAX_BODY_BYTES`, 32 MiB; ``None``: no limit).
+        api_keys: when given, every route but ``/health``, ``/ready`` and the playground
+            page needs ``Authorization: Bearer KEY`` with one of them (:mod:`gridgen.server.auth`).
+        openai_api: serve the OpenAI-compatible ``/v1`` routes (:mod:`gridgen.server.openai`);
+            ``None``: when the runner's worker is a diffusion family's.
+        model_id: the model id ``/v1/models`` lists and ``model`` must name (default: the
+            runner's ``setup_kwargs["model"]``, else the worker's default model).
     """
     if response_model is _DEFAULT:
         is_sdxl = isinstance(request_model, type) and issubclass(request_model, GenerateRequest)
@@ -205,6 +196,7 @@ def create_app(
             "title": title,
             "world_size": runner.world_size,
             "fields": _field_limits(request_model.model_json_schema()),
+            "auth": bool(api_keys),
         },
     )
     add_error_handling(app, pace, max_body_bytes)
@@ -213,7 +205,11 @@ def create_app(
     _add_stream_route(app, runner, request_model, convert_result, pace, stream_ping)
     _add_status_routes(app, runner, pace, start_error)
     _add_playground_route(app, page)
-    _add_operations(app, runner)
+    add_lora_route(app, runner, request_model)
+    mount_openai(app, runner, pace, enabled=openai_api, model_id=model_id, stream_ping=stream_ping)
+    if api_keys:
+        app.add_middleware(ApiKeyAuth, keys=list(api_keys))  # before the body is read
+    _add_operations(app, runner)  # outermost: a 401 has a request id and is counted too
     return app
 
 
@@ -280,14 +276,14 @@ def _add_generate_route(
         handle = runner.submit(body.model_dump(mode="json"), trace_id=current_request_id())
         arrived = time.perf_counter()
         try:
-            finished, result = await _result_unless_disconnected(request, handle)
+            finished, result = await result_unless_disconnected(request, handle)
         except BaseException:
             pace.record(arrived, time.perf_counter(), ok=False)
             raise
         pace.record(arrived, time.perf_counter(), ok=finished)
         if not finished:
             logger.info("request %d: client disconnected; cancelled", handle.id)
-            return Response(status_code=_CLIENT_CLOSED_REQUEST)
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         return JSONResponse(convert_result(result))
 
     # The body's type is chosen at runtime: FastAPI reads it from the annotation.

@@ -29,6 +29,7 @@ from ..errors import (
     WorkerDiedError,
     WorkerError,
 )
+from .openai_errors import openai_error_response
 from .request_ids import current_request_id, note_outcome, with_request_id
 
 __all__ = [
@@ -42,8 +43,9 @@ __all__ = [
 
 logger = logging.getLogger("gridgen.server")
 
-DEFAULT_MAX_BODY_BYTES = 1 << 20
-"""``create_app``'s default request body limit: 1 MiB, a thousand times a full SDXL request."""
+DEFAULT_MAX_BODY_BYTES = 32 << 20
+"""``create_app``'s default request body limit: 32 MiB, room for a start image and a mask
+of a few megapixels each as PNG in base64 (a 2048x2048 photo is about 8 MB as PNG)."""
 _ECHO_CHARS = 200  # of a rejected input, echoed back in a 422 body
 
 
@@ -58,6 +60,8 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
         status = 422 if isinstance(exc, InvalidRequestError) else 500
     elif isinstance(exc, InvalidRequestError):
         status = 422
+        # Found on the host after the body parsed (an unknown LoRA adapter, say): each rule too.
+        body["errors"] = [{"field": e.field, "rule": e.rule, "message": e.message} for e in exc.errors]
     elif isinstance(exc, WorkerDiedError):
         body.update(rank=exc.rank, exitcode=exc.exitcode, signal=exc.signal)
         status = 500
@@ -128,7 +132,9 @@ def _with_request_id(response: Response) -> Response:
 def add_error_handling(app: FastAPI, pace: Pace, max_body_bytes: int | None) -> None:
     """Exception handlers for gridgen errors, 413s and invalid bodies; the body limit middleware."""
 
-    def reply(exc: BaseException) -> JSONResponse:
+    def reply(exc: BaseException, path: str = "") -> JSONResponse:
+        if path.startswith("/v1/"):  # the OpenAI-compatible routes answer in OpenAI's shape
+            return openai_error_response(exc, pace.retry_after())
         return error_response(exc, pace)
 
     @app.exception_handler(GridgenError)
@@ -145,7 +151,8 @@ def add_error_handling(app: FastAPI, pace: Pace, max_body_bytes: int | None) -> 
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 413:  # from _BodyLimit, counting a body sent without a length
             return reply(
-                PayloadTooLarge(f"the request body is larger than {max_body_bytes} bytes (max_body_bytes)")
+                PayloadTooLarge(f"the request body is larger than {max_body_bytes} bytes (max_body_bytes)"),
+                request.url.path,
             )
         return _with_request_id(await http_exception_handler(request, exc))
 
@@ -177,7 +184,7 @@ class _BodyLimit:
     same but answers a declared length in plain text from outside the app's handlers.)
     """
 
-    def __init__(self, app: Any, max_bytes: int, reply: Callable[[BaseException], Response]) -> None:
+    def __init__(self, app: Any, max_bytes: int, reply: Callable[[BaseException, str], Response]) -> None:
         self.app, self.max_bytes, self.reply = app, max_bytes, reply
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -187,7 +194,7 @@ class _BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             error = PayloadTooLarge(f"the request body is larger than {self.max_bytes} bytes (max_body_bytes)")
-            await self.reply(error)(scope, receive, send)
+            await self.reply(error, scope["path"])(scope, receive, send)
             return
         received = 0
 

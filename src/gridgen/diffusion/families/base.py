@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from ..conditioning import input_merge_key, input_steps, refuse_unsupported_inputs
+from ..lora_request import active_loras
 from ..request import validate_payload
 
 if TYPE_CHECKING:
@@ -63,18 +65,27 @@ class Family:
     denoiser's own ``_repeated_blocks`` when empty)."""
     step_cache: bool = True
     """Whether ``step_cache`` (diffusers' first-block cache) can serve this family."""
+    parallel_refusals: Mapping[str, str] = {}
+    """Degrees of ``setup(parallel=...)`` (``"cfg"``, ``"ulysses"``, ``"ring"``) this family
+    cannot split one image by, and why (see :mod:`gridgen.diffusion.parallel`)."""
+    image_pipelines: Mapping[str, str] = {}
+    """Its image pipelines, ``"module:Class"`` under ``diffusers.pipelines``, by kind
+    (``"img2img"``, ``"inpaint"``; see :mod:`gridgen.diffusion.conditioning`). A kind left
+    out is refused with the rule ``unsupported_field``."""
 
     def validate(self, payload: Mapping[str, Any] | BaseModel, world_size: int | None = None) -> Any:
         """The validated request (``num_images`` filled from ``world_size`` when absent)."""
-        return validate_payload(self.request_model, payload, world_size, self.unsupported)
+        request = validate_payload(self.request_model, payload, world_size, self.unsupported)
+        return refuse_unsupported_inputs(self, request)
 
     def guidance(self, request: Any) -> float:
         return float(getattr(request, "guidance_scale", 0.0))
 
     def merge_key(self, request: Any) -> Hashable:
-        """What merged requests must share: everything that shapes the denoising batch."""
+        """What merged requests must share: everything that shapes the denoising batch (the
+        LoRA adapters and their scales too)."""
         return (self.name, request.width, request.height, request.num_inference_steps,
-                self.guidance(request))
+                self.guidance(request), *input_merge_key(request), active_loras(request.loras))
 
     def encode(self, pipeline: Any, request: Any, device: Any) -> dict[str, Any]:
         """One request's embedding arguments, batch 1 (``None`` values are left out)."""
@@ -102,7 +113,12 @@ class Family:
 
     def count_steps(self, pipeline: Any, request: Any) -> int:
         """How many times the step callback will run (the same on every rank)."""
-        return int(request.num_inference_steps)
+        return input_steps(self, request, int(request.num_inference_steps))
+
+    def image_steps(self, total: int, strength: float) -> int:
+        """How many of ``total`` steps the image pipelines run at ``strength`` (FLUX.1's and
+        SD3.5's rounding: they truncate the steps they skip)."""
+        return total - int(max(total - min(total * strength, total), 0))
 
     def unpack(self, pipeline: Any, latents: torch.Tensor, request: Any) -> torch.Tensor:
         """Latents as ``(B, C, h, w)`` (the pipeline's step and output layout may differ)."""

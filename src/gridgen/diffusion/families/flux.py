@@ -67,6 +67,14 @@ class _Flux(Family):
     pipeline_class = "FluxPipeline"
     step_tensors = ("latents", "prompt_embeds")
     latent_rgb = (FLUX_LATENT_RGB_FACTORS, FLUX_LATENT_RGB_BIAS)
+    parallel_refusals = {
+        "cfg": "it is guidance-distilled (one pass per step, no unconditional branch to "
+        "split off); use ulysses to split one image",
+    }
+    image_pipelines = {
+        "img2img": "flux.pipeline_flux_img2img:FluxImg2ImgPipeline",
+        "inpaint": "flux.pipeline_flux_inpaint:FluxInpaintPipeline",
+    }
 
     def __init__(self, name: str, title: str, request_model: type[BaseModel],
                  unsupported: Mapping[str, str], max_sequence_length: int) -> None:

@@ -47,6 +47,16 @@ class _SD3(Family):
     compile_blocks = ("JointTransformerBlock",)  # diffusers declares none for SD3
     step_cache = False  # its transformer has no diffusers cache hooks (no CacheMixin)
     default_max_sequence_length = 256
+    parallel_refusals = {
+        "ulysses": "diffusers (0.42) has no context-parallel plan for SD3's transformer (its "
+        "attention processor calls SDPA directly); use cfg=2 to split one image",
+        "ring": "diffusers (0.42) has no context-parallel plan for SD3's transformer (its "
+        "attention processor calls SDPA directly); use cfg=2 to split one image",
+    }
+    image_pipelines = {
+        "img2img": "stable_diffusion_3.pipeline_stable_diffusion_3_img2img:StableDiffusion3Img2ImgPipeline",
+        "inpaint": "stable_diffusion_3.pipeline_stable_diffusion_3_inpaint:StableDiffusion3InpaintPipeline",
+    }
 
     def encode(self, pipeline: Any, request: Any, device: Any) -> dict[str, Any]:
         names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",

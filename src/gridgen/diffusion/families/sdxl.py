@@ -11,7 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ...errors import InvalidRequestError
 from ...images import ImageFormat
-from ..request import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SEED, FieldError, OutputKind, _field_errors
+from ..conditioning import input_merge_key, input_steps, refuse_unsupported_inputs
+from ..lora_request import Loras, active_loras
+from ..request import (
+    MAX_IMAGES,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    FieldError,
+    ImageInputFields,
+    OutputKind,
+    _field_errors,
+)
 from .base import RGB, Family
 
 if TYPE_CHECKING:
@@ -39,7 +49,7 @@ SDXL_LATENT_RGB_FACTORS: tuple[RGB, ...] = (
 SDXL_LATENT_RGB_BIAS: RGB = (0.1084, -0.0175, -0.0011)
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(ImageInputFields):
     """One SDXL generation request: ``num_images`` images of one prompt, one seed.
 
     Image ``i`` is generated from seed ``seed + i``, whichever rank makes it, so the same
@@ -83,6 +93,7 @@ class GenerateRequest(BaseModel):
     output: OutputKind = Field(
         default="grid", description="Return the grid, the separate images, or both."
     )
+    loras: Loras = ()
 
     @field_validator("prompt")
     @classmethod
@@ -196,16 +207,27 @@ class _SDXL(Family):
     denoiser = "unet"
     step_cache = False  # diffusers' block caches are for transformers; the UNet has none
     latent_rgb = (SDXL_LATENT_RGB_FACTORS, SDXL_LATENT_RGB_BIAS)
+    parallel_refusals = {
+        "ulysses": "its UNet has no sequence-parallel path (diffusers' context parallelism is "
+        "for transformers); use cfg=2 to split one image",
+        "ring": "its UNet has no sequence-parallel path (diffusers' context parallelism is "
+        "for transformers); use cfg=2 to split one image",
+    }
+    image_pipelines = {
+        "img2img": "stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img:StableDiffusionXLImg2ImgPipeline",
+        "inpaint": "stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint:StableDiffusionXLInpaintPipeline",
+    }
 
     def validate(self, payload: Mapping[str, Any] | BaseModel, world_size: int | None = None) -> Any:
-        return validate_request(payload, world_size)  # type: ignore[arg-type]
+        return refuse_unsupported_inputs(self, validate_request(payload, world_size))  # type: ignore[arg-type]
 
     def merge_key(self, request: Any) -> Hashable:
         """Prompt, negative prompt, seed and ``num_images`` may differ (they are per image), and
         so may ``image_format``, ``output`` and ``preview_every`` (per request, applied on
-        rank 0 or at preview time)."""
+        rank 0 or at preview time); image inputs too, but not their kind and strength; the
+        LoRA adapters and their scales may not."""
         return ("sdxl", request.width, request.height, request.num_inference_steps,
-                float(request.guidance_scale))
+                float(request.guidance_scale), *input_merge_key(request), active_loras(request.loras))
 
     def embeddings(
         self, pipeline: Any, requests: Sequence[Any], slots: Sequence[Slot], device: Any
@@ -219,7 +241,10 @@ class _SDXL(Family):
         scheduler = pipeline.scheduler
         probe = type(scheduler).from_config(scheduler.config)
         probe.set_timesteps(request.num_inference_steps, device="cpu")
-        return len(probe.timesteps)
+        return input_steps(self, request, len(probe.timesteps), order=int(getattr(probe, "order", 1)))
+
+    def image_steps(self, total: int, strength: float) -> int:
+        return min(int(total * strength), total)  # SDXL's pipelines truncate the steps they run
 
 
 SDXL: Family = _SDXL()

@@ -1,0 +1,192 @@
+"""Image inputs on the ranks: image-to-image and inpainting with diffusers' own pipelines.
+
+A request with an ``image`` (and maybe a ``mask``) runs its family's image-to-image or
+inpainting pipeline (:attr:`Family.image_pipelines
+<gridgen.diffusion.families.Family.image_pipelines>`) instead of the text-to-image one.
+Those are built once per rank with diffusers' ``from_pipe`` from the loaded pipeline, so
+they share its modules (no second copy of the weights; compiled blocks, CUDA-graphed UNet,
+quantized layers, caches and offload hooks are the same objects). Everything else of the
+worker is unchanged: images strided over the ranks with per-image seeds, the per-step
+collective cancel, previews, decode, gather and grid. Merged requests share the kind of
+input and the strength (both shape the denoising loop); each row carries its own
+request's start image and mask, decoded once per batch on each rank.
+
+``strength`` runs ``strength x num_inference_steps`` of the steps (the pipelines' own
+rounding, :meth:`Family.image_steps <gridgen.diffusion.families.Family.image_steps>`).
+When that is no step at all (``strength`` 0, or too small for the steps), no pipeline
+runs: the start image's latents (the VAE's encoding, its mode) are decoded like any
+result, which is what image-to-image at strength 0 is.
+
+Masks are diffusers': white repaints, black keeps (see :mod:`gridgen.inputs`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import inspect
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidRequestError
+from ..inputs import decode_image_input
+from .request import FieldError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from .families import Family
+
+__all__ = [
+    "DEFAULT_STRENGTH",
+    "ImageInputs",
+    "input_kind",
+    "input_merge_key",
+    "input_steps",
+    "refuse_unsupported_inputs",
+    "strength_of",
+    "supported",
+]
+
+DEFAULT_STRENGTH = {"img2img": 0.6, "inpaint": 1.0}
+"""``strength`` when a request gives none: image-to-image keeps the start image's layout,
+inpainting repaints the masked area from noise."""
+
+
+def input_kind(request: Any) -> str | None:
+    """``"inpaint"`` (image and mask), ``"img2img"`` (image), or None (text only)."""
+    if getattr(request, "image", None) is None:
+        return None
+    return "inpaint" if getattr(request, "mask", None) is not None else "img2img"
+
+
+def strength_of(request: Any) -> float:
+    kind = input_kind(request)
+    if kind is None:
+        return 0.0
+    strength = getattr(request, "strength", None)
+    return float(DEFAULT_STRENGTH[kind] if strength is None else strength)
+
+
+def input_merge_key(request: Any) -> tuple[Hashable, ...]:
+    """What merged requests must share about image inputs: the kind and the strength."""
+    kind = input_kind(request)
+    return () if kind is None else (kind, strength_of(request))
+
+
+@functools.cache
+def supported(family: Family, kind: str) -> bool:
+    """Whether the installed diffusers has ``family``'s pipeline for ``kind`` (checked
+    without importing it, so the host can answer before any worker loads)."""
+    where = family.image_pipelines.get(kind)
+    if where is None:
+        return False
+    module = where.partition(":")[0]
+    try:
+        return importlib.util.find_spec(f"diffusers.pipelines.{module}") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def input_steps(family: Family, request: Any, count: int, order: int = 1) -> int:
+    """The step callbacks of ``request``: ``count`` (its text-to-image pipeline's) without an
+    image, else what its image pipeline keeps of the ``num_inference_steps`` schedule."""
+    if input_kind(request) is None:
+        return count
+    total = int(request.num_inference_steps)
+    skipped = total - family.image_steps(total, strength_of(request))
+    return max(0, count - skipped * order)
+
+
+def refuse_unsupported_inputs(family: Family, request: Any) -> Any:
+    """``request``, unless it asks for an image pipeline ``family`` lacks (in the installed
+    diffusers): then the rule ``unsupported_field`` on ``image`` or ``mask``."""
+    kind = input_kind(request)
+    if kind is None or supported(family, kind):
+        return request
+    field, what = ("mask", "inpainting") if kind == "inpaint" else ("image", "image-to-image")
+    message = f"not supported by {family.title} with the installed diffusers: it has no {what} pipeline"
+    raise InvalidRequestError([FieldError(field=field, rule="unsupported_field", message=message)])
+
+
+class ImageInputs:
+    """One rank's image pipelines (built on first use, sharing the loaded one's modules)
+    and the per-row inputs of a batch."""
+
+    def __init__(self, family: Family, pipeline: Any) -> None:
+        self.family = family
+        self.base = pipeline
+        self._pipelines: dict[str, Any] = {}
+
+    @classmethod
+    def of(cls, worker: Any) -> ImageInputs:
+        """``worker``'s, made on first use (again when its pipeline was replaced)."""
+        inputs: ImageInputs | None = worker.__dict__.get("_image_inputs")
+        if inputs is None or inputs.base is not worker.pipeline:
+            inputs = worker.__dict__["_image_inputs"] = cls(worker.family, worker.pipeline)
+        return inputs
+
+    def pipeline(self, kind: str) -> Any:
+        if kind not in self._pipelines:
+            module, _, name = self.family.image_pipelines[kind].partition(":")
+            pipeline_class = getattr(importlib.import_module(f"diffusers.pipelines.{module}"), name)
+            pipe = pipeline_class.from_pipe(self.base)
+            pipe.set_progress_bar_config(disable=True)
+            self._pipelines[kind] = pipe
+        return self._pipelines[kind]
+
+    def call(self, requests: Sequence[Any], rows: Sequence[int]) -> tuple[Any, dict[str, Any]]:
+        """The image pipeline of these requests and its arguments besides embeddings, steps,
+        generators and callbacks, for rows of ``requests[rows[i]]``: one start image (and
+        mask) per row, the strength, and the size when the pipeline takes one."""
+        first = requests[rows[0]]
+        kind = input_kind(first)
+        assert kind is not None
+        pipeline = self.pipeline(kind)
+        decoded = _decoded(requests, set(rows))
+        out: dict[str, Any] = {"image": [decoded[k][0] for k in rows], "strength": strength_of(first)}
+        if kind == "inpaint":
+            out["mask_image"] = [decoded[k][1] for k in rows]
+        if "width" in inspect.signature(pipeline.__call__).parameters:  # SDXL's img2img has none
+            out.update(width=first.width, height=first.height)
+        return pipeline, out
+
+    def start_latents(self, requests: Sequence[Any], rows: Sequence[int], device: Any) -> torch.Tensor:
+        """Strength 0: each row's start image as the latents the denoiser would see (the
+        VAE encoding's mode, shifted and scaled as the pipelines do), ``(B, C, h, w)``."""
+        import torch
+
+        vae = self.base.vae
+        first = requests[rows[0]]
+        decoded = _decoded(requests, set(rows))
+        pixels = self.base.image_processor.preprocess(
+            [decoded[k][0] for k in rows], height=first.height, width=first.width
+        ).to(device=device, dtype=vae.dtype)
+        config = vae.config
+        with torch.inference_mode():
+            latents: torch.Tensor = vae.encode(pixels).latent_dist.mode()
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:  # the inverse of vae.decode_latents
+            mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            std_t = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            return (latents - mean_t) * float(config.scaling_factor) / std_t
+        shift = getattr(config, "shift_factor", None)
+        return (latents - float(shift or 0.0)) * float(config.scaling_factor)
+
+
+def _decoded(requests: Sequence[Any], indices: set[int]) -> dict[int, tuple[Image.Image, Image.Image | None]]:
+    """Each request's start image (RGB) and mask (L), resized to its size, decoded once."""
+    from PIL import Image
+
+    out = {}
+    for k in indices:
+        request = requests[k]
+        size = (request.width, request.height)
+        image = decode_image_input(request.image).convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        mask = None
+        if request.mask is not None:
+            mask = decode_image_input(request.mask).convert("L").resize(size, Image.Resampling.BILINEAR)
+        out[k] = (image, mask)
+    return out

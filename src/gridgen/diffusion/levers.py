@@ -1,0 +1,69 @@
+"""Which speed levers a diffusion worker's ``setup`` puts on its pipeline, in their order:
+the LoRA slot first (its layers must exist before anything compiles), then the family's
+graphs or compile (:mod:`.fast`) with FP8 and the step cache (:mod:`.lossy`), then CPU
+offload last (it moves the models the others prepared)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .families import Family
+from .fast import (
+    CompileRegions,
+    OptimizeMode,
+    optimize_pipeline,
+    optimize_transformer,
+    resolve_optimize,
+)
+from .lora_cache import LoraCache, setup_loras
+from .lossy import CacheCounter, Quantize
+
+__all__ = ["Levers", "apply_levers"]
+
+
+@dataclass(frozen=True)
+class Levers:
+    """What :func:`apply_levers` installed."""
+
+    graphed_unet: Any
+    """SDXL's CUDA-graph wrapper of the UNet, or None."""
+    fixed_shapes: bool
+    """Compiled or graphed: merged batches are padded to warm sizes."""
+    lora_cache: LoraCache | None
+    cache_counter: CacheCounter | None
+
+
+def apply_levers(
+    pipeline: Any,
+    family: Family,
+    device: Any,
+    optimize: OptimizeMode,
+    compile_regions: CompileRegions,
+    text_encoder_graphs: bool,
+    quantize: Quantize,
+    step_cache: float | None,
+    cpu_offload: bool,
+    lora_sources: Any,
+    lora_limits: tuple[int, int, int],
+) -> Levers:
+    """Put the levers the options ask for on ``pipeline`` (options already checked)."""
+    fast = resolve_optimize(optimize, device) != "none"
+    lora_cache = setup_loras(pipeline, lora_sources, fast, *lora_limits)
+    slots = lora_cache.backend if lora_cache is not None and fast else None
+    graphed_unet = None
+    if family.denoiser == "unet":
+        graphed_unet = optimize_pipeline(
+            pipeline, optimize, device, regions=compile_regions, text_encoder_graphs=text_encoder_graphs,
+            lora_variant=None if slots is None else lambda: slots.enabled,  # type: ignore[attr-defined]
+        )
+        fixed_shapes = graphed_unet is not None
+    else:
+        fixed_shapes = optimize_transformer(
+            pipeline, optimize, device, blocks=family.compile_blocks,
+            quantize=quantize, step_cache=step_cache, lora_slot=slots is not None,
+        )
+    counter = CacheCounter(getattr(pipeline, family.denoiser)) if step_cache is not None else None
+    if cpu_offload:
+        pipeline.enable_model_cpu_offload(device=device)
+    return Levers(graphed_unet, fixed_shapes, lora_cache, counter)

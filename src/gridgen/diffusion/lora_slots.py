@@ -1,0 +1,193 @@
+"""LoRA on the compiled fast path: adapters written into one fixed low-rank slot, so that
+switching adapters never recompiles and never captures a new CUDA graph.
+
+At setup, before anything is compiled or captured, every ``Linear`` layer of the
+denoiser's transformer blocks (SDXL's ``attentions``, FLUX.1's and SD3.5's
+``transformer_blocks`` / ``single_transformer_blocks``) gets one PEFT LoRA adapter, the
+*slot*, of rank ``max_rank`` (``setup(lora_max_rank=...)``), all zeros. A request's
+adapters are then written into the slot's weights in place: their down projections
+stacked along the rank, their up projections side by side, each scaled by
+``scale * alpha / rank``; the rest stays zero. Only data changes between requests, never
+the code path or a shape, so the compiled graph and the captured CUDA graphs stay valid
+and read the new weights.
+
+A request without adapters runs with the slot disabled: PEFT then calls the untouched base
+layers, bit for bit the base model. The compiler traces that path once (one more graph,
+made at warm-up); CUDA graphs are keyed on it (:attr:`LoraSlots.enabled`).
+
+Limits, refused with :class:`~gridgen.LoraLoadError`: an adapter for layers outside the
+slot (the text encoders, convolutions: serve those with ``optimize="none"``), and a request
+whose adapters' ranks add up to more than ``max_rank`` on a layer. Measured on CPU with
+``torch._dynamo`` counters (``tests/lora/test_lora_fast.py``): switching between adapters
+adds no graph; the first request without adapters adds one, after which none.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import LoraLoadError
+
+__all__ = ["DEFAULT_LORA_MAX_RANK", "LoraSlots", "slot_targets"]
+
+logger = logging.getLogger("gridgen.diffusion")
+
+DEFAULT_LORA_MAX_RANK = 64
+"""The slot's rank when ``setup(lora_max_rank=...)`` is not given."""
+SLOT = "gridgen_slot"
+_BLOCKS = ("attentions", "transformer_blocks", "single_transformer_blocks")
+
+
+def slot_targets(denoiser: Any) -> list[str]:
+    """The names of the ``Linear`` layers inside the denoiser's transformer blocks."""
+    import torch
+
+    return [
+        name for name, module in denoiser.named_modules()
+        if type(module) is torch.nn.Linear and any(part in _BLOCKS for part in name.split("."))
+    ]
+
+
+@dataclass
+class _Adapter:
+    """One adapter on the device: per layer (down, up * alpha / rank)."""
+
+    layers: dict[str, tuple[Any, Any]]
+    nbytes: int
+
+
+class LoraSlots:
+    """The fast path's LoRA backend (see the module docstring and
+    :class:`~gridgen.diffusion.lora_cache.LoraBackend`)."""
+
+    def __init__(self, pipeline: Any, max_rank: int = DEFAULT_LORA_MAX_RANK) -> None:
+        from peft import LoraConfig
+
+        if type(max_rank) is not int or not 1 <= max_rank <= 1024:
+            raise ValueError(f"lora_max_rank must be an int from 1 to 1024, got {max_rank!r}")
+        self.pipeline = pipeline
+        self.max_rank = max_rank
+        self.prefix = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
+        self.denoiser = getattr(pipeline, self.prefix)
+        targets = slot_targets(self.denoiser)
+        config = LoraConfig(r=max_rank, lora_alpha=max_rank, target_modules=targets)
+        self.denoiser.add_adapter(config, adapter_name=SLOT)
+        modules = dict(self.denoiser.named_modules())
+        self.layers = {name: modules[name] for name in targets}
+        self._written: set[str] = set()
+        self._zero(self.layers)
+        self.enabled = True
+        self.disable()
+
+    def load(self, name: str, file: Path) -> tuple[Any, int]:
+        import torch
+
+        parsed = type(self.pipeline).lora_state_dict(str(file), return_lora_metadata=True)
+        state, alphas, metadata = _unpack(parsed)
+        prefix = self.prefix + "."
+        others = sorted({key.split(".", 1)[0] for key in state if not key.startswith(prefix)})
+        if others:
+            raise LoraLoadError(
+                f"adapter {name!r} also adapts {', '.join(others)}: the compiled fast path "
+                "adapts the denoiser's transformer blocks only (serve it with optimize='none')"
+            )
+        layers: dict[str, tuple[Any, Any]] = {}
+        device, dtype = self.denoiser.device, self.denoiser.dtype
+        for key in state:
+            if not key.endswith(".lora_A.weight"):
+                if not key.endswith(".lora_B.weight"):
+                    raise LoraLoadError(f"adapter {name!r}: {key!r} is not a plain LoRA weight "
+                                        "(the fast path takes lora_A / lora_B pairs only)")
+                continue
+            layer = key[len(prefix):-len(".lora_A.weight")]
+            if layer not in self.layers:
+                raise LoraLoadError(
+                    f"adapter {name!r} adapts {layer!r}, outside the fast path's slot (the "
+                    "Linear layers of the transformer blocks): serve it with optimize='none'"
+                )
+            down, up = state[key], state[key[: -len("lora_A.weight")] + "lora_B.weight"]
+            rank = down.shape[0]
+            scaling = _alpha(alphas, metadata, self.prefix, layer, rank) / rank
+            with torch.no_grad():
+                layers[layer] = (down.to(device, dtype), (up.float() * scaling).to(device, dtype))
+        if not layers:
+            raise LoraLoadError(f"adapter {name!r} holds no LoRA weights for {self.prefix}")
+        nbytes = sum(d.numel() * d.element_size() + u.numel() * u.element_size() for d, u in layers.values())
+        return _Adapter(layers, int(nbytes)), int(nbytes)
+
+    def unload(self, handle: Any) -> None:
+        handle.layers.clear()  # the tensors go with the last reference
+
+    def apply(self, adapters: Sequence[tuple[Any, float]]) -> None:
+        import torch
+
+        ranks: dict[str, int] = {}
+        for adapter, _ in adapters:
+            for layer, (down, _up) in adapter.layers.items():
+                ranks[layer] = ranks.get(layer, 0) + down.shape[0]
+        over = {layer: rank for layer, rank in ranks.items() if rank > self.max_rank}
+        if over:
+            layer, rank = next(iter(over.items()))
+            raise LoraLoadError(
+                f"the adapters' ranks add up to {rank} on {layer!r}, over lora_max_rank "
+                f"{self.max_rank}: start the service with a larger --lora-max-rank"
+            )
+        self._zero({name: self.layers[name] for name in self._written - set(ranks)})
+        with torch.no_grad():
+            for layer in ranks:
+                module, start = self.layers[layer], 0
+                slot_down, slot_up = module.lora_A[SLOT].weight, module.lora_B[SLOT].weight
+                for adapter, scale in adapters:
+                    if layer in adapter.layers:
+                        down, up = adapter.layers[layer]
+                        end = start + down.shape[0]
+                        slot_down[start:end].copy_(down)
+                        slot_up[:, start:end].copy_(up * scale)
+                        start = end
+                slot_down[start:].zero_()
+                slot_up[:, start:].zero_()
+        self._written = set(ranks)
+        if not self.enabled:
+            self.denoiser.enable_adapters()
+            self.enabled = True
+
+    def disable(self) -> None:
+        if self.enabled:
+            self.denoiser.disable_adapters()
+            self.enabled = False
+
+    def _zero(self, layers: dict[str, Any]) -> None:
+        import torch
+
+        with torch.no_grad():
+            for module in layers.values():
+                module.lora_A[SLOT].weight.zero_()
+                module.lora_B[SLOT].weight.zero_()
+
+
+def _unpack(parsed: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``lora_state_dict``'s answer, whichever family: (state, alphas, metadata)."""
+    if isinstance(parsed, dict):
+        return parsed, {}, {}
+    parts = list(parsed)
+    state, rest = parts[0], parts[1:]
+    metadata = rest.pop() if rest else None
+    alphas = rest[0] if rest else None
+    return state, dict(alphas or {}), dict(metadata or {})
+
+
+def _alpha(alphas: dict[str, Any], metadata: dict[str, Any], prefix: str, layer: str, rank: int) -> float:
+    """A layer's LoRA alpha: kohya's per-layer alphas, else the file's PEFT metadata, else the rank."""
+    for key in (f"{prefix}.{layer}.alpha", f"{layer}.alpha"):
+        if key in alphas:
+            return float(alphas[key])
+    pattern = metadata.get(f"{prefix}.alpha_pattern") or metadata.get("alpha_pattern") or {}
+    for suffix, value in dict(pattern).items():
+        if layer == suffix or layer.endswith("." + suffix):
+            return float(value)
+    alpha = metadata.get(f"{prefix}.lora_alpha", metadata.get("lora_alpha"))
+    return float(alpha) if alpha is not None else float(rank)

@@ -1,0 +1,24 @@
+"""LoRA fixtures: the tiny models' adapters, made once per session (each costs a pipeline load).
+
+Tests read these files and never change the folders; a test that adds or breaks files
+copies what it needs into a folder of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers.lora import make_loras
+
+
+@pytest.fixture(scope="session")
+def lora_folders(family_cache: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Per tiny model (``tiny``, ``tiny-flux``, ``tiny-sd3``), a folder of three adapters
+    ``a``, ``b``, ``c`` (rank 4, on the attention projections)."""
+    folders = {}
+    for model in ("tiny", "tiny-flux", "tiny-sd3"):
+        folders[model] = tmp_path_factory.mktemp(f"loras-{model}")
+        make_loras(model, folders[model], {"a": 1, "b": 2, "c": 3})
+    return folders

@@ -1,0 +1,110 @@
+"""LoRA on the SDXL fast path (``optimize="graphs"``): the adapters go through one fixed slot,
+so switching them changes weights, never the graphs.
+
+On CPU the graphed UNet runs its static-buffer path (no CUDA graph), keyed like the real
+one. Recompiles are counted with ``torch._dynamo``'s counters on the UNet's transformer
+blocks compiled with the ``eager`` backend: dynamo's guards (what makes a switch
+recompile) are the same whatever the backend, and inductor on this CPU would take minutes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gridgen.diffusion.lora_cache import PeftAdapters
+from gridgen.diffusion.lora_slots import LoraSlots
+from gridgen.sdxl import SDXLWorker
+
+from helpers.lora import SMALL, apart, pixels, same, with_loras
+
+
+@pytest.fixture(scope="module")
+def folder(lora_folders: dict[str, Path]) -> Path:
+    return lora_folders["tiny"]
+
+
+@pytest.fixture(scope="module")
+def eager(folder: Path) -> SDXLWorker:
+    worker = SDXLWorker()
+    worker.setup(model="tiny", optimize="none", lora_dir=str(folder))
+    assert isinstance(worker.lora_cache.backend, PeftAdapters)
+    return worker
+
+
+@pytest.fixture(scope="module")
+def fast(folder: Path) -> SDXLWorker:
+    worker = SDXLWorker()
+    worker.setup(model="tiny", optimize="graphs", lora_dir=str(folder), lora_max_rank=8)
+    assert isinstance(worker.lora_cache.backend, LoraSlots)
+    return worker
+
+
+def test_the_slot_gives_the_eager_adapters_images(eager: SDXLWorker, fast: SDXLWorker) -> None:
+    base = pixels(eager(**SMALL))
+    assert same(pixels(fast(**SMALL)), base)  # the slot off: the base layers, bit for bit
+    for specs in ((("a", 1.0),), (("a", 0.6), ("b", -1.5))):
+        want = pixels(eager(**with_loras(SMALL, *specs)))
+        got = pixels(fast(**with_loras(SMALL, *specs)))
+        assert apart(got, want) < 0.05 and apart(got, base) > 1.0, specs  # one grey level at most
+    assert same(pixels(fast(**with_loras(SMALL, ("a", 0.0)))), base)
+
+
+def test_switching_adapters_captures_no_new_graph(fast: SDXLWorker) -> None:
+    graphs = fast.graphed_unet
+    first = pixels(fast(**with_loras(SMALL, ("a", 1.0))))
+    fast(**SMALL)
+    keys = set(graphs.entries)
+    assert len(keys) == 2  # one per shape and slot state (on, off), whatever the adapters
+    fast(**with_loras(SMALL, ("b", 1.0)))
+    fast(**with_loras(SMALL, ("a", 0.5), ("b", 0.5)))
+    fast(**SMALL)
+    assert same(pixels(fast(**with_loras(SMALL, ("a", 1.0)))), first)  # no stale weights
+    assert set(graphs.entries) == keys
+
+
+def test_switching_adapters_never_recompiles(folder: Path) -> None:
+    import torch
+    from diffusers.models.attention import BasicTransformerBlock
+    from torch._dynamo.utils import counters
+
+    worker = SDXLWorker()
+    worker.setup(model="tiny", optimize="graphs", lora_dir=str(folder), lora_max_rank=8)
+    torch._dynamo.reset()
+    block = next(m for m in worker.pipeline.unet.modules() if isinstance(m, BasicTransformerBlock))
+    block.compile(backend="eager", fullgraph=True, dynamic=False)  # one is enough to count
+    counters.clear()
+    worker(**with_loras(SMALL, ("a", 1.0)))
+    with_slot = counters["stats"]["unique_graphs"]
+    worker(**SMALL)
+    both = counters["stats"]["unique_graphs"]
+    assert with_slot > 0 and both > with_slot  # the slot off is one more path, traced once
+    for request in (with_loras(SMALL, ("b", 1.0)), with_loras(SMALL, ("a", -1.0), ("b", 2.0)),
+                    SMALL, with_loras(SMALL, ("a", 0.3))):
+        worker(**request)
+    assert counters["stats"]["unique_graphs"] == both
+    assert not counters["recompiles"] or sum(counters["recompiles"].values()) == 0
+
+
+def test_a_rank_sum_over_the_slot_fails_that_request_alone(eager: SDXLWorker, fast: SDXLWorker) -> None:
+    from gridgen import LoraLoadError
+
+    fast(**with_loras(SMALL, ("a", 1.0), ("b", 1.0)))  # ranks 4 + 4: the slot's 8
+    with pytest.raises(LoraLoadError, match="add up to 12"):
+        fast(**with_loras(SMALL, ("a", 1.0), ("b", 1.0), ("c", 1.0)))
+    assert same(pixels(fast(**SMALL)), pixels(eager(**SMALL)))
+
+
+def test_flux_adapters_go_through_the_transformers_slot(lora_folders: dict[str, Path]) -> None:
+    from gridgen.diffusion import FluxWorker
+
+    folder = str(lora_folders["tiny-flux"])
+    eager, fast = FluxWorker(), FluxWorker()
+    eager.setup(model="tiny-flux", optimize="none", lora_dir=folder)
+    fast.setup(model="tiny-flux", optimize="graphs", lora_dir=folder, lora_max_rank=8)
+    assert isinstance(fast.lora_cache.backend, LoraSlots)
+    assert not hasattr(fast.pipeline.transformer.transformer_blocks[0].attn, "to_qkv")  # unfused
+    both = with_loras(SMALL, ("a", 0.8), ("b", -1.0))
+    assert apart(pixels(fast(**both)), pixels(eager(**both))) < 0.05
+    assert same(pixels(fast(**SMALL)), pixels(eager(**SMALL)))
