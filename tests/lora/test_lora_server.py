@@ -8,7 +8,6 @@ FLUX.1 worker built directly, on one rank.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from gridgen.diffusion import FluxWorker
 
+from helpers.browser import launch, sync_playwright
 from helpers.lora import SMALL, apart, pixels, with_loras
 from helpers.server import LiveServer, decode_data_url, stream_events
 
@@ -116,11 +116,8 @@ def test_the_openai_routes_take_loras_through_extra_body(server: LiveServer, sol
 
 @pytest.mark.browser
 def test_the_playground_picks_an_adapter_and_a_scale(server: LiveServer, solo: FluxWorker) -> None:
-    sync_playwright = _playwright()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"], headless=True
-        )
+    with sync_playwright()() as playwright:
+        browser = launch(playwright)
         try:
             page = browser.new_page()
             sent: list[Any] = []
@@ -144,19 +141,6 @@ def test_the_playground_picks_an_adapter_and_a_scale(server: LiveServer, solo: F
             browser.close()
     want = _reference(solo, with_loras(REQUEST, ("ink", 0.75)))
     assert apart([np.asarray(decode_data_url(grid).convert("RGB"))], want) < 0.05
-
-
-CHROMIUM = os.environ.get("GRIDGEN_CHROMIUM", "/usr/bin/chromium")
-
-
-def _playwright() -> Any:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed: pip install playwright")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"Chromium not found at {CHROMIUM}: apt-get install -y chromium")
-    return sync_playwright
 
 
 def _wait_for(page: Any, expression: str, timeout: float = 30.0) -> None:

@@ -3,7 +3,7 @@
 gives a result and survives a reload; an uploaded start image with a strength gives an
 image-to-image result (issue 22).
 
-Needs Chromium and Playwright's Python package (see tests/server/test_browser.py).
+Needs Chromium and Playwright's Python package (see tests/helpers/browser.py).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from test_browser import CHROMIUM, CHROMIUM_ARGS, _sync_playwright
 
+from helpers.browser import launch, sync_playwright
 from helpers.server import LiveServer
 
 pytestmark = pytest.mark.browser
@@ -26,7 +26,7 @@ KEY = "browser-key-22"
 
 @pytest.fixture(scope="module")
 def service(tiny_cache: str) -> Iterator[LiveServer]:
-    _sync_playwright()  # skip before starting workers when the browser cannot run
+    sync_playwright()  # skip before starting workers when the browser cannot run
     from gridgen import DistributedRunner
     from gridgen.sdxl import SDXLWorker
     from gridgen.server import create_app
@@ -38,8 +38,8 @@ def service(tiny_cache: str) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def browser(service: LiveServer) -> Iterator[Any]:
-    with _sync_playwright()() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with sync_playwright()() as playwright:
+        chromium = launch(playwright)
         try:
             yield chromium
         finally:
