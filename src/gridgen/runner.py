@@ -398,7 +398,7 @@ class DistributedRunner(Generic[W]):
             self._stats.rejected(error)
             raise error
         if self._phase in ("draining", "stopping", "stopped"):
-            error = RunnerClosed(f"the runner is not running ({self._phase}) and takes no more requests")
+            error = RunnerClosed(f"the runner is not running ({self._phase}): it has stopped taking requests")
             self._stats.rejected(error)
             raise error
         request = self._dispatcher.submit(payload, streaming=streaming, timeout=timeout, trace_id=trace_id)

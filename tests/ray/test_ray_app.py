@@ -91,7 +91,8 @@ def test_setup_kwargs_runner_options_and_models_pass_through() -> None:
     # Workers that bring no request model take any JSON object.
     assert _spec(application(PROBE)).app_options["request_model"] == "gridgen.ray:AnyPayload"
     assert AnyPayload.model_validate({"op": "echo", "n": [1]}).model_dump() == {"op": "echo", "n": [1]}
-    assert _spec(application(SDXLWorker)).app_options["request_model"] == "gridgen.sdxl:GenerateRequest"
+    # the worker's family's own model (gridgen.sdxl.GenerateRequest is the same class)
+    assert _spec(application(SDXLWorker)).app_options["request_model"] == "gridgen.diffusion.families.sdxl:GenerateRequest"
 
 
 @pytest.mark.parametrize(

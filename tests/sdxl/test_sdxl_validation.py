@@ -26,6 +26,10 @@ def test_defaults() -> None:
         "preview_every": 5,
         "image_format": "png",
         "output": "grid",
+        "image": None,  # text-to-image
+        "strength": None,
+        "mask": None,
+        "loras": (),
     }
     assert validate_request({"prompt": "a cat"}, world_size=4).num_images == 4
     assert validate_request({"prompt": "a cat", "num_images": 3}, world_size=4).num_images == 3
