@@ -464,12 +464,9 @@ class DistributedRunner(Generic[W]):
         rank whose process died, or :class:`RunnerClosed` (not started, restarting, stopped)."""
         if self.is_alive():
             return
-        if self._phase == "running":
-            if self._supervisor.dead_error is not None:
-                raise self._supervisor.dead_error
-            dead = self._supervisor.dead_rank()
-            if dead is not None:
-                raise WorkerDiedError(*dead)
+        death = self._death()
+        if death is not None:
+            raise death
         raise RunnerClosed(f"the runner is not running (it is {self.state})")
 
     def gather_errors(self) -> list[Exception]:
@@ -477,14 +474,14 @@ class DistributedRunner(Generic[W]):
 
         Empty while it is healthy (the errors of single requests went to their callers).
         """
-        errors: list[Exception] = [] if self._start_error is None else [self._start_error]
-        if self._phase == "running":
-            dead = self._supervisor.dead_rank()
-            if self._supervisor.dead_error is not None:
-                errors.append(self._supervisor.dead_error)
-            elif dead is not None:
-                errors.append(WorkerDiedError(*dead))
-        return errors
+        return [error for error in (self._start_error, self._death()) if error is not None]
+
+    def _death(self) -> Exception | None:
+        """Why the running group is unusable, if a rank died: its error, or which rank."""
+        if self._phase != "running":
+            return None
+        dead = self._supervisor.dead_rank()
+        return self._supervisor.dead_error or (WorkerDiedError(*dead) if dead is not None else None)
 
     # -- internals ------------------------------------------------------------------------
 
