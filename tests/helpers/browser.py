@@ -8,6 +8,7 @@ which turns the skip into a failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -52,8 +53,9 @@ def launch(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
 
 
-def serve(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port in a thread; yield its base URL."""
+def serve(app: Any, stop_seconds: float = 30) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yield its base URL.
+    Leaving waits up to ``stop_seconds`` for the app's shutdown (its runner's stop)."""
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
@@ -67,4 +69,8 @@ def serve(app: Any) -> Iterator[str]:
         yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/"
     finally:
         server.should_exit = True
-        thread.join(timeout=30)
+        thread.join(timeout=stop_seconds)
+
+
+serving = contextlib.contextmanager(serve)
+""":func:`serve` as a ``with`` block, for a test that serves an app of its own."""

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from typing import Any
 
 import httpx
-import uvicorn
 
 from gridgen import DistributedRunner
 from gridgen.server import create_app
 from gridgen.testing import ProbeWorker
 
+from helpers.browser import serving
 from helpers.server import SMALL, LiveServer
 
 
@@ -67,24 +65,13 @@ def test_not_started_runner_is_not_ready_and_refuses_requests_with_503() -> None
     assert runner.state == "new"  # nothing was started by a request
 
 
-def _serve_in_thread(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start listening"
-        time.sleep(0.02)
-    return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-
-
 def test_service_listens_at_once_and_ready_says_503_starting_until_the_workers_are_ready() -> None:
     # Rank 1's setup hangs: the workers never get ready, yet the server answers.
     runner = DistributedRunner(
         ProbeWorker, world_size=2, device="cpu", setup_kwargs={"hang_on_rank": 1}, start_timeout=60
     )
-    server, thread, url = _serve_in_thread(create_app(runner))
-    try:
+    with serving(create_app(runner), stop_seconds=60) as base:
+        url = base.rstrip("/")
         assert httpx.get(f"{url}/health", timeout=5).json() == {"status": "ok"}
         ready = httpx.get(f"{url}/ready", timeout=5)
         assert ready.status_code == 503
@@ -93,17 +80,14 @@ def test_service_listens_at_once_and_ready_says_503_starting_until_the_workers_a
         assert httpx.get(f"{url}/ready", timeout=5).json()["state"] == "starting"
         refused = httpx.post(f"{url}/generate", json=SMALL, timeout=5)
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
     assert runner.state == "stopped"
 
 
 def test_a_runner_that_fails_to_start_leaves_ready_503_failed_with_the_error() -> None:
     runner = DistributedRunner(ProbeWorker, world_size=2, device="cpu", setup_kwargs={"fail_on_rank": 0})
     failures: list[BaseException] = []
-    server, thread, url = _serve_in_thread(create_app(runner, on_start_failed=failures.append))
-    try:
+    with serving(create_app(runner, on_start_failed=failures.append), stop_seconds=60) as base:
+        url = base.rstrip("/")
         deadline = time.monotonic() + 60
         while not failures and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -113,6 +97,3 @@ def test_a_runner_that_fails_to_start_leaves_ready_503_failed_with_the_error() -
         assert ready.json()["state"] == "failed"
         assert "setup failed on purpose" in ready.json()["error"]
         assert httpx.get(f"{url}/health", timeout=5).status_code == 200
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
