@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from ._stats import OUTCOMES, PHASES
 
-__all__ = ["HTTP_METRIC_NAMES", "METRIC_NAMES", "RunnerCollector"]
+__all__ = ["HTTP_METRIC_NAMES", "METRIC_NAMES", "RunnerCollector", "runner_metric_help"]
 
 _RUNNER_METRICS = {
     "gridgen_runner_requests_total": "Requests the runner took or refused, by outcome",
@@ -58,12 +58,13 @@ METRIC_NAMES = (*_RUNNER_METRICS, *HTTP_METRIC_NAMES)
 """Every metric gridgen exports (as written in a query: counters with ``_total``)."""
 
 
-def _doc(name: str) -> str:
+def runner_metric_help(name: str) -> str:
+    """The help text of a runner metric (its name as in a query: counters with ``_total``)."""
     return _RUNNER_METRICS[name]
 
 
 def _histogram(name: str, labels: list[str], series: Mapping[tuple[str, ...], Mapping[str, Any]]) -> Metric:
-    family = HistogramMetricFamily(name, _doc(name), labels=labels)
+    family = HistogramMetricFamily(name, runner_metric_help(name), labels=labels)
     for values, data in series.items():
         buckets = [(bound, float(count)) for bound, count in data["buckets"].items()]
         family.add_metric(list(values), buckets, sum_value=data["sum"])
@@ -85,18 +86,18 @@ class RunnerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = self.runner.stats()
-        requests = CounterMetricFamily("gridgen_runner_requests", _doc("gridgen_runner_requests_total"),
+        requests = CounterMetricFamily("gridgen_runner_requests", runner_metric_help("gridgen_runner_requests_total"),
                                        labels=["outcome"])
         for outcome in OUTCOMES:  # every outcome, zeros too: rate() needs the series to exist
             requests.add_metric([outcome], stats["requests"].get(outcome, 0))
         yield requests
-        images = CounterMetricFamily("gridgen_images", _doc("gridgen_images_total"), labels=["family"])
+        images = CounterMetricFamily("gridgen_images", runner_metric_help("gridgen_images_total"), labels=["family"])
         for family, count in stats["images"].items():
             images.add_metric([family], count)
         yield images
-        yield GaugeMetricFamily("gridgen_queue_depth", _doc("gridgen_queue_depth"), value=stats["queue_size"])
+        yield GaugeMetricFamily("gridgen_queue_depth", runner_metric_help("gridgen_queue_depth"), value=stats["queue_size"])
         yield GaugeMetricFamily(
-            "gridgen_requests_in_flight", _doc("gridgen_requests_in_flight"), value=stats["in_flight"]
+            "gridgen_requests_in_flight", runner_metric_help("gridgen_requests_in_flight"), value=stats["in_flight"]
         )
         yield _histogram("gridgen_merged_call_requests", [], {(): stats["call_requests"]})
         yield _histogram("gridgen_merged_call_images", [], {(): stats["call_images"]})
@@ -109,11 +110,11 @@ class RunnerCollector(Collector):
         )
         for name, key in (("gridgen_worker_restarts", "worker_restarts"), ("gridgen_worker_deaths", "worker_deaths"),
                           ("gridgen_new_shapes", "new_shapes")):
-            yield CounterMetricFamily(name, _doc(f"{name}_total"), value=stats[key])
-        yield GaugeMetricFamily("gridgen_workers_ready", _doc("gridgen_workers_ready"), value=int(stats["ready"]))
-        yield GaugeMetricFamily("gridgen_world_size", _doc("gridgen_world_size"), value=stats["world_size"])
+            yield CounterMetricFamily(name, runner_metric_help(f"{name}_total"), value=stats[key])
+        yield GaugeMetricFamily("gridgen_workers_ready", runner_metric_help("gridgen_workers_ready"), value=int(stats["ready"]))
+        yield GaugeMetricFamily("gridgen_world_size", runner_metric_help("gridgen_world_size"), value=stats["world_size"])
         memory = GaugeMetricFamily(
-            "gridgen_gpu_memory_used_bytes", _doc("gridgen_gpu_memory_used_bytes"), labels=["rank"]
+            "gridgen_gpu_memory_used_bytes", runner_metric_help("gridgen_gpu_memory_used_bytes"), labels=["rank"]
         )
         for rank, used in stats["gpu_memory_bytes"].items():
             memory.add_metric([rank], used)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._batching import BatchPolicy
@@ -247,6 +247,11 @@ class DistributedRunner(Generic[W]):
         (:class:`gridgen.metrics.RunnerCollector`; each key is described in docs/operations.md)."""
         now = {"state": self.state, "ready": self.ready, "world_size": self.world_size}
         return {**now, "queue_size": self.queue_size, "in_flight": self.in_flight, **self._stats.as_dict()}
+
+    def add_stats_listener(self, listener: Callable[[str, Mapping[str, str], float], None]) -> None:
+        """Call ``listener(name, labels, value)`` for each count and observation that
+        :meth:`stats` takes in, as it happens: for push exporters such as Ray's metrics."""
+        self._stats.listeners.append(listener)
 
     @property
     def pids(self) -> list[int | None]:

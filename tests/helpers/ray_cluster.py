@@ -73,6 +73,7 @@ class LocalRayCluster:
         self.address = ""
         self.port = 0
         self.url = ""
+        self.metrics_ports: list[int] = []
         self._saved_env: dict[str, str | None] = {}
 
     def __enter__(self) -> LocalRayCluster:
@@ -97,11 +98,18 @@ class LocalRayCluster:
         self._set_env("RAY_TMPDIR", self.temp_dir)
         os.makedirs(os.path.join(self.temp_dir, "ray"))
         node = {"num_cpus": self.num_cpus, "node_ip_address": "127.0.0.1"}
+        # Each node's metrics agent on a port of its own; replicas report every second
+        # (Ray's default, 10 s, would make the metrics test wait that long).
+        self.metrics_ports = [free_port(), free_port()]
         self.cluster = Cluster(
             initialize_head=True,
-            head_node_args={**node, "include_dashboard": False, "temp_dir": self.temp_dir},
+            head_node_args={
+                **node, "include_dashboard": False, "temp_dir": self.temp_dir,
+                "metrics_export_port": self.metrics_ports[0],
+                "_system_config": {"metrics_report_interval_ms": 1000},
+            },
         )
-        self.cluster.add_node(**node)
+        self.cluster.add_node(**node, metrics_export_port=self.metrics_ports[1])
         self.address = self.cluster.address
         ray.init(address=self.address, logging_level=logging.WARNING)
         self.port = free_port()
@@ -124,6 +132,12 @@ class LocalRayCluster:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+    def metrics(self) -> str:
+        """What the nodes' metrics agents export now (Prometheus text), both nodes together."""
+        import httpx
+
+        return "".join(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text for port in self.metrics_ports)
 
     def _set_env(self, key: str, value: str) -> None:
         self._saved_env.setdefault(key, os.environ.get(key))

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 from gridgen.ray import REPLICA_HEADER, application
@@ -64,6 +65,54 @@ def test_200_requests_at_concurrency_16_each_end_with_a_result_or_a_typed_error(
     assert kinds["error"] == 20, kinds  # every request asked to raise did, and only those
     assert kinds["result"] + kinds["busy"] == 180, kinds
     assert len({replica for _, replica in outcomes}) == 2, "both replicas served"
+
+
+def _replica_counts(cluster: LocalRayCluster, metric: str, **labels: str) -> dict[str, float]:
+    """``metric``'s value per replica of the ``load`` app, from both nodes' metrics agents."""
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(cluster.metrics()):
+        for sample in family.samples:
+            tags = sample.labels
+            if sample.name == metric and tags.get("application") == "load" and labels.items() <= tags.items():
+                counts[tags["replica"]] = counts.get(tags["replica"], 0.0) + sample.value
+    return counts
+
+
+def test_each_replica_exports_its_runner_metrics_through_ray(ray_cluster: LocalRayCluster, load_url: str) -> None:
+    ok = errors = "ray_gridgen_runner_requests_total"
+    # The counts of the module's earlier requests may still be on their way (each replica
+    # reports every second): start from numbers that held still for three reports.
+    last: list[dict[str, float]] = []
+
+    def settled() -> bool:
+        last.append(_replica_counts(ray_cluster, ok))
+        return len(last) > 1 and last[-1] == last[-2]
+
+    wait_for(settled, 30, "the metrics of earlier requests to settle", interval=3.0)
+    before_ok = _replica_counts(ray_cluster, ok, outcome="ok")
+    before_errors = _replica_counts(ray_cluster, errors, outcome="worker_error")
+    replicas: Counter[str] = Counter()
+    with httpx.Client(base_url=load_url, timeout=60) as client:
+        for i in range(24):
+            body = {"op": "raise", "on_rank": 0, "message": "boom"} if i % 8 == 0 else {"op": "echo", "message": i}
+            response = client.post("/generate", json=body)
+            assert response.status_code in (200, 500), response.text
+            replicas[response.headers[REPLICA_HEADER]] += 1
+
+    def grown() -> bool:
+        now_ok = _replica_counts(ray_cluster, ok, outcome="ok")
+        now_errors = _replica_counts(ray_cluster, errors, outcome="worker_error")
+        added_ok = sum(now_ok.values()) - sum(before_ok.values())
+        added_errors = sum(now_errors.values()) - sum(before_errors.values())
+        return (added_ok, added_errors) == (21, 3)
+
+    wait_for(grown, 30, "the replicas' request counts to reach Ray's metrics agents")
+    by_replica = _replica_counts(ray_cluster, ok, outcome="ok")
+    assert set(replicas) <= set(by_replica), (replicas, by_replica)  # each answering replica has its own series
+    ready = _replica_counts(ray_cluster, "ray_gridgen_workers_ready")
+    assert set(replicas) <= set(ready) and all(v == 1 for v in ready.values()), ready
+    latency = _replica_counts(ray_cluster, "ray_gridgen_request_duration_seconds_count", outcome="ok")
+    assert sum(latency.values()) >= 21, latency
 
 
 def test_full_cluster_answers_503_with_retry_after_and_no_replica_takes_more_than_its_queue(

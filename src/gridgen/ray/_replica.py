@@ -21,6 +21,8 @@ from gridgen.runner import DistributedRunner
 from gridgen.server import create_app
 from gridgen.worker import DistributedWorker
 
+from ._metrics import ReplicaMetrics
+
 __all__ = ["REPLICA_HEADER", "AnyPayload", "GridgenReplica", "ReplicaSpec"]
 
 logger = logging.getLogger("gridgen.ray")
@@ -141,8 +143,10 @@ class GridgenReplica:
         if spec.prepare is not None:
             # In a thread: building a model can take a while, and the replica's loop serves Ray.
             await asyncio.to_thread(resolve(spec.prepare))
+        self._metrics = ReplicaMetrics(self.runner)
         logger.info("replica %s: starting %d rank(s) on %s", self.replica, world_size, device)
         await self.runner.start()
+        self._metrics.refresh()
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         options = dict(self.spec.app_options)
@@ -157,6 +161,7 @@ class GridgenReplica:
         ``auto_restart`` off, a failed restart, a stopped runner), so Ray replaces the replica.
         A runner that is restarting passes: it serves again once ``setup`` is done, and
         ``/ready`` says 503 meanwhile."""
+        self._metrics.refresh()  # Ray calls this every few seconds: the gauges' clock
         state = self.runner.state
         if state in _BROKEN_STATES:
             raise RuntimeError(f"gridgen replica {self.replica}: the runner is {state} and will not serve again")
