@@ -11,9 +11,17 @@ from typing import Any
 import pytest
 import torch
 
-from gridgen.diffusion import build_random, build_tiny_flux, ensure_tiny, load_family_pipeline
+from gridgen.diffusion import (
+    FluxSchnellWorker,
+    build_random,
+    build_tiny_flux,
+    ensure_tiny,
+    family_of,
+    load_family_pipeline,
+    worker_for,
+)
 from gridgen.diffusion.builders import family_config
-from gridgen.diffusion.families import FLUX_DEV, SD3
+from gridgen.diffusion.families import FLUX_DEV, FLUX_SCHNELL, SD3
 
 _PARTS = {
     "tiny-flux": {
@@ -80,7 +88,7 @@ def _shrunken(name: str) -> dict[str, Any]:
     small_clip = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
                   "num_hidden_layers": 1, "projection_dim": 32}
     config["text_encoder"].update(small_clip)
-    if name == "flux-random":
+    if name != "sd3-random":
         config["transformer"].update(num_layers=1, num_single_layers=1, attention_head_dim=16,
                                      num_attention_heads=2, joint_attention_dim=64,
                                      pooled_projection_dim=32, axes_dims_rope=[4, 6, 6])
@@ -90,6 +98,23 @@ def _shrunken(name: str) -> dict[str, Any]:
                                      joint_attention_dim=64, caption_projection_dim=32,
                                      pooled_projection_dim=64, pos_embed_max_size=32)
     return config
+
+
+def test_flux_schnell_random_is_flux_dev_without_the_guidance_input_and_with_a_fixed_shift() -> None:
+    dev, schnell = family_config("flux-random"), family_config("flux-schnell-random")
+    assert dev["transformer"]["guidance_embeds"] is True and schnell["transformer"]["guidance_embeds"] is False
+    assert (schnell["scheduler"]["shift"], schnell["scheduler"]["use_dynamic_shifting"]) == (1.0, False)
+    assert family_config("flux-random") == dev  # the shipped dev config is not changed in place
+    assert {k: v for k, v in schnell["transformer"].items() if k != "guidance_embeds"} == {
+        k: v for k, v in dev["transformer"].items() if k != "guidance_embeds"
+    }
+    assert worker_for("flux-schnell-random") is FluxSchnellWorker and family_of("flux-schnell-random") is FLUX_SCHNELL
+    pipeline: Any = build_random("flux-schnell-random", "cpu", torch.float32, config=_shrunken("flux-schnell-random"))
+    assert pipeline.transformer.config.guidance_embeds is False
+    pipeline.set_progress_bar_config(disable=True)
+    latents = pipeline(prompt="x", width=64, height=64, num_inference_steps=1, guidance_scale=0.0,
+                       output_type="latent", max_sequence_length=32).images
+    assert torch.isfinite(latents).all()
 
 
 @pytest.mark.parametrize("name", ["flux-random", "sd3-random"])

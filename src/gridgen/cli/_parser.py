@@ -23,8 +23,9 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="tiny|ID|PATH",
         help='"tiny", "tiny-flux" or "tiny-sd3" (built-in tiny SDXL, FLUX.1-dev or SD3.5 with '
-        'random weights: no download, noise images), "sdxl-random", "flux-random" or '
-        '"sd3-random" (full size, random weights, for GPU benchmarks), a Hugging Face hub id or '
+        'random weights: no download, noise images), "sdxl-random", "flux-random", '
+        '"flux-schnell-random" or "sd3-random" (full size, random weights, for GPU benchmarks), '
+        'a Hugging Face hub id or '
         "a local folder with an SDXL, FLUX.1 or SD3.5 pipeline; its model_index.json picks the "
         "family (default: stabilityai/stable-diffusion-xl-base-1.0)",
     )

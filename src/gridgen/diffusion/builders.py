@@ -8,7 +8,7 @@
     ``from_pretrained``, the same path a real model takes. Needs no download; its images are
     noise. Tests and the quick start use them.
 
-``"sdxl-random"`` / ``"flux-random"`` / ``"sd3-random"``
+``"sdxl-random"`` / ``"flux-random"`` / ``"flux-schnell-random"`` / ``"sd3-random"``
     The full-size architectures (the shipped ``configs/*.json``) with seeded random weights,
     built directly on the target device in the target dtype and never saved. Compute per
     step equals the real model's: for GPU benchmarks.
@@ -59,7 +59,10 @@ __all__ = [
 TINY_MODEL = "tiny"
 RANDOM_MODEL = "sdxl-random"
 _TINY_DIRS = {"tiny-flux": "tiny-flux-v1", "tiny-sd3": "tiny-sd3-v1"}
-_CONFIGS = {"flux-random": "flux.1-dev.json", "sd3-random": "sd3.5-large.json"}
+_CONFIGS = {"flux-random": "flux.1-dev.json", "flux-schnell-random": "flux.1-dev.json", "sd3-random": "sd3.5-large.json"}
+# FLUX.1-schnell is FLUX.1-dev's architecture without the guidance input, with a fixed
+# shift of 1 (its scheduler_config.json and transformer/config.json on the hub).
+_SCHNELL = {"transformer": {"guidance_embeds": False}, "scheduler": {"shift": 1.0, "use_dynamic_shifting": False}}
 
 _TINY_DIRNAME = "tiny-sdxl-v1"
 _TINY_SEED = 1234
@@ -296,9 +299,12 @@ def _condition_init(module: Any, generator: Any) -> None:
 
 
 def family_config(name: str) -> dict[str, Any]:
-    """The shipped component configs of ``"flux-random"`` or ``"sd3-random"``."""
+    """The shipped component configs of ``"flux-random"``, ``"flux-schnell-random"`` or ``"sd3-random"``."""
     text = resources.files("gridgen.diffusion").joinpath(f"configs/{_CONFIGS[name]}").read_text("utf-8")
     config: dict[str, Any] = json.loads(text)
+    if name == "flux-schnell-random":
+        for component, changes in _SCHNELL.items():
+            config[component].update(changes)
     return config
 
 
@@ -421,8 +427,9 @@ def build_random(
     name: str, device: torch.device | str = "cpu", dtype: torch.dtype | str | None = None,
     config: dict[str, Any] | None = None, seed: int = 0,
 ) -> Any:
-    """``"flux-random"`` or ``"sd3-random"``: the full-size architecture with seeded random
-    weights, built on ``device`` (``config`` replaces the shipped one; tests shrink it)."""
+    """``"flux-random"``, ``"flux-schnell-random"`` or ``"sd3-random"``: the full-size
+    architecture with seeded random weights, built on ``device`` (``config`` replaces the
+    shipped one; tests shrink it)."""
     import torch
 
     d, t = _d(), _t()
@@ -438,7 +445,7 @@ def build_random(
         modules["text_encoder_3" if name == "sd3-random" else "text_encoder_2"] = t.T5EncoderModel(
             t.T5Config(**_kwargs(cfg["t5"]))
         )
-        clip = t.CLIPTextModel if name == "flux-random" else t.CLIPTextModelWithProjection
+        clip = t.CLIPTextModelWithProjection if name == "sd3-random" else t.CLIPTextModel
         modules["text_encoder"] = clip(t.CLIPTextConfig(**_kwargs(cfg["text_encoder"]), **ids))
         if name == "sd3-random":
             modules["text_encoder_2"] = t.CLIPTextModelWithProjection(

@@ -3,7 +3,8 @@ telling which family a model belongs to.
 
 Three kinds of ``model`` name, for every family:
 
-``"tiny"`` / ``"tiny-flux"`` / ``"tiny-sd3"``, ``"sdxl-random"`` / ``"flux-random"`` / ``"sd3-random"``
+``"tiny"`` / ``"tiny-flux"`` / ``"tiny-sd3"``, ``"sdxl-random"`` / ``"flux-random"`` /
+``"flux-schnell-random"`` / ``"sd3-random"``
     Built locally (see :mod:`gridgen.diffusion.builders`): no download.
 
 anything else
@@ -62,6 +63,7 @@ BUILTIN_MODELS: dict[str, Family] = {
     RANDOM_MODEL: SDXL,
     "tiny-flux": FLUX_DEV,
     "flux-random": FLUX_DEV,
+    "flux-schnell-random": FLUX_SCHNELL,
     "tiny-sd3": SD3,
     "sd3-random": SD3,
 }
