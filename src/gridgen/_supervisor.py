@@ -18,7 +18,7 @@ import atexit
 import contextlib
 import logging
 import multiprocessing
-import multiprocessing.util  # before our atexit hook: see _kill_leftovers
+import multiprocessing.util  # noqa: F401  # before our atexit hook: see _kill_leftovers
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -31,6 +31,7 @@ from ._options import RunnerOptions
 from ._protocol import ErrorInfo, Kind, Message, pack
 from ._stats import RunnerStats
 from ._worker_main import WorkerSpec, worker_main
+from ._worker_start import HostStart, start_context
 from .errors import GridgenError, RunnerClosed, StartupError, StartupTimeout, WorkerDiedError
 from .worker import DistributedWorker
 
@@ -106,15 +107,14 @@ class WorkerGroup:
 
     def spawn(self) -> None:
         """Start every rank's process; raise StartupError naming the rank that could not start."""
-        context = multiprocessing.get_context("spawn")  # CUDA forbids fork
+        context, forks = start_context([spec.device for spec in self.specs], self.specs[0].backend)
         for spec in self.specs:
             try:
                 packed = by_value(spec, f"worker class {spec.worker_cls.__qualname__}")
             except WorkerNotSendable as exc:
                 raise StartupError(f"could not start the worker processes: {exc}", rank=spec.rank) from exc
-            process = context.Process(
-                target=worker_main, args=(packed,), name=f"gridgen-g{spec.generation}-rank{spec.rank}"
-            )
+            args = (packed, HostStart()) if forks else (packed,)
+            process = context.Process(target=worker_main, args=args, name=f"gridgen-g{spec.generation}-rank{spec.rank}")
             try:
                 with main_not_rerun():
                     process.start()

@@ -45,6 +45,7 @@ from .errors import Cancelled
 from .worker import DistributedWorker, WorkerContext, declared_batch_sizes
 
 if TYPE_CHECKING:
+    from ._worker_start import HostStart
     from .images import ImageFormat
 
 logger = logging.getLogger("gridgen.worker")
@@ -461,8 +462,10 @@ def _share_cpu_cores(world_size: int) -> None:
         torch.set_num_threads(threads)
 
 
-def worker_main(spec: WorkerSpec) -> None:
-    """The target of each spawned worker process."""
+def worker_main(spec: WorkerSpec, host: HostStart | None = None) -> None:
+    """The target of each worker process (``host``: what a forked rank takes from the host)."""
+    if host is not None:
+        host.apply()
     # Ctrl-C in a terminal reaches the whole process group; the host decides how workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if spec.cwd is not None:
