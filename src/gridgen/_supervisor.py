@@ -30,7 +30,7 @@ from ._control import ControlSocket
 from ._options import RunnerOptions
 from ._protocol import ErrorInfo, Kind, Message, pack
 from ._stats import RunnerStats
-from ._worker_main import WorkerSpec, worker_main
+from ._worker_main import WorkerSpec, forked_main, worker_main
 from ._worker_start import HostStart, start_context
 from .errors import GridgenError, RunnerClosed, StartupError, StartupTimeout, WorkerDiedError
 from .worker import DistributedWorker
@@ -113,8 +113,8 @@ class WorkerGroup:
                 packed = by_value(spec, f"worker class {spec.worker_cls.__qualname__}")
             except WorkerNotSendable as exc:
                 raise StartupError(f"could not start the worker processes: {exc}", rank=spec.rank) from exc
-            args = (packed, HostStart()) if forks else (packed,)
-            process = context.Process(target=worker_main, args=args, name=f"gridgen-g{spec.generation}-rank{spec.rank}")
+            target, args = (forked_main, (HostStart(), packed)) if forks else (worker_main, (packed,))
+            process = context.Process(target=target, args=args, name=f"gridgen-g{spec.generation}-rank{spec.rank}")
             try:
                 with main_not_rerun():
                     process.start()

@@ -462,10 +462,13 @@ def _share_cpu_cores(world_size: int) -> None:
         torch.set_num_threads(threads)
 
 
-def worker_main(spec: WorkerSpec, host: HostStart | None = None) -> None:
-    """The target of each worker process (``host``: what a forked rank takes from the host)."""
-    if host is not None:
-        host.apply()
+def forked_main(host: HostStart, spec: WorkerSpec) -> None:
+    """The target of a rank forked from the forkserver; ``host`` was applied as it arrived."""
+    worker_main(spec)
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """The target of each spawned worker process."""
     # Ctrl-C in a terminal reaches the whole process group; the host decides how workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if spec.cwd is not None:

@@ -7,7 +7,8 @@ imported torch, ``torch.distributed``, ZeroMQ and the worker's entry point once
 still spawned: forking is only safe before any CUDA call, and a process that loads a
 model for seconds or minutes gains nothing from a faster start.
 
-A forked rank must still see the host as a spawned one would, so each start carries:
+A forked rank must still see the host as a spawned one would, so each start carries,
+ahead of the worker spec (:class:`HostStart`, applied as it is unpickled):
 
 * the host's environment *now* (a forked process inherits the forkserver's, frozen when
   it started);
@@ -68,8 +69,15 @@ class HostStart:
         self.stdout: int | HostFd = HostFd(1)
         self.stderr: int | HostFd = HostFd(2)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Applied as it is unpickled in the rank, before the worker spec that follows it in
+        # the process's arguments: unpickling the spec imports the worker's module, which
+        # may read the environment at import.
+        self.__dict__.update(state)
+        self.apply()
+
     def apply(self) -> None:
-        """In the rank, first thing: become what a spawned process would have been."""
+        """In the rank: become what a spawned process would have been."""
         os.environ.clear()
         os.environ.update(self.environ)
         for fd, own in ((1, self.stdout), (2, self.stderr)):
