@@ -13,11 +13,16 @@ from typing import IO
 
 import httpx
 import psutil
+import pytest
 from ray import serve
 
 from gridgen.ray import REPLICA_HEADER
 
 from helpers.ray_cluster import LocalRayCluster, alive, is_loopback, wait_for
+
+# A real two-node cluster: minutes on two cores, so not in the default run (README, "Tests").
+# Its slowest tests take 45 s on a loaded machine: hence 300 s, not the global 120 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _lines(stream: IO[str], into: queue.Queue[str]) -> None:

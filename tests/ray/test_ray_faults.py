@@ -32,6 +32,10 @@ from helpers.ray_cluster import (
     wait_for,
 )
 
+# A real two-node cluster: minutes on two cores, so not in the default run (README, "Tests").
+# Its slowest tests take 45 s on a loaded machine: hence 300 s, not the global 120 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
 
 @dataclass
 class App:

@@ -8,8 +8,13 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 
 from helpers.ray_cluster import HERE, alive, is_loopback, wait_for
+
+# A real two-node cluster: minutes on two cores, so not in the default run (README, "Tests").
+# Its slowest tests take 45 s on a loaded machine: hence 300 s, not the global 120 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 # Its own cluster in a child process: this test process is already the driver of the
 # session's cluster, and a process drives one cluster at a time.

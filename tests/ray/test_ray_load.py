@@ -18,6 +18,10 @@ from gridgen.ray import REPLICA_HEADER, application
 
 from helpers.ray_cluster import LocalRayCluster, deploy, wait_for
 
+# A real two-node cluster: minutes on two cores, so not in the default run (README, "Tests").
+# Its slowest tests take 45 s on a loaded machine: hence 300 s, not the global 120 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
 PROBE = "gridgen.testing:ProbeWorker"
 SPREAD = {"max_replicas_per_node": 1}
 

@@ -20,6 +20,10 @@ from gridgen.ray import REPLICA_HEADER, application
 from helpers.ray_cluster import LocalRayCluster, deploy, is_loopback, replica_statuses
 from helpers.server import sse_events
 
+# A real two-node cluster: minutes on two cores, so not in the default run (README, "Tests").
+# Its slowest tests take 45 s on a loaded machine: hence 300 s, not the global 120 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
 SMALL: dict[str, Any] = {"prompt": "a lighthouse at dawn", "width": 64, "height": 64, "num_inference_steps": 2}
 
 

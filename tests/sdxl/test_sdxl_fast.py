@@ -123,6 +123,7 @@ def _python(code: str, tmp_path: Any, inductor_dir: str, **env: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)  # three fresh processes import diffusers and compile on the CPU
 def test_compile_cache_made_on_one_machine_is_used_on_another(tiny_cache: str, tmp_path: Any) -> None:
     """Make (a worker writes the file), ship (only the file), point (the env var): cache hits."""
