@@ -83,18 +83,18 @@ def _replica_counts(cluster: LocalRayCluster, metric: str, **labels: str) -> dic
 
 
 def test_each_replica_exports_its_runner_metrics_through_ray(ray_cluster: LocalRayCluster, load_url: str) -> None:
-    ok = errors = "ray_gridgen_runner_requests_total"
+    requests = "ray_gridgen_runner_requests_total"
     # The counts of the module's earlier requests may still be on their way (each replica
     # reports every second): start from numbers that held still for three reports.
     last: list[dict[str, float]] = []
 
     def settled() -> bool:
-        last.append(_replica_counts(ray_cluster, ok))
+        last.append(_replica_counts(ray_cluster, requests))
         return len(last) > 1 and last[-1] == last[-2]
 
     wait_for(settled, 30, "the metrics of earlier requests to settle", interval=3.0)
-    before_ok = _replica_counts(ray_cluster, ok, outcome="ok")
-    before_errors = _replica_counts(ray_cluster, errors, outcome="worker_error")
+    before_ok = _replica_counts(ray_cluster, requests, outcome="ok")
+    before_errors = _replica_counts(ray_cluster, requests, outcome="worker_error")
     replicas: Counter[str] = Counter()
     with httpx.Client(base_url=load_url, timeout=60) as client:
         for i in range(24):
@@ -104,14 +104,14 @@ def test_each_replica_exports_its_runner_metrics_through_ray(ray_cluster: LocalR
             replicas[response.headers[REPLICA_HEADER]] += 1
 
     def grown() -> bool:
-        now_ok = _replica_counts(ray_cluster, ok, outcome="ok")
-        now_errors = _replica_counts(ray_cluster, errors, outcome="worker_error")
+        now_ok = _replica_counts(ray_cluster, requests, outcome="ok")
+        now_errors = _replica_counts(ray_cluster, requests, outcome="worker_error")
         added_ok = sum(now_ok.values()) - sum(before_ok.values())
         added_errors = sum(now_errors.values()) - sum(before_errors.values())
         return (added_ok, added_errors) == (21, 3)
 
     wait_for(grown, 30, "the replicas' request counts to reach Ray's metrics agents")
-    by_replica = _replica_counts(ray_cluster, ok, outcome="ok")
+    by_replica = _replica_counts(ray_cluster, requests, outcome="ok")
     assert set(replicas) <= set(by_replica), (replicas, by_replica)  # each answering replica has its own series
     ready = _replica_counts(ray_cluster, "ray_gridgen_workers_ready")
     assert set(replicas) <= set(ready) and all(v == 1 for v in ready.values()), ready

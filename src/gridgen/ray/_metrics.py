@@ -42,25 +42,22 @@ _HISTOGRAMS: dict[str, tuple[str, tuple[str] | None, tuple[float, ...]]] = {
 _GAUGES = ("gridgen_queue_depth", "gridgen_requests_in_flight", "gridgen_workers_ready", "gridgen_world_size")
 
 
-def _help(name: str) -> str:
-    return runner_metric_help(f"{name}_total" if name in {c for c, _ in _COUNTERS.values()} else name)
-
-
 class ReplicaMetrics:
     """Mirrors one runner's stats into ``ray.serve.metrics`` (built inside a replica)."""
 
     def __init__(self, runner: Any) -> None:
         self.runner = runner
         self.counters = {
-            key: metrics.Counter(name, _help(name), tag_keys=tags) for key, (name, tags) in _COUNTERS.items()
+            key: metrics.Counter(name, runner_metric_help(f"{name}_total"), tag_keys=tags)
+            for key, (name, tags) in _COUNTERS.items()
         }
         self.histograms = {
-            key: metrics.Histogram(name, _help(name), boundaries=list(bounds), tag_keys=tags)
+            key: metrics.Histogram(name, runner_metric_help(name), boundaries=list(bounds), tag_keys=tags)
             for key, (name, tags, bounds) in _HISTOGRAMS.items()
         }
-        self.gauges = {name: metrics.Gauge(name, _help(name)) for name in _GAUGES}
+        self.gauges = {name: metrics.Gauge(name, runner_metric_help(name)) for name in _GAUGES}
         memory = "gridgen_gpu_memory_used_bytes"
-        self.gpu_memory = metrics.Gauge(memory, _help(memory), tag_keys=("rank",))
+        self.gpu_memory = metrics.Gauge(memory, runner_metric_help(memory), tag_keys=("rank",))
         runner.add_stats_listener(self.record)
         self.refresh()
 
