@@ -3,8 +3,8 @@
 A request with an ``image`` (and maybe a ``mask``) runs its family's image-to-image or
 inpainting pipeline (:attr:`Family.image_pipelines
 <gridgen.diffusion.families.Family.image_pipelines>`) instead of the text-to-image one.
-Those are built once per rank with diffusers' ``from_pipe`` from the loaded pipeline, so
-they share its modules (no second copy of the weights; compiled blocks, CUDA-graphed UNet,
+Those are built once per rank from the loaded pipeline's modules (:func:`sharing`), so
+they share them (no second copy of the weights; compiled blocks, CUDA-graphed UNet,
 quantized layers, caches and offload hooks are the same objects). Everything else of the
 worker is unchanged: images strided over the ranks with per-image seeds, the per-step
 collective cancel, previews, decode, gather and grid. Merged requests share the kind of
@@ -26,7 +26,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequestError
@@ -132,26 +132,65 @@ class ImageInputs:
         if kind not in self._pipelines:
             module, _, name = self.family.image_pipelines[kind].partition(":")
             pipeline_class = getattr(importlib.import_module(f"diffusers.pipelines.{module}"), name)
-            pipe = pipeline_class.from_pipe(self.base)
+            pipe = sharing(pipeline_class, self.base)
             pipe.set_progress_bar_config(disable=True)
             self._pipelines[kind] = pipe
         return self._pipelines[kind]
 
-    def call(self, requests: Sequence[Any], rows: Sequence[int]) -> tuple[Any, dict[str, Any]]:
+    def call(
+        self, requests: Sequence[Any], rows: Sequence[int], generators: Sequence[torch.Generator]
+    ) -> tuple[Any, dict[str, Any]]:
         """The image pipeline of these requests and its arguments besides embeddings, steps,
         generators and callbacks, for rows of ``requests[rows[i]]``: one start image (and
-        mask) per row, the strength, and the size when the pipeline takes one."""
+        mask) per row, the strength, and the size when the pipeline takes one.
+
+        Image-to-image gets each row's start image already encoded (:meth:`encode`, drawing
+        on that row's generator as the pipeline would), so the pipeline skips its own encode.
+        """
         first = requests[rows[0]]
         kind = input_kind(first)
         assert kind is not None
         pipeline = self.pipeline(kind)
         decoded = _decoded(requests, set(rows))
-        out: dict[str, Any] = {"image": [decoded[k][0] for k in rows], "strength": strength_of(first)}
+        out: dict[str, Any] = {"strength": strength_of(first)}
         if kind == "inpaint":
-            out["mask_image"] = [decoded[k][1] for k in rows]
+            out.update(image=[decoded[k][0] for k in rows], mask_image=[decoded[k][1] for k in rows])
+        else:
+            starts = {k: image for k, (image, _) in decoded.items()}
+            out["image"] = self.encode(starts, rows, generators, first.width, first.height)
         if "width" in inspect.signature(pipeline.__call__).parameters:  # SDXL's img2img has none
             out.update(width=first.width, height=first.height)
         return pipeline, out
+
+    def encode(
+        self, images: Mapping[int, Image.Image], rows: Sequence[int], generators: Sequence[torch.Generator],
+        width: int, height: int,
+    ) -> torch.Tensor:
+        """Start images as the latents image-to-image noises, ``(B, C, h, w)``, row ``i`` from
+        ``images[rows[i]]``: each image encoded once, and each row a sample of its encoding
+        drawn with that row's generator (what the pipelines do, encoding once per row),
+        shifted and scaled as they do.
+
+        The VAE runs in its own dtype. diffusers' SDXL pipelines would upcast a
+        ``force_upcast`` VAE to float32 for this and cast it back to the *prompt's* dtype
+        (float16), leaving the worker's bfloat16 or float32 VAE in the float16 that
+        overflows; encoding here keeps it as it is and skips the float32 encode.
+        """
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        vae = self.base.vae
+        order = sorted(images)
+        pixels = self.base.image_processor.preprocess([images[k] for k in order], height=height, width=width)
+        pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+        with torch.no_grad():  # not inference_mode: the pipeline updates these latents in place
+            encoded = {k: vae.encode(pixels[i : i + 1]).latent_dist for i, k in enumerate(order)}
+            latents = torch.cat([
+                encoded[k].mean + encoded[k].std * randn_tensor(
+                    encoded[k].mean.shape, generator=generator, device=vae.device, dtype=vae.dtype)
+                for k, generator in zip(rows, generators, strict=True)
+            ])
+        return _normalized(vae.config, latents)
 
     def start_latents(self, requests: Sequence[Any], rows: Sequence[int], device: Any) -> torch.Tensor:
         """Strength 0: each row's start image as the latents the denoiser would see (the
@@ -164,16 +203,36 @@ class ImageInputs:
         pixels = self.base.image_processor.preprocess(
             [decoded[k][0] for k in rows], height=first.height, width=first.width
         ).to(device=device, dtype=vae.dtype)
-        config = vae.config
         with torch.inference_mode():
             latents: torch.Tensor = vae.encode(pixels).latent_dist.mode()
-        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-        if mean is not None and std is not None:  # the inverse of vae.decode_latents
-            mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
-            std_t = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
-            return (latents - mean_t) * float(config.scaling_factor) / std_t
-        shift = getattr(config, "shift_factor", None)
-        return (latents - float(shift or 0.0)) * float(config.scaling_factor)
+        return _normalized(vae.config, latents)
+
+
+def _normalized(config: Any, latents: torch.Tensor) -> torch.Tensor:
+    """VAE latents as the denoiser sees them (the inverse of :func:`~.vae.decode_latents`)."""
+    import torch
+
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+        std_t = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+        return (latents - mean_t) * float(config.scaling_factor) / std_t
+    shift = getattr(config, "shift_factor", None)
+    return (latents - float(shift or 0.0)) * float(config.scaling_factor)
+
+
+def sharing(pipeline_class: type, base: Any) -> Any:
+    """A ``pipeline_class`` made of ``base``'s modules (the same objects) and its config.
+
+    Not diffusers' ``from_pipe``: that ends with ``to(dtype=...)`` on the new pipeline,
+    float32 when no dtype is given, which casts the shared modules in place (a FLUX.1
+    transformer doubles to 48 GB; CUDA graphs captured on the old weights then read freed
+    memory), and one dtype would not fit anyway: the VAE runs in another dtype than the
+    denoiser. Components the class takes that ``base`` lacks stay at their defaults.
+    """
+    accepted = inspect.signature(pipeline_class.__init__).parameters  # type: ignore[misc]
+    given = {**{k: v for k, v in base.config.items() if not k.startswith("_")}, **base.components}
+    return pipeline_class(**{k: v for k, v in given.items() if k in accepted})
 
 
 def _decoded(requests: Sequence[Any], indices: set[int]) -> dict[int, tuple[Image.Image, Image.Image | None]]:

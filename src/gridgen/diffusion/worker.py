@@ -458,7 +458,7 @@ class DiffusionWorker(RankSteps):
         pipeline, extra = self.pipeline, {"width": first.width, "height": first.height}
         tensors = list(self.family.step_tensors)
         if input_kind(first) is not None:  # image-to-image or inpainting: a start image per row
-            pipeline, extra = ImageInputs.of(self).call(run.requests, [slot.request for slot in slots])
+            pipeline, extra = ImageInputs.of(self).call(run.requests, [slot.request for slot in slots], generators)
             tensors = ["latents"]  # their loops keep more per-row tensors: rows never leave
         shrink = (
             pipeline is self.pipeline
@@ -481,17 +481,24 @@ class DiffusionWorker(RankSteps):
         if self._cache_counter is not None:
             # The cache's residuals belong to the last call's images: never carried over.
             getattr(self.pipeline, self.family.denoiser)._reset_stateful_cache()
-        output = pipeline(
-            **embeds,
-            **extra,
-            num_inference_steps=first.num_inference_steps,
-            num_images_per_prompt=1,
-            generator=generators,
-            output_type="latent",
-            callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=tensors,
-            **self.family.call_kwargs(first),
-        )
+        vae, vae_dtype = self.pipeline.vae, self.pipeline.vae.dtype
+        try:
+            output = pipeline(
+                **embeds,
+                **extra,
+                num_inference_steps=first.num_inference_steps,
+                num_images_per_prompt=1,
+                generator=generators,
+                output_type="latent",
+                callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=tensors,
+                **self.family.call_kwargs(first),
+            )
+        finally:
+            if vae.dtype != vae_dtype:
+                # diffusers' SDXL inpainting encodes with a float32 VAE and casts it back to
+                # the prompt's dtype: the float16 this VAE overflows in.
+                vae.to(dtype=vae_dtype)
         if graphed:  # captured (or compiled) at the first step, cancelled or not
             self.warm.add("unet", size, rows)
         if self._cache_counter is not None:
