@@ -14,7 +14,7 @@ request (``invoke``), the median of ``--repeats`` runs after one warm-up:
   gives ``a``'s image byte for byte, and not the no-adapter image (no stale CUDA graph); ``active_ratio`` = ``none`` / ``same``
   (throughput with one active adapter relative to none);
 * ``first_load_s``: the first request naming ``c`` (not loaded, read from local disk) minus ``same``;
-* ``mixed_queue_s``: 8 one-image requests submitted at once, half ``a`` and half none,
+* ``mixed_queue_s``: ``--queue`` one-image requests (8) submitted at once, half ``a`` and half none,
   interleaved, against ``plain_queue_s`` with none: the runner merges only requests of the
   same adapter set, so the mixed queue runs as two merged calls instead of one;
 * ``baseline_none_s``: the same no-adapter request on a runner started *without* adapter
@@ -140,10 +140,10 @@ async def bench_model(model: str, args: argparse.Namespace, report: Report) -> N
         async with DistributedRunner(worker_cls, world_size=1, setup_kwargs=plain) as runner:
             await timed(runner, base)
             report.put(model, "baseline_none_s", await series(runner, [base] * n))
-            report.put(model, "baseline_plain_queue_s", await queue(runner, [base] * 8))
+            report.put(model, "baseline_plain_queue_s", await queue(runner, [base] * args.queue))
 
     setup = {"model": model, "optimize": args.optimize, "lora_dir": str(folder), "lora_max_rank": args.rank}
-    async with DistributedRunner(worker_cls, world_size=1, setup_kwargs=setup, max_batch=8) as runner:
+    async with DistributedRunner(worker_cls, world_size=1, setup_kwargs=setup, max_batch=args.queue) as runner:
         await timed(runner, base)
         await timed(runner, with_a)
         await timed(runner, with_b)
@@ -162,11 +162,11 @@ async def bench_model(model: str, args: argparse.Namespace, report: Report) -> N
         report.put(model, "active_ratio", none / same)
         first = await timed(runner, {**base, "loras": [{"name": "c", "scale": 0.8}]})
         report.put(model, "first_load_s", first - same)
-        mixed = [with_a if i % 2 == 0 else base for i in range(8)]
+        mixed = [with_a if i % 2 == 0 else base for i in range(args.queue)]
         await queue(runner, mixed)  # warm the merged shapes (4 images)
         report.put(model, "mixed_queue_s", await queue(runner, mixed))
-        await queue(runner, [base] * 8)  # warm the 8-image shape
-        report.put(model, "plain_queue_s", await queue(runner, [base] * 8))
+        await queue(runner, [base] * args.queue)  # warm the merged shape
+        report.put(model, "plain_queue_s", await queue(runner, [base] * args.queue))
 
 
 def main() -> None:
@@ -176,6 +176,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--queue", type=int, default=8, help="requests in the queued figures")
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--optimize", default="auto", choices=("auto", "graphs", "compile", "none"),
                         help="the workers' speed path (auto: CUDA graphs for SDXL, fused QKV for "
