@@ -10,6 +10,7 @@ recompile) are the same whatever the backend, and inductor on this CPU would tak
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,38 @@ def test_flux_adapters_go_through_the_transformers_slot(lora_folders: dict[str, 
     both = with_loras(SMALL, ("a", 0.8), ("b", -1.0))
     assert apart(pixels(fast(**both)), pixels(eager(**both))) < 0.05
     assert same(pixels(fast(**SMALL)), pixels(eager(**SMALL)))
+
+
+def test_an_active_slot_adds_its_product_inside_the_second_matmul(fast: SDXLWorker) -> None:
+    """A slot layer with an adapter on runs the base matmul and two low-rank ones, the last
+    adding into the base result (``addmm``): no elementwise pass over the layer's output.
+    PEFT's own forward, kept as the reference, makes two (times the scaling, plus)."""
+    import torch
+    from peft.tuners.lora.layer import Linear as PeftLinear
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    slots = fast.lora_cache.backend
+    assert isinstance(slots, LoraSlots)
+    fast(**with_loras(SMALL, ("a", 1.0)))  # leaves a's weights in the slot, and the slot on
+    layer = next(module for module in slots.layers.values() if module.lora_A["gridgen_slot"].weight.abs().sum() > 0)
+    x = torch.randn(2, 16, layer.in_features)
+    with torch.no_grad():
+        with Ops() as fused:
+            got = layer(x)
+        with Ops() as peft:
+            want = PeftLinear.forward(layer, x)
+    assert not {"mul", "add"} & set(fused.names), fused.names
+    assert "addmm" in fused.names and {"mul", "add"} <= set(peft.names), (fused.names, peft.names)
+    torch.testing.assert_close(got, want)
+    fast(**SMALL)
+    with torch.no_grad():
+        assert torch.equal(layer(x), layer.base_layer(x))  # the slot off: the base layer alone

@@ -11,8 +11,9 @@ stacked along the rank, their up projections side by side, each scaled by
 the code path or a shape, so the compiled graph and the captured CUDA graphs stay valid
 and read the new weights.
 
-A request without adapters runs with the slot disabled: PEFT then calls the untouched base
-layers, bit for bit the base model. The compiler traces that path once (one more graph,
+Each slot layer's forward is PEFT's computation with the addition fused into the second
+low-rank matmul (:func:`_slot_forward`). A request without adapters runs with the slot
+disabled: the layers call their untouched base layers, bit for bit the base model. The compiler traces that path once (one more graph,
 made at warm-up); CUDA graphs are keyed on it (:attr:`LoraSlots.enabled`).
 
 Limits, refused with :class:`~gridgen.LoraLoadError`: an adapter for layers outside the
@@ -25,6 +26,7 @@ adds no graph; the first request without adapters adds one, after which none.
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +80,8 @@ class LoraSlots:
         self.denoiser.add_adapter(config, adapter_name=SLOT)
         modules = dict(self.denoiser.named_modules())
         self.layers = {name: modules[name] for name in targets}
+        for module in self.layers.values():
+            module.forward = types.MethodType(_slot_forward, module)
         self._written: set[str] = set()
         self._zero(self.layers)
         self.enabled = True
@@ -167,6 +171,28 @@ class LoraSlots:
             for module in layers.values():
                 module.lora_A[SLOT].weight.zero_()
                 module.lora_B[SLOT].weight.zero_()
+
+
+def _slot_forward(layer: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+    """A slot layer's forward: PEFT's result, ``base(x) + B(A(x))`` (the slot's scaling is 1),
+    with the addition done by the second matmul (``addmm``: cuBLAS adds it as it writes).
+
+    PEFT computes ``result + lora_B(lora_A(x)) * scaling``: two more passes over the layer's
+    whole output (the multiply, even by 1, and the add) on every slot layer of every step,
+    which cost more than the low-rank matmuls themselves.
+    """
+    import torch
+
+    result = layer.base_layer(x, *args, **kwargs)
+    if layer.disable_adapters:
+        return result
+    down = layer.lora_A[SLOT].weight
+    up = layer.lora_B[SLOT].weight
+    low = torch.nn.functional.linear(x.to(down.dtype), down)
+    if up.dtype != result.dtype:
+        return result + torch.nn.functional.linear(low, up).to(result.dtype)
+    flat = torch.addmm(result.reshape(-1, result.shape[-1]), low.reshape(-1, low.shape[-1]), up.t())
+    return flat.view(result.shape).to(result.dtype)
 
 
 def _unpack(parsed: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
