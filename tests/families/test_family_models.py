@@ -139,3 +139,18 @@ def test_flux_random_full_size_on_gpu() -> None:
     pipeline.set_progress_bar_config(disable=True)
     latents = pipeline(prompt="x", num_inference_steps=2, output_type="latent").images
     assert latents.shape == (1, 4096, 64) and torch.isfinite(latents).all()
+
+
+def test_on_a_gpu_flux_and_sd3_default_to_bfloat16_and_sdxl_to_float16() -> None:
+    """FLUX.1 and SD3.5 are published in bfloat16 and their T5-XXL overflows float16, so
+    ``dtype=None`` must not put them there; on CPU every family runs float32."""
+    from gridgen.diffusion._env import resolve_dtype
+    from gridgen.diffusion.families import FAMILIES
+
+    wanted = {"sdxl": torch.float16, "flux-dev": torch.bfloat16, "flux-schnell": torch.bfloat16,
+              "sd3": torch.bfloat16}
+    assert set(FAMILIES) == set(wanted)
+    for name, family in FAMILIES.items():
+        assert resolve_dtype(None, "cuda:0", family.cuda_dtype) == wanted[name], name
+        assert resolve_dtype(None, "cpu", family.cuda_dtype) == torch.float32, name
+        assert resolve_dtype("fp16", "cuda:0", family.cuda_dtype) == torch.float16, name

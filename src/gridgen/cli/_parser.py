@@ -62,8 +62,9 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
                        help="image size of the warm-up, e.g. 512x512 (default: generate's "
                        "--width/--height; serve: 1024x1024)")
     speed.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
-                       help="weights and activations (default: fp16 on GPUs, fp32 on CPU); bf16 is "
-                       "about 3 %% faster on an H200 and less precise")
+                       help="weights and activations (default on GPUs: fp16 for SDXL, bf16 for FLUX.1 "
+                       "and SD3.5, which overflow fp16; fp32 on CPU); bf16 SDXL is about 3 %% faster "
+                       "on an H200 and less precise")
     speed.add_argument("--quantize", choices=("fp8",), default=None,
                        help="fp8: float8 weights and activations in FLUX.1/SD3.5's transformer (needs "
                        "--optimize compile, torchao and a GPU of compute capability 8.9+; changes the "

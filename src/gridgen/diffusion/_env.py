@@ -1,7 +1,7 @@
 """The model libraries as gridgen uses them, and where it keeps what it builds.
 
 diffusers and transformers are imported here only, quietly unless ``GRIDGEN_VERBOSE=1``;
-dtypes are resolved here only (``None`` means float16 on CUDA, float32 elsewhere).
+dtypes are resolved here only (``None`` means the family's GPU dtype on CUDA, float32 elsewhere).
 """
 
 from __future__ import annotations
@@ -37,12 +37,15 @@ _DTYPE_NAMES = {
 }
 
 
-def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device | str) -> torch.dtype:
-    """``None`` means float16 on CUDA and float32 elsewhere; strings like ``"fp16"`` are accepted."""
+def resolve_dtype(
+    dtype: torch.dtype | str | None, device: torch.device | str, cuda_default: str = "float16"
+) -> torch.dtype:
+    """``None`` means ``cuda_default`` on CUDA and float32 elsewhere; strings like ``"fp16"``
+    are accepted."""
     import torch
 
     if dtype is None:
-        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+        dtype = cuda_default if torch.device(device).type == "cuda" else "float32"
     if isinstance(dtype, torch.dtype):
         return dtype
     name = _DTYPE_NAMES.get(str(dtype).lower().removeprefix("torch."))

@@ -22,11 +22,12 @@ Masks are diffusers': white repaints, black keeps (see :mod:`gridgen.inputs`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
 import inspect
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequestError
@@ -46,8 +47,10 @@ __all__ = [
     "input_merge_key",
     "input_steps",
     "refuse_unsupported_inputs",
+    "sharing",
     "strength_of",
     "supported",
+    "vae_dtype_kept",
 ]
 
 DEFAULT_STRENGTH = {"img2img": 0.6, "inpaint": 1.0}
@@ -219,6 +222,19 @@ def _normalized(config: Any, latents: torch.Tensor) -> torch.Tensor:
         return (latents - mean_t) * float(config.scaling_factor) / std_t
     shift = getattr(config, "shift_factor", None)
     return (latents - float(shift or 0.0)) * float(config.scaling_factor)
+
+
+@contextlib.contextmanager
+def vae_dtype_kept(vae: Any) -> Iterator[None]:
+    """Put ``vae`` back in its dtype after the block: diffusers' SDXL inpainting encodes
+    with the VAE in float32 and casts it back to the prompt's dtype, the float16 the
+    worker's VAE overflows in."""
+    dtype = vae.dtype
+    try:
+        yield
+    finally:
+        if vae.dtype != dtype:
+            vae.to(dtype=dtype)
 
 
 def sharing(pipeline_class: type, base: Any) -> Any:

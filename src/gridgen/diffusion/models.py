@@ -144,7 +144,7 @@ def load_family_pipeline(
     if family is SDXL:
         return load_pipeline(model, device=device, dtype=dtype, **from_pretrained_kwargs)
     target = torch.device(device)
-    torch_dtype = resolve_dtype(dtype, target)
+    torch_dtype = resolve_dtype(dtype, target, family.cuda_dtype)
     if model in _CONFIGS:
         return build_random(model, target, torch_dtype)
     pipeline_cls = getattr(_d(), family.pipeline_class)

@@ -58,7 +58,7 @@ from .batching import (
     drop_cancelled,
     stack_gathered,
 )
-from .conditioning import ImageInputs, input_kind, input_merge_key
+from .conditioning import ImageInputs, input_kind, input_merge_key, vae_dtype_kept
 from .encoding import OutputEncoder
 from .families import SDXL, Family
 from .fast import (
@@ -170,7 +170,8 @@ class DiffusionWorker(RankSteps):
                 ``"tiny-flux"``, ``"tiny-sd3"`` (tiny random models, no download),
                 ``"sdxl-random"``, ``"flux-random"``, ``"sd3-random"`` (full-size
                 architectures, random weights). ``None``: :attr:`default_model`.
-            dtype: ``None`` = float16 on CUDA, float32 on CPU; or a dtype / ``"bf16"`` etc.
+            dtype: ``None`` = float32 on CPU, else the family's ``cuda_dtype`` (float16 for
+                SDXL, bfloat16 for FLUX.1 and SD3.5); or a dtype / ``"bf16"`` etc.
             preview: ``"auto"`` (TAESD when ``preview_model`` is given, else linear),
                 ``"taesd"`` (an ``AutoencoderTiny``; ``preview_model`` defaults to
                 ``madebyollin/taesdxl``, or the tiny model's own decoder for ``model="tiny"``;
@@ -242,7 +243,7 @@ class DiffusionWorker(RankSteps):
         sources = check_lora_options(loras, lora_dir, max_loras, max_lora_bytes, lora_max_rank, quantize)
         thread_lock_for_progress_bars()
         self.model = model
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.dtype = resolve_dtype(dtype, self.device, self.family.cuda_dtype)
         self.parallel = Parallelism.parse(parallel)
         check_parallel(self.parallel, self.family, self.world_size, str(self.device), self.dtype, step_cache)
         self.pipeline = load_family_pipeline(
@@ -481,8 +482,7 @@ class DiffusionWorker(RankSteps):
         if self._cache_counter is not None:
             # The cache's residuals belong to the last call's images: never carried over.
             getattr(self.pipeline, self.family.denoiser)._reset_stateful_cache()
-        vae, vae_dtype = self.pipeline.vae, self.pipeline.vae.dtype
-        try:
+        with vae_dtype_kept(self.pipeline.vae):
             output = pipeline(
                 **embeds,
                 **extra,
@@ -494,11 +494,6 @@ class DiffusionWorker(RankSteps):
                 callback_on_step_end_tensor_inputs=tensors,
                 **self.family.call_kwargs(first),
             )
-        finally:
-            if vae.dtype != vae_dtype:
-                # diffusers' SDXL inpainting encodes with a float32 VAE and casts it back to
-                # the prompt's dtype: the float16 this VAE overflows in.
-                vae.to(dtype=vae_dtype)
         if graphed:  # captured (or compiled) at the first step, cancelled or not
             self.warm.add("unet", size, rows)
         if self._cache_counter is not None:

@@ -58,6 +58,8 @@ class Family:
     latent_rgb: tuple[tuple[RGB, ...], RGB] = ((), (0.0, 0.0, 0.0))
     """Linear latent-to-RGB preview factors (one row per latent channel) and bias."""
     default_max_sequence_length: int | None = None
+    cuda_dtype: str = "float16"
+    """The weights' dtype on a GPU when ``setup(dtype=None)`` (float32 on CPU, always)."""
     denoiser: str = "transformer"
     """The pipeline's attribute holding the denoising model (``"unet"`` for SDXL)."""
     compile_blocks: tuple[str, ...] = ()

@@ -65,6 +65,7 @@ _NO_NEGATIVE = "not supported by {title}: it is guidance-distilled and has no ne
 
 class _Flux(Family):
     pipeline_class = "FluxPipeline"
+    cuda_dtype = "bfloat16"  # FLUX.1 is trained and published in bfloat16; T5-XXL overflows float16
     step_tensors = ("latents", "prompt_embeds")
     latent_rgb = (FLUX_LATENT_RGB_FACTORS, FLUX_LATENT_RGB_BIAS)
     parallel_refusals = {

@@ -41,6 +41,7 @@ class SD3Request(CommonRequest):
 
 class _SD3(Family):
     name, title, pipeline_class = "sd3", "Stable Diffusion 3.5", "StableDiffusion3Pipeline"
+    cuda_dtype = "bfloat16"  # SD3.5 is published in bfloat16; its T5-XXL overflows float16
     request_model = SD3Request
     step_tensors = ("latents", "prompt_embeds", "pooled_prompt_embeds")
     latent_rgb = (SD3_LATENT_RGB_FACTORS, SD3_LATENT_RGB_BIAS)
