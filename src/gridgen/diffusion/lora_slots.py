@@ -13,8 +13,9 @@ and read the new weights.
 
 Each slot layer's forward is PEFT's computation with the addition fused into the second
 low-rank matmul (:func:`_slot_forward`). A request without adapters runs with the slot
-disabled: the layers call their untouched base layers, bit for bit the base model. The compiler traces that path once (one more graph,
-made at warm-up); CUDA graphs are keyed on it (:attr:`LoraSlots.enabled`).
+disabled: the layers call their untouched base layers, bit for bit the base model. The
+compiler traces that path once (one more graph, made at warm-up); CUDA graphs are keyed on
+it (:attr:`LoraSlots.enabled`).
 
 Limits, refused with :class:`~gridgen.LoraLoadError`: an adapter for layers outside the
 slot (the text encoders, convolutions: serve those with ``optimize="none"``), and a request
