@@ -40,7 +40,7 @@ def _worker_class(model: str) -> type:
     base = worker_for(model)
 
     class Bench(base):  # type: ignore[valid-type, misc]
-        """The family's worker, reporting rank 0's peak GPU memory with each result."""
+        """The family's worker, reporting rank 0's peak GPU memory and setup phases with each result."""
 
         def setup(self, *args: Any, **kwargs: Any) -> None:
             import torch
@@ -55,7 +55,8 @@ def _worker_class(model: str) -> type:
 
             results = super().run_batch(batch)
             peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
-            return [{**r, "peak_gib": peak} if isinstance(r, dict) and r else r for r in results]
+            return [{**r, "peak_gib": peak, "setup_phases": self.setup_phases} if isinstance(r, dict) and r else r
+                    for r in results]
 
     Bench.__qualname__ = Bench.__name__ = f"Bench{base.__name__}"
     return Bench
@@ -108,6 +109,12 @@ async def runner_mode(args: argparse.Namespace, log: Log) -> None:
     async with runner:
         startup = time.perf_counter() - started
         log(mode="runner", setup=args.setup, startup_s=round(startup, 1))
+        first = await runner.invoke(_payload(args, 1, seed=0))
+        phases = {name: round(seconds, 2) for name, seconds in first["setup_phases"].items()}
+        # What users with real weights pay: the start without the random-weight build ("load").
+        log(mode="runner", setup=args.setup, setup_phases=phases,
+            process_start_s=round(startup - sum(phases.values()), 1),
+            startup_without_load_s=round(startup - phases.get("load", 0.0), 1))
         for images in args.images:
             for stream in (False, True) if images == 1 and args.previews else (False,):
                 times, result = [], None
