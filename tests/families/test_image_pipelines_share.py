@@ -85,7 +85,14 @@ def test_image_to_image_gives_what_diffusers_own_pipeline_gives(model: str, fami
     guidance = 3.5
     request = {**SMALL, "image": START, "strength": 0.6, "num_images": 2, "seed": 5, "guidance_scale": guidance,
                "output": "images"}
-    (result,) = worker.run_batch(Batch.of([request]))
+    vae, encodes = worker.pipeline.vae, []
+    encode = vae.encode
+    vae.encode = lambda *args, **kwargs: encodes.append(1) or encode(*args, **kwargs)
+    try:
+        (result,) = worker.run_batch(Batch.of([request]))
+    finally:
+        del vae.encode
+    assert len(encodes) == 1  # one start image, two rows: encoded once
     ours = [pixels(image).astype(int) for image in result["images"]]
 
     pipeline = ImageInputs.of(worker).pipeline("img2img")
