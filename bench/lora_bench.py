@@ -137,9 +137,10 @@ async def bench_model(model: str, args: argparse.Namespace, report: Report) -> N
 
     if not args.skip_baseline:
         plain = {"model": model, "optimize": args.optimize}
-        async with DistributedRunner(worker_cls, world_size=1, setup_kwargs=plain) as runner:
+        async with DistributedRunner(worker_cls, world_size=1, setup_kwargs=plain, max_batch=args.queue) as runner:
             await timed(runner, base)
             report.put(model, "baseline_none_s", await series(runner, [base] * n))
+            await queue(runner, [base] * args.queue)  # warm the merged shape, as below
             report.put(model, "baseline_plain_queue_s", await queue(runner, [base] * args.queue))
 
     setup = {"model": model, "optimize": args.optimize, "lora_dir": str(folder), "lora_max_rank": args.rank}
