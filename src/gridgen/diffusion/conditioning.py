@@ -183,11 +183,8 @@ class ImageInputs:
         from diffusers.utils.torch_utils import randn_tensor
 
         vae = self.base.vae
-        order = sorted(images)
-        pixels = self.base.image_processor.preprocess([images[k] for k in order], height=height, width=width)
-        pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+        encoded = self._encodings(images, width, height)
         with torch.no_grad():  # not inference_mode: the pipeline updates these latents in place
-            encoded = {k: vae.encode(pixels[i : i + 1]).latent_dist for i, k in enumerate(order)}
             latents = torch.cat([
                 encoded[k].mean + encoded[k].std * randn_tensor(
                     encoded[k].mean.shape, generator=generator, device=vae.device, dtype=vae.dtype)
@@ -195,20 +192,28 @@ class ImageInputs:
             ])
         return _normalized(vae.config, latents)
 
-    def start_latents(self, requests: Sequence[Any], rows: Sequence[int], device: Any) -> torch.Tensor:
+    def start_latents(self, requests: Sequence[Any], rows: Sequence[int]) -> torch.Tensor:
         """Strength 0: each row's start image as the latents the denoiser would see (the
         VAE encoding's mode, shifted and scaled as the pipelines do), ``(B, C, h, w)``."""
         import torch
 
-        vae = self.base.vae
         first = requests[rows[0]]
-        decoded = _decoded(requests, set(rows))
-        pixels = self.base.image_processor.preprocess(
-            [decoded[k][0] for k in rows], height=first.height, width=first.width
-        ).to(device=device, dtype=vae.dtype)
-        with torch.inference_mode():
-            latents: torch.Tensor = vae.encode(pixels).latent_dist.mode()
-        return _normalized(vae.config, latents)
+        starts = {k: image for k, (image, _) in _decoded(requests, set(rows)).items()}
+        encoded = self._encodings(starts, first.width, first.height)
+        latents = torch.cat([encoded[k].mode() for k in rows])
+        return _normalized(self.base.vae.config, latents)
+
+    def _encodings(self, images: Mapping[int, Image.Image], width: int, height: int) -> dict[int, Any]:
+        """Each image's VAE encoding (a diagonal Gaussian), one encode per image, in the
+        VAE's own dtype."""
+        import torch
+
+        vae = self.base.vae
+        order = sorted(images)
+        pixels = self.base.image_processor.preprocess([images[k] for k in order], height=height, width=width)
+        pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+        with torch.no_grad():
+            return {k: vae.encode(pixels[i : i + 1]).latent_dist for i, k in enumerate(order)}
 
 
 def _normalized(config: Any, latents: torch.Tensor) -> torch.Tensor:

@@ -446,7 +446,7 @@ class DiffusionWorker(RankSteps):
 
         first = run.requests[0]
         if input_kind(first) is not None and run.total_steps == 0:  # strength 0: nothing to denoise
-            return ImageInputs.of(self).start_latents(run.requests, [s.request for s in run.mine], self.device)
+            return ImageInputs.of(self).start_latents(run.requests, [s.request for s in run.mine])
         size = (first.width, first.height)
         graphed = self.fixed_shapes
         rows = self.warm.pad("unet", size, len(run.mine)) if graphed else len(run.mine)
