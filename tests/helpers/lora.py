@@ -16,17 +16,19 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def make_lora(
-    pipeline: Any, family: str, path: Path, seed: int, rank: int = 4, std: float = 0.5
+    pipeline: Any, family: str, path: Path, seed: int, rank: int = 4, std: float = 0.5,
+    targets: list[str] = TARGETS,
 ) -> Path:
-    """Write a random rank-``rank`` adapter for ``pipeline``'s denoiser to the file ``path``
-    (a ``.safetensors`` name) and return it; the pipeline is left without it."""
+    """Write a random rank-``rank`` adapter of the layers ``targets`` for ``pipeline``'s
+    denoiser to the file ``path`` (a ``.safetensors`` name) and return it; the pipeline is
+    left without it."""
     import torch
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     attribute, argument = _DENOISER[family]
     model = getattr(pipeline, attribute)
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS, init_lora_weights=False)
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False)
     model.add_adapter(config, adapter_name="made_in_test")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -144,3 +144,29 @@ def test_an_active_slot_adds_its_product_inside_the_second_matmul(fast: SDXLWork
     fast(**SMALL)
     with torch.no_grad():
         assert torch.equal(layer(x), layer.base_layer(x))  # the slot off: the base layer alone
+
+
+def test_the_slot_covers_the_attention_projections_unless_asked_for_all(tmp_path: Path) -> None:
+    """By default the slot leaves the feed-forward layers alone (they cost an active adapter
+    the most time); an adapter of those is refused, naming the option that serves it."""
+    from gridgen import LoraLoadError
+    from gridgen.diffusion import load_family_pipeline
+    from gridgen.diffusion.models import family_of
+
+    from helpers.lora import make_lora
+
+    pipeline = load_family_pipeline(family_of("tiny"), "tiny", device="cpu", dtype=None)
+    make_lora(pipeline, "sdxl", tmp_path / "ff.safetensors", seed=5, targets=["to_q", "ff.net.2"])
+    eager, attention, every = SDXLWorker(), SDXLWorker(), SDXLWorker()
+    eager.setup(model="tiny", optimize="none", lora_dir=str(tmp_path))
+    attention.setup(model="tiny", optimize="graphs", lora_dir=str(tmp_path), lora_max_rank=4)
+    every.setup(model="tiny", optimize="graphs", lora_dir=str(tmp_path), lora_max_rank=4, lora_layers="all")
+    covered = set(attention.lora_cache.backend.layers)
+    assert covered and all(name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v", "0") for name in covered)
+    assert covered < set(every.lora_cache.backend.layers)
+    assert any(name.endswith("ff.net.2") for name in every.lora_cache.backend.layers)
+    with pytest.raises(LoraLoadError, match=r"ff\.net\.2.*lora_layers='all' \(--lora-layers all\)"):
+        attention(**with_loras(SMALL, ("ff", 1.0)))
+    assert same(pixels(attention(**SMALL)), pixels(eager(**SMALL)))  # and it serves on
+    want = pixels(eager(**with_loras(SMALL, ("ff", 1.0))))
+    assert apart(pixels(every(**with_loras(SMALL, ("ff", 1.0)))), want) < 0.05

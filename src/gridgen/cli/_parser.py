@@ -94,6 +94,10 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
     adapters.add_argument("--lora-max-rank", type=positive_int, default=None, metavar="R",
                           help="with --optimize on: the rank of the slot adapters are written into, "
                           "at least the sum of the ranks one request combines (default 64)")
+    adapters.add_argument("--lora-layers", choices=("attention", "all"), default=None,
+                          help="with --optimize on: the layers the slot covers, the attention "
+                          "projections (default: what trainers target, and cheaper) or every "
+                          "Linear layer of the transformer blocks")
     group.add_argument(
         "--verbose",
         "-v",

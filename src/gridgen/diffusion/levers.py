@@ -17,6 +17,7 @@ from .fast import (
     resolve_optimize,
 )
 from .lora_cache import LoraCache, setup_loras
+from .lora_slots import LoraLayers
 from .lossy import CacheCounter, Quantize
 
 __all__ = ["Levers", "apply_levers"]
@@ -45,7 +46,7 @@ def apply_levers(
     step_cache: float | None,
     cpu_offload: bool,
     lora_sources: Any,
-    lora_limits: tuple[int, int, int],
+    lora_limits: tuple[int, int, int, LoraLayers],
 ) -> Levers:
     """Put the levers the options ask for on ``pipeline`` (options already checked)."""
     fast = resolve_optimize(optimize, device) != "none"

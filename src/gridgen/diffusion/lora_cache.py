@@ -26,6 +26,7 @@ from .lora import (
     _request_error,
     active_loras,
 )
+from .lora_slots import LORA_LAYERS, LoraLayers
 
 __all__ = [
     "LoraBackend",
@@ -281,17 +282,21 @@ def check_lora_options(
     max_lora_bytes: int,
     lora_max_rank: int,
     quantize: str | None,
+    lora_layers: LoraLayers = "attention",
 ) -> LoraSources:
     """``setup``'s LoRA options, checked before the model loads; the adapter sources.
 
     Raises:
-        ValueError / FileNotFoundError: a bad name, path, bound, or FP8 with adapters.
+        ValueError / FileNotFoundError: a bad name, path, bound or ``lora_layers``, or FP8
+            with adapters.
     """
     sources = LoraSources(loras, lora_dir)
     for name, value, low in (("max_loras", max_loras, 1), ("max_lora_bytes", max_lora_bytes, 1),
                              ("lora_max_rank", lora_max_rank, 1)):
         if type(value) is not int or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if lora_layers not in LORA_LAYERS:
+        raise ValueError(f"lora_layers must be one of {', '.join(LORA_LAYERS)}, got {lora_layers!r}")
     if quantize is not None and not sources.empty:
         raise ValueError(f"quantize={quantize!r} and LoRA adapters do not combine: the float8 "
                          "layers would quantize the adapters' low-rank weights too")
@@ -305,6 +310,7 @@ def setup_loras(
     max_loras: int,
     max_lora_bytes: int,
     lora_max_rank: int,
+    lora_layers: LoraLayers = "attention",
 ) -> LoraCache | None:
     """The worker's cache of adapters from ``sources``, or None when there are none.
 
@@ -316,7 +322,7 @@ def setup_loras(
         return None
     from .lora_slots import LoraSlots
 
-    backend = LoraSlots(pipeline, lora_max_rank) if fast_path else PeftAdapters(pipeline)
+    backend = LoraSlots(pipeline, lora_max_rank, lora_layers) if fast_path else PeftAdapters(pipeline)
     cache = LoraCache(pipeline, sources, max_loras, max_lora_bytes, backend=backend)
     cache.active = ()
     return cache

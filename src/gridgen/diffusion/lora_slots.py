@@ -1,10 +1,12 @@
 """LoRA on the compiled fast path: adapters written into one fixed low-rank slot, so that
 switching adapters never recompiles and never captures a new CUDA graph.
 
-At setup, before anything is compiled or captured, every ``Linear`` layer of the
+At setup, before anything is compiled or captured, the attention projections of the
 denoiser's transformer blocks (SDXL's ``attentions``, FLUX.1's and SD3.5's
-``transformer_blocks`` / ``single_transformer_blocks``) gets one PEFT LoRA adapter, the
-*slot*, of rank ``max_rank`` (``setup(lora_max_rank=...)``), all zeros. A request's
+``transformer_blocks`` / ``single_transformer_blocks``: ``to_q``, ``to_k``, ``to_v``,
+``to_out.0`` and the context stream's ``add_*_proj`` / ``to_add_out``), or with
+``setup(lora_layers="all")`` every ``Linear`` layer of those blocks, get one PEFT LoRA
+adapter, the *slot*, of rank ``max_rank`` (``setup(lora_max_rank=...)``), all zeros. A request's
 adapters are then written into the slot's weights in place: their down projections
 stacked along the rank, their up projections side by side, each scaled by
 ``scale * alpha / rank``; the rest stays zero. Only data changes between requests, never
@@ -31,27 +33,34 @@ import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import LoraLoadError
 
-__all__ = ["DEFAULT_LORA_MAX_RANK", "LoraSlots", "slot_targets"]
+__all__ = ["DEFAULT_LORA_MAX_RANK", "LORA_LAYERS", "LoraLayers", "LoraSlots", "slot_targets"]
 
 logger = logging.getLogger("gridgen.diffusion")
 
 DEFAULT_LORA_MAX_RANK = 64
 """The slot's rank when ``setup(lora_max_rank=...)`` is not given."""
+LoraLayers = Literal["attention", "all"]
+"""The layers the slot covers: the attention projections (what LoRA trainers target by
+default, and the cheaper slot) or every ``Linear`` of the transformer blocks."""
+LORA_LAYERS: tuple[LoraLayers, ...] = ("attention", "all")
 SLOT = "gridgen_slot"
 _BLOCKS = ("attentions", "transformer_blocks", "single_transformer_blocks")
+_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
 
-def slot_targets(denoiser: Any) -> list[str]:
-    """The names of the ``Linear`` layers inside the denoiser's transformer blocks."""
+def slot_targets(denoiser: Any, layers: LoraLayers = "attention") -> list[str]:
+    """The names of the slot's layers: the ``Linear`` layers inside the denoiser's transformer
+    blocks, only their attention projections unless ``layers`` is ``"all"``."""
     import torch
 
     return [
         name for name, module in denoiser.named_modules()
         if type(module) is torch.nn.Linear and any(part in _BLOCKS for part in name.split("."))
+        and (layers == "all" or any(name.endswith("." + p) for p in _PROJECTIONS))
     ]
 
 
@@ -67,16 +76,20 @@ class LoraSlots:
     """The fast path's LoRA backend (see the module docstring and
     :class:`~gridgen.diffusion.lora_cache.LoraBackend`)."""
 
-    def __init__(self, pipeline: Any, max_rank: int = DEFAULT_LORA_MAX_RANK) -> None:
+    def __init__(self, pipeline: Any, max_rank: int = DEFAULT_LORA_MAX_RANK,
+                 layers: LoraLayers = "attention") -> None:
         from peft import LoraConfig
 
         if type(max_rank) is not int or not 1 <= max_rank <= 1024:
             raise ValueError(f"lora_max_rank must be an int from 1 to 1024, got {max_rank!r}")
+        if layers not in LORA_LAYERS:
+            raise ValueError(f"lora_layers must be one of {', '.join(LORA_LAYERS)}, got {layers!r}")
         self.pipeline = pipeline
         self.max_rank = max_rank
+        self.covers = layers
         self.prefix = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
         self.denoiser = getattr(pipeline, self.prefix)
-        targets = slot_targets(self.denoiser)
+        targets = slot_targets(self.denoiser, layers)
         config = LoraConfig(r=max_rank, lora_alpha=max_rank, target_modules=targets)
         self.denoiser.add_adapter(config, adapter_name=SLOT)
         modules = dict(self.denoiser.named_modules())
@@ -110,10 +123,8 @@ class LoraSlots:
                 continue
             layer = key[len(prefix):-len(".lora_A.weight")]
             if layer not in self.layers:
-                raise LoraLoadError(
-                    f"adapter {name!r} adapts {layer!r}, outside the fast path's slot (the "
-                    "Linear layers of the transformer blocks): serve it with optimize='none'"
-                )
+                raise LoraLoadError(f"adapter {name!r} adapts {layer!r}, outside the fast path's slot ("
+                                    + self._outside(layer) + ")")
             down, up = state[key], state[key[: -len("lora_A.weight")] + "lora_B.weight"]
             rank = down.shape[0]
             scaling = _alpha(alphas, metadata, self.prefix, layer, rank) / rank
@@ -123,6 +134,12 @@ class LoraSlots:
             raise LoraLoadError(f"adapter {name!r} holds no LoRA weights for {self.prefix}")
         nbytes = sum(d.numel() * d.element_size() + u.numel() * u.element_size() for d, u in layers.values())
         return _Adapter(layers, int(nbytes)), int(nbytes)
+
+    def _outside(self, layer: str) -> str:
+        if self.covers == "attention" and layer in slot_targets(self.denoiser, "all"):
+            return ("the attention projections of the transformer blocks): start the service with "
+                    "lora_layers='all' (--lora-layers all) or serve it with optimize='none'")
+        return "the Linear layers of the transformer blocks): serve it with optimize='none'"
 
     def unload(self, handle: Any) -> None:
         handle.layers.clear()  # the tensors go with the last reference
