@@ -55,7 +55,7 @@ def _worker_class(model: str) -> type:
 
             results = super().run_batch(batch)
             peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
-            return [{**r, "peak_gib": peak, "setup_phases": self.setup_phases} if isinstance(r, dict) and r else r
+            return [{**r, "peak_gib": peak, "setup_phases": getattr(self, "setup_phases", {})} if isinstance(r, dict) and r else r
                     for r in results]
 
     Bench.__qualname__ = Bench.__name__ = f"Bench{base.__name__}"

@@ -23,7 +23,8 @@ request (``invoke``), the median of ``--repeats`` runs after one warm-up:
   that uses none.
 
 With ``--optimize`` on (the default ``auto`` on a GPU), adapters go through the fast path's
-LoRA slot (:mod:`gridgen.diffusion.lora_slots`), of rank ``--rank``.
+``--lora-mode``: fused into the weights (:mod:`gridgen.diffusion.lora_fusion`, the default)
+or a LoRA slot (:mod:`gridgen.diffusion.lora_slots`) of rank ``--rank``.
 
 The JSON is rewritten after every figure, so a run cut short keeps what it measured.
 """
@@ -143,7 +144,8 @@ async def bench_model(model: str, args: argparse.Namespace, report: Report) -> N
             await queue(runner, [base] * args.queue)  # warm the merged shape, as below
             report.put(model, "baseline_plain_queue_s", await queue(runner, [base] * args.queue))
 
-    setup = {"model": model, "optimize": args.optimize, "lora_dir": str(folder), "lora_max_rank": args.rank}
+    setup = {"model": model, "optimize": args.optimize, "lora_dir": str(folder), "lora_max_rank": args.rank,
+             "lora_mode": args.lora_mode}
     async with DistributedRunner(worker_cls, world_size=1, setup_kwargs=setup, max_batch=args.queue) as runner:
         await timed(runner, base)
         await timed(runner, with_a)
@@ -181,7 +183,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--optimize", default="auto", choices=("auto", "graphs", "compile", "none"),
                         help="the workers' speed path (auto: CUDA graphs for SDXL, fused QKV for "
-                        "FLUX.1; with adapters, their LoRA slot of rank --rank)")
+                        "FLUX.1)")
+    parser.add_argument("--lora-mode", default="fuse", choices=("fuse", "slot"),
+                        help="how the fast path applies adapters: fused into the weights, or a "
+                        "low-rank slot of rank --rank over the attention projections")
     parser.add_argument("--skip-baseline", action="store_true",
                         help="skip the runner without adapter sources")
     args = parser.parse_args()

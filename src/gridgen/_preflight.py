@@ -214,7 +214,7 @@ def _check_size(family: Any, warmup_size: tuple[int, int]) -> None:
 
 def lora_options(args: argparse.Namespace) -> dict[str, Any]:
     """The worker's LoRA ``setup`` arguments (``--lora``, ``--lora-dir``, ``--max-loras``,
-    ``--max-lora-bytes``, ``--lora-max-rank``, ``--lora-layers``), the sources checked before any worker starts."""
+    ``--max-lora-bytes``, ``--lora-max-rank``, ``--lora-mode``, ``--lora-layers``), the sources checked before any worker starts."""
     from .diffusion.lora import LoraSources, parse_byte_size
 
     options: dict[str, Any] = {}
@@ -241,6 +241,8 @@ def lora_options(args: argparse.Namespace) -> dict[str, Any]:
         options["lora_max_rank"] = args.lora_max_rank
     if args.lora_layers is not None:
         options["lora_layers"] = args.lora_layers
+    if args.lora_mode is not None:
+        options["lora_mode"] = args.lora_mode
     if args.max_lora_bytes is not None:
         try:
             options["max_lora_bytes"] = parse_byte_size(args.max_lora_bytes)

@@ -28,13 +28,13 @@ def test_the_options_become_setup_arguments(adapters: dict[str, Path]) -> None:
     args = build_parser().parse_args([
         "serve", "--model", "tiny", "--lora", f"first={adapters['a']}", "--lora", f"second={adapters['b']}",
         "--lora-dir", folder, "--max-loras", "3", "--max-lora-bytes", "64M", "--lora-max-rank", "16",
-        "--lora-layers", "all",
+        "--lora-mode", "slot", "--lora-layers", "all",
     ])
     options = worker_options(args, SDXL)
     assert options["loras"] == {"first": str(adapters["a"]), "second": str(adapters["b"])}
     assert options["lora_dir"] == folder
     assert (options["max_loras"], options["max_lora_bytes"], options["lora_max_rank"]) == (3, 64 << 20, 16)
-    assert options["lora_layers"] == "all"
+    assert (options["lora_mode"], options["lora_layers"]) == ("slot", "all")
 
 
 def test_bad_adapter_options_exit_2_before_any_worker(adapters: dict[str, Path], tiny_cache: str) -> None:

@@ -92,10 +92,14 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
                           help="bytes of adapter weights each worker keeps loaded, e.g. 512M or "
                           "2G (default 4G)")
     adapters.add_argument("--lora-max-rank", type=positive_int, default=None, metavar="R",
-                          help="with --optimize on: the rank of the slot adapters are written into, "
+                          help="with --lora-mode slot: the rank of the slot adapters are written into, "
                           "at least the sum of the ranks one request combines (default 64)")
+    adapters.add_argument("--lora-mode", choices=("fuse", "slot"), default=None,
+                          help="with --optimize on: add adapters into the weights (default: free "
+                          "per step, keeps a copy of each adapted weight) or run them through a "
+                          "low-rank slot (no copy, a cost on every step)")
     adapters.add_argument("--lora-layers", choices=("attention", "all"), default=None,
-                          help="with --optimize on: the layers the slot covers, the attention "
+                          help="with --lora-mode slot: the layers the slot covers, the attention "
                           "projections (default: what trainers target, and cheaper) or every "
                           "Linear layer of the transformer blocks")
     group.add_argument(

@@ -1,5 +1,5 @@
 """Which speed levers a diffusion worker's ``setup`` puts on its pipeline, in their order:
-the LoRA slot first (its layers must exist before anything compiles), then the family's
+the LoRA backend first (a slot's layers must exist before anything compiles), then the family's
 graphs or compile (:mod:`.fast`) with FP8 and the step cache (:mod:`.lossy`), then CPU
 offload last (it moves the models the others prepared)."""
 
@@ -16,8 +16,8 @@ from .fast import (
     optimize_transformer,
     resolve_optimize,
 )
-from .lora_cache import LoraCache, setup_loras
-from .lora_slots import LoraLayers
+from .lora_cache import LoraCache, LoraMode, setup_loras
+from .lora_slots import LoraLayers, LoraSlots
 from .lossy import CacheCounter, Quantize
 
 __all__ = ["Levers", "apply_levers"]
@@ -46,12 +46,12 @@ def apply_levers(
     step_cache: float | None,
     cpu_offload: bool,
     lora_sources: Any,
-    lora_limits: tuple[int, int, int, LoraLayers],
+    lora_limits: tuple[int, int, int, LoraLayers, LoraMode],
 ) -> Levers:
     """Put the levers the options ask for on ``pipeline`` (options already checked)."""
     fast = resolve_optimize(optimize, device) != "none"
     lora_cache = setup_loras(pipeline, lora_sources, fast, *lora_limits)
-    slots = lora_cache.backend if lora_cache is not None and fast else None
+    slots = lora_cache.backend if lora_cache is not None and isinstance(lora_cache.backend, LoraSlots) else None
     graphed_unet = None
     if family.denoiser == "unet":
         graphed_unet = optimize_pipeline(

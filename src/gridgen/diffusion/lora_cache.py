@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..errors import LoraLoadError
 from .lora import (
@@ -27,6 +27,12 @@ from .lora import (
     active_loras,
 )
 from .lora_slots import LORA_LAYERS, LoraLayers
+
+LoraMode = Literal["fuse", "slot"]
+"""How the compiled fast path applies adapters: added into the weights
+(:mod:`~gridgen.diffusion.lora_fusion`) or through a low-rank slot
+(:mod:`~gridgen.diffusion.lora_slots`)."""
+LORA_MODES: tuple[LoraMode, ...] = ("fuse", "slot")
 
 __all__ = [
     "LoraBackend",
@@ -42,8 +48,9 @@ logger = logging.getLogger("gridgen.diffusion")
 
 
 class LoraBackend(Protocol):
-    """How adapters get into one pipeline: :class:`PeftAdapters` (eager) or
-    :class:`~gridgen.diffusion.lora_slots.LoraSlots` (the compiled fast path)."""
+    """How adapters get into one pipeline: :class:`PeftAdapters` (eager), or on the compiled
+    fast path :class:`~gridgen.diffusion.lora_fusion.LoraFusion` or
+    :class:`~gridgen.diffusion.lora_slots.LoraSlots`."""
 
     def load(self, name: str, file: Path) -> tuple[Any, int]:
         """Load adapter ``name`` from ``file``; return a handle for the other calls and its
@@ -283,6 +290,7 @@ def check_lora_options(
     lora_max_rank: int,
     quantize: str | None,
     lora_layers: LoraLayers = "attention",
+    lora_mode: LoraMode = "fuse",
 ) -> LoraSources:
     """``setup``'s LoRA options, checked before the model loads; the adapter sources.
 
@@ -297,6 +305,8 @@ def check_lora_options(
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     if lora_layers not in LORA_LAYERS:
         raise ValueError(f"lora_layers must be one of {', '.join(LORA_LAYERS)}, got {lora_layers!r}")
+    if lora_mode not in LORA_MODES:
+        raise ValueError(f"lora_mode must be one of {', '.join(LORA_MODES)}, got {lora_mode!r}")
     if quantize is not None and not sources.empty:
         raise ValueError(f"quantize={quantize!r} and LoRA adapters do not combine: the float8 "
                          "layers would quantize the adapters' low-rank weights too")
@@ -311,18 +321,23 @@ def setup_loras(
     max_lora_bytes: int,
     lora_max_rank: int,
     lora_layers: LoraLayers = "attention",
+    lora_mode: LoraMode = "fuse",
 ) -> LoraCache | None:
     """The worker's cache of adapters from ``sources``, or None when there are none.
 
-    On the fast path (CUDA graphs, compiled regions), adapters go through one fixed slot
-    (:class:`~gridgen.diffusion.lora_slots.LoraSlots`), added here: call this before the
-    pipeline is compiled or captured.
+    On the fast path (CUDA graphs, compiled regions), adapters are fused into the weights
+    (:class:`~gridgen.diffusion.lora_fusion.LoraFusion`) or, with ``lora_mode="slot"``, go
+    through one fixed slot (:class:`~gridgen.diffusion.lora_slots.LoraSlots`), added here:
+    call this before the pipeline is compiled or captured.
     """
     if sources.empty:
         return None
+    from .lora_fusion import LoraFusion
     from .lora_slots import LoraSlots
 
-    backend = LoraSlots(pipeline, lora_max_rank, lora_layers) if fast_path else PeftAdapters(pipeline)
+    backend: LoraBackend = PeftAdapters(pipeline)
+    if fast_path:
+        backend = LoraFusion(pipeline) if lora_mode == "fuse" else LoraSlots(pipeline, lora_max_rank, lora_layers)
     cache = LoraCache(pipeline, sources, max_loras, max_lora_bytes, backend=backend)
     cache.active = ()
     return cache

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import LoraLoadError
+from .lora_weights import denoiser_prefix, read_adapter
 
 __all__ = ["DEFAULT_LORA_MAX_RANK", "LORA_LAYERS", "LoraLayers", "LoraSlots", "slot_targets"]
 
@@ -87,7 +88,7 @@ class LoraSlots:
         self.pipeline = pipeline
         self.max_rank = max_rank
         self.covers = layers
-        self.prefix = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
+        self.prefix = denoiser_prefix(pipeline)
         self.denoiser = getattr(pipeline, self.prefix)
         targets = slot_targets(self.denoiser, layers)
         config = LoraConfig(r=max_rank, lora_alpha=max_rank, target_modules=targets)
@@ -102,36 +103,10 @@ class LoraSlots:
         self.disable()
 
     def load(self, name: str, file: Path) -> tuple[Any, int]:
-        import torch
+        def refuse(layer: str) -> str | None:
+            return None if layer in self.layers else "outside the fast path's slot (" + self._outside(layer) + ")"
 
-        parsed = type(self.pipeline).lora_state_dict(str(file), return_lora_metadata=True)
-        state, alphas, metadata = _unpack(parsed)
-        prefix = self.prefix + "."
-        others = sorted({key.split(".", 1)[0] for key in state if not key.startswith(prefix)})
-        if others:
-            raise LoraLoadError(
-                f"adapter {name!r} also adapts {', '.join(others)}: the compiled fast path "
-                "adapts the denoiser's transformer blocks only (serve it with optimize='none')"
-            )
-        layers: dict[str, tuple[Any, Any]] = {}
-        device, dtype = self.denoiser.device, self.denoiser.dtype
-        for key in state:
-            if not key.endswith(".lora_A.weight"):
-                if not key.endswith(".lora_B.weight"):
-                    raise LoraLoadError(f"adapter {name!r}: {key!r} is not a plain LoRA weight "
-                                        "(the fast path takes lora_A / lora_B pairs only)")
-                continue
-            layer = key[len(prefix):-len(".lora_A.weight")]
-            if layer not in self.layers:
-                raise LoraLoadError(f"adapter {name!r} adapts {layer!r}, outside the fast path's slot ("
-                                    + self._outside(layer) + ")")
-            down, up = state[key], state[key[: -len("lora_A.weight")] + "lora_B.weight"]
-            rank = down.shape[0]
-            scaling = _alpha(alphas, metadata, self.prefix, layer, rank) / rank
-            with torch.no_grad():
-                layers[layer] = (down.to(device, dtype), (up.float() * scaling).to(device, dtype))
-        if not layers:
-            raise LoraLoadError(f"adapter {name!r} holds no LoRA weights for {self.prefix}")
+        layers = read_adapter(self.pipeline, name, file, refuse)
         nbytes = sum(d.numel() * d.element_size() + u.numel() * u.element_size() for d, u in layers.values())
         return _Adapter(layers, int(nbytes)), int(nbytes)
 
@@ -211,27 +186,3 @@ def _slot_forward(layer: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
         return result + torch.nn.functional.linear(low, up).to(result.dtype)
     flat = torch.addmm(result.reshape(-1, result.shape[-1]), low.reshape(-1, low.shape[-1]), up.t())
     return flat.view(result.shape).to(result.dtype)
-
-
-def _unpack(parsed: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``lora_state_dict``'s answer, whichever family: (state, alphas, metadata)."""
-    if isinstance(parsed, dict):
-        return parsed, {}, {}
-    parts = list(parsed)
-    state, rest = parts[0], parts[1:]
-    metadata = rest.pop() if rest else None
-    alphas = rest[0] if rest else None
-    return state, dict(alphas or {}), dict(metadata or {})
-
-
-def _alpha(alphas: dict[str, Any], metadata: dict[str, Any], prefix: str, layer: str, rank: int) -> float:
-    """A layer's LoRA alpha: kohya's per-layer alphas, else the file's PEFT metadata, else the rank."""
-    for key in (f"{prefix}.{layer}.alpha", f"{layer}.alpha"):
-        if key in alphas:
-            return float(alphas[key])
-    pattern = metadata.get(f"{prefix}.alpha_pattern") or metadata.get("alpha_pattern") or {}
-    for suffix, value in dict(pattern).items():
-        if layer == suffix or layer.endswith("." + suffix):
-            return float(value)
-    alpha = metadata.get(f"{prefix}.lora_alpha", metadata.get("lora_alpha"))
-    return float(alpha) if alpha is not None else float(rank)

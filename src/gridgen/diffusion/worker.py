@@ -69,7 +69,7 @@ from .fast import (
 )
 from .levers import apply_levers
 from .lora import DEFAULT_MAX_LORA_BYTES, DEFAULT_MAX_LORAS, check_request_loras
-from .lora_cache import LoraCache, apply_loras, check_lora_options, lora_warmup_sizes
+from .lora_cache import LoraCache, LoraMode, apply_loras, check_lora_options, lora_warmup_sizes
 from .lora_slots import DEFAULT_LORA_MAX_RANK, LoraLayers
 from .lossy import CacheCounter, Quantize, check_lossy
 from .models import load_family_pipeline, load_preview_decoder
@@ -161,6 +161,7 @@ class DiffusionWorker(RankSteps):
         max_lora_bytes: int = DEFAULT_MAX_LORA_BYTES,
         lora_max_rank: int = DEFAULT_LORA_MAX_RANK,
         lora_layers: LoraLayers = "attention",
+        lora_mode: LoraMode = "fuse",
         parallel: Mapping[str, int] | str | None = None,
         **from_pretrained_kwargs: Any,
     ) -> None:
@@ -215,9 +216,10 @@ class DiffusionWorker(RankSteps):
             loras / lora_dir: LoRA adapters requests may name: ``{"name": path}``, and a folder
                 whose ``*.safetensors`` are adapters named by their stem (``docs/lora.md``).
             max_loras / max_lora_bytes: adapters each rank keeps loaded, least recently used
-                unloaded first. lora_max_rank / lora_layers: the rank of the fast path's adapter
-                slot (:mod:`gridgen.diffusion.lora_slots`), with ``optimize`` on, and the layers
-                it covers: ``"attention"`` (the attention projections) or ``"all"``.
+                unloaded first. lora_mode: with ``optimize`` on, ``"fuse"`` adds adapters into
+                the weights (:mod:`gridgen.diffusion.lora_fusion`), ``"slot"`` runs them through
+                a low-rank slot (:mod:`gridgen.diffusion.lora_slots`) of rank ``lora_max_rank``
+                over ``lora_layers``: ``"attention"`` (the attention projections) or ``"all"``.
             parallel: split one image over a group of ranks, e.g. ``{"cfg": 2}`` (SDXL, SD3.5)
                 or ``{"ulysses": 2}`` (FLUX.1); the groups then share the images (see
                 :mod:`gridgen.diffusion.parallel` and ``docs/parallelism.md``).
@@ -243,7 +245,7 @@ class DiffusionWorker(RankSteps):
         check_setup(type(self), model, self.device, preview, optimize, cpu_offload)
         check_lossy(self.family, self.device, optimize, quantize, step_cache)
         sources = check_lora_options(
-            loras, lora_dir, max_loras, max_lora_bytes, lora_max_rank, quantize, lora_layers
+            loras, lora_dir, max_loras, max_lora_bytes, lora_max_rank, quantize, lora_layers, lora_mode
         )
         thread_lock_for_progress_bars()
         self.model = model
@@ -257,7 +259,7 @@ class DiffusionWorker(RankSteps):
         mark("load")
         levers = apply_levers(
             self.pipeline, self.family, self.device, optimize, compile_regions, text_encoder_graphs,
-            quantize, step_cache, cpu_offload, sources, (max_loras, max_lora_bytes, lora_max_rank, lora_layers),
+            quantize, step_cache, cpu_offload, sources, (max_loras, max_lora_bytes, lora_max_rank, lora_layers, lora_mode),
         )
         self.graphed_unet, self.fixed_shapes = levers.graphed_unet, levers.fixed_shapes
         self.lora_cache, self._cache_counter = levers.lora_cache, levers.cache_counter

@@ -1,5 +1,6 @@
-"""LoRA on the SDXL fast path (``optimize="graphs"``): the adapters go through one fixed slot,
-so switching them changes weights, never the graphs.
+"""LoRA on the fast path through a slot (``optimize="graphs"``, ``lora_mode="slot"``): the
+adapters go through one fixed low-rank slot, so switching them changes weights, never the
+graphs.
 
 On CPU the graphed UNet runs its static-buffer path (no CUDA graph), keyed like the real
 one. Recompiles are counted with ``torch._dynamo``'s counters on the UNet's transformer
@@ -37,7 +38,7 @@ def eager(folder: Path) -> SDXLWorker:
 @pytest.fixture(scope="module")
 def fast(folder: Path) -> SDXLWorker:
     worker = SDXLWorker()
-    worker.setup(model="tiny", optimize="graphs", lora_dir=str(folder), lora_max_rank=8)
+    worker.setup(model="tiny", optimize="graphs", lora_dir=str(folder), lora_max_rank=8, lora_mode="slot")
     assert isinstance(worker.lora_cache.backend, LoraSlots)
     return worker
 
@@ -71,7 +72,7 @@ def test_switching_adapters_never_recompiles(folder: Path) -> None:
     from torch._dynamo.utils import counters
 
     worker = SDXLWorker()
-    worker.setup(model="tiny", optimize="graphs", lora_dir=str(folder), lora_max_rank=8)
+    worker.setup(model="tiny", optimize="graphs", lora_dir=str(folder), lora_max_rank=8, lora_mode="slot")
     torch._dynamo.reset()
     block = next(m for m in worker.pipeline.unet.modules() if isinstance(m, BasicTransformerBlock))
     block.compile(backend="eager", fullgraph=True, dynamic=False)  # one is enough to count
@@ -103,7 +104,7 @@ def test_flux_adapters_go_through_the_transformers_slot(lora_folders: dict[str, 
     folder = str(lora_folders["tiny-flux"])
     eager, fast = FluxWorker(), FluxWorker()
     eager.setup(model="tiny-flux", optimize="none", lora_dir=folder)
-    fast.setup(model="tiny-flux", optimize="graphs", lora_dir=folder, lora_max_rank=8)
+    fast.setup(model="tiny-flux", optimize="graphs", lora_dir=folder, lora_max_rank=8, lora_mode="slot")
     assert isinstance(fast.lora_cache.backend, LoraSlots)
     assert not hasattr(fast.pipeline.transformer.transformer_blocks[0].attn, "to_qkv")  # unfused
     both = with_loras(SMALL, ("a", 0.8), ("b", -1.0))
@@ -159,8 +160,8 @@ def test_the_slot_covers_the_attention_projections_unless_asked_for_all(tmp_path
     make_lora(pipeline, "sdxl", tmp_path / "ff.safetensors", seed=5, targets=["to_q", "ff.net.2"])
     eager, attention, every = SDXLWorker(), SDXLWorker(), SDXLWorker()
     eager.setup(model="tiny", optimize="none", lora_dir=str(tmp_path))
-    attention.setup(model="tiny", optimize="graphs", lora_dir=str(tmp_path), lora_max_rank=4)
-    every.setup(model="tiny", optimize="graphs", lora_dir=str(tmp_path), lora_max_rank=4, lora_layers="all")
+    attention.setup(model="tiny", optimize="graphs", lora_dir=str(tmp_path), lora_max_rank=4, lora_mode="slot")
+    every.setup(model="tiny", optimize="graphs", lora_dir=str(tmp_path), lora_max_rank=4, lora_mode="slot", lora_layers="all")
     covered = set(attention.lora_cache.backend.layers)
     assert covered and all(name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v", "0") for name in covered)
     assert covered < set(every.lora_cache.backend.layers)
