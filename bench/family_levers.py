@@ -230,6 +230,8 @@ def bare_mode(args: argparse.Namespace, log: Log) -> None:
             transformer._reset_stateful_cache()
         _generate(pipe, args, 1, seed=0)
         log(mode="bare", lever=lever, compile_s=round(time.perf_counter() - started, 1))
+        if counter is not None:
+            counter.take(args.steps)  # the warm-up's steps are not the measured ones
         quality = []
         for seed in seeds:
             if cached:

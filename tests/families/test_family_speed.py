@@ -90,3 +90,29 @@ def test_lossy_and_offload_options_are_refused_before_loading(
     with pytest.raises(ValueError, match=message):
         instance.setup(model=model, **options)
     assert not hasattr(instance, "pipeline")  # refused before anything loaded
+
+
+def test_the_step_cache_counter_reads_the_caches_decision_even_through_compiled_blocks(
+    family_cache: str,
+) -> None:
+    """Counters made one after the other over blocks compiled again (as
+    ``bench/family_levers.py`` does per lever) each count their own runs, from the cache's
+    state read on the eager top-level model."""
+    import torch
+
+    from gridgen.diffusion.fast import compile_blocks
+    from gridgen.diffusion.lossy import CacheCounter, apply_step_cache
+
+    worker = FluxWorker()
+    worker.setup(model="tiny-flux", step_cache=0.95)
+    transformer = worker.pipeline.transformer
+    torch._dynamo.reset()
+    runs = []
+    for threshold in (0.0, 0.95, 0.0):
+        worker._cache_counter.close()
+        transformer.disable_cache()
+        apply_step_cache(transformer, threshold)
+        worker._cache_counter = CacheCounter(transformer)
+        compile_blocks(transformer, fullgraph=False)
+        runs.append(worker(**SMALL, num_inference_steps=6)["step_cache"]["skipped"])
+    assert runs == [0, 5, 0]

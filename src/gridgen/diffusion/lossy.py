@@ -34,6 +34,8 @@ __all__ = [
     "check_lossy",
 ]
 
+_FBC_HEAD_HOOK = "fbc_leader_block_hook"  # diffusers.hooks.first_block_cache
+
 Quantize = Literal["fp8"] | None
 """``"fp8"``: float8 weights and activations in the denoiser's ``Linear`` layers; ``None``: none."""
 
@@ -105,24 +107,37 @@ def apply_step_cache(denoiser: Any, threshold: float | None) -> None:
 
 
 class CacheCounter:
-    """Counts the steps the step cache skipped: a forward hook on a ``Linear`` of the
-    denoiser's last block, which runs only when the cache lets the remaining blocks run."""
+    """Counts the steps the step cache skipped: after each call of the denoiser, the
+    decision diffusers' first-block cache took in that call (its shared state's
+    ``should_compute``).
+
+    The hook sits on the denoiser itself, which regional compile leaves eager, and reads
+    the state the cache's own blocks act on; a hook inside a compiled block would be traced
+    once into its graph, and a compiled graph reused by a later counter would keep
+    calling the old one.
+    """
 
     def __init__(self, denoiser: Any) -> None:
-        import torch
-
-        blocks = getattr(denoiser, "single_transformer_blocks", None) or denoiser.transformer_blocks
-        linear = next(m for m in blocks[-1].modules() if isinstance(m, torch.nn.Linear))
-        self.ran = 0
-        self._handle = linear.register_forward_hook(self._count)
+        head = next(
+            (hook for module in denoiser.modules()
+             if (registry := getattr(module, "_diffusers_hook", None)) is not None
+             and (hook := registry.get_hook(_FBC_HEAD_HOOK)) is not None),
+            None,
+        )
+        if head is None:
+            raise ValueError("the denoiser has no first-block cache to count")
+        self._states = head.state_manager
+        self.skipped = 0
+        self._handle = denoiser.register_forward_hook(self._count)
 
     def _count(self, *_: Any) -> None:
-        self.ran += 1
+        if not self._states.get_state().should_compute:
+            self.skipped += 1
 
     def close(self) -> None:
         self._handle.remove()
 
     def take(self, steps: int) -> dict[str, int]:
         """``{"steps", "skipped"}`` since the last call (``steps``: the denoiser calls made)."""
-        ran, self.ran = self.ran, 0
-        return {"steps": steps, "skipped": max(steps - ran, 0)}
+        skipped, self.skipped = self.skipped, 0
+        return {"steps": steps, "skipped": min(skipped, steps)}
