@@ -88,7 +88,9 @@ class LoraFusion:
                 self._restore(self.dirty - set(updates))
                 for target, parts in updates.items():
                     weight = self.denoiser.get_submodule(target).weight
-                    kept = self.kept.setdefault(target, weight.detach().clone())
+                    kept = self.kept.get(target)
+                    if kept is None:
+                        kept = self.kept[target] = weight.detach().clone()
                     total = kept.to(torch.float32, copy=True)  # never the kept tensor itself
                     for start, stop, down, up, scale in parts:
                         total[start:stop].addmm_(up.float(), down.float(), alpha=scale)

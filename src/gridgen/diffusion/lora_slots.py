@@ -1,5 +1,6 @@
-"""LoRA on the compiled fast path: adapters written into one fixed low-rank slot, so that
-switching adapters never recompiles and never captures a new CUDA graph.
+"""LoRA on the compiled fast path with ``lora_mode="slot"``: adapters written into one fixed
+low-rank slot, so that switching adapters never recompiles and never captures a new CUDA
+graph (the default, :mod:`gridgen.diffusion.lora_fusion`, adds them into the weights).
 
 At setup, before anything is compiled or captured, the attention projections of the
 denoiser's transformer blocks (SDXL's ``attentions``, FLUX.1's and SD3.5's
