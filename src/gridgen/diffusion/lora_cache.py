@@ -26,7 +26,8 @@ from .lora import (
     _request_error,
     active_loras,
 )
-from .lora_slots import LORA_LAYERS, LoraLayers
+from .lora_fusion import LoraFusion
+from .lora_slots import LORA_LAYERS, LoraLayers, LoraSlots
 
 LoraMode = Literal["fuse", "slot"]
 """How the compiled fast path applies adapters: added into the weights
@@ -295,8 +296,8 @@ def check_lora_options(
     """``setup``'s LoRA options, checked before the model loads; the adapter sources.
 
     Raises:
-        ValueError / FileNotFoundError: a bad name, path, bound or ``lora_layers``, or FP8
-            with adapters.
+        ValueError / FileNotFoundError: a bad name, path, bound, ``lora_layers`` or
+            ``lora_mode``, or FP8 with adapters.
     """
     sources = LoraSources(loras, lora_dir)
     for name, value, low in (("max_loras", max_loras, 1), ("max_lora_bytes", max_lora_bytes, 1),
@@ -332,12 +333,13 @@ def setup_loras(
     """
     if sources.empty:
         return None
-    from .lora_fusion import LoraFusion
-    from .lora_slots import LoraSlots
-
-    backend: LoraBackend = PeftAdapters(pipeline)
-    if fast_path:
-        backend = LoraFusion(pipeline) if lora_mode == "fuse" else LoraSlots(pipeline, lora_max_rank, lora_layers)
+    backend: LoraBackend
+    if not fast_path:
+        backend = PeftAdapters(pipeline)
+    elif lora_mode == "fuse":
+        backend = LoraFusion(pipeline)
+    else:
+        backend = LoraSlots(pipeline, lora_max_rank, lora_layers)
     cache = LoraCache(pipeline, sources, max_loras, max_lora_bytes, backend=backend)
     cache.active = ()
     return cache
@@ -346,8 +348,6 @@ def setup_loras(
 def lora_warmup_sizes(warmup: Sequence[int], cache: LoraCache | None) -> Iterator[int]:
     """``setup(warmup=...)``'s sizes, run twice with a LoRA slot: adapters off, then through
     the (zero) slot, so both paths are compiled and captured before the first request."""
-    from .lora_slots import LoraSlots
-
     yield from warmup
     if cache is not None and isinstance(cache.backend, LoraSlots) and warmup:
         cache.backend.apply([])
