@@ -1,9 +1,12 @@
 """Speed levers of a diffusion family at full size (random weights) on one GPU, three ways.
 
 ``bare``      one process, one pipeline: plain diffusers eager first (the reference images
-              and latents), then gridgen's levers applied in place one after the other
-              (``compile``, then ``compile`` + step cache, then FP8 + compile, then FP8 + cache),
-              each timed and compared with the eager images of the same seeds.
+              and latents), then ``--levers`` applied in place one after the other, each
+              compiled afresh, timed and compared with the eager images of the same seeds.
+              A lever is ``+``-joined parts: ``compile`` (alone: plain regional compile),
+              ``fp8``, ``cache:T`` (first-block cache), ``autotune`` (inductor's
+              ``max-autotune-no-cudagraphs``), ``cudnn`` (SDPA limited to cuDNN attention);
+              FP8, once applied, stays for the levers after it.
 ``runner``    gridgen's worker behind a ``DistributedRunner`` with ``--setup`` (setup kwargs,
               JSON): s/image at each ``--images`` count, streamed previews every 5 steps, peak
               GPU memory, setup phases.
@@ -197,6 +200,9 @@ def diffusers_mode(args: argparse.Namespace, log: Log) -> None:
 
 
 def bare_mode(args: argparse.Namespace, log: Log) -> None:
+    import torch
+    import torch._dynamo
+
     from gridgen.diffusion.fast import compile_blocks
     from gridgen.diffusion.lossy import CacheCounter, apply_quantization, apply_step_cache
 
@@ -210,9 +216,15 @@ def bare_mode(args: argparse.Namespace, log: Log) -> None:
     log(mode="bare", lever="eager", images_per_request=1, s_per_image=round(s, 4), peak_gib=round(peak, 2))
     quantized = cached = False
     for lever in args.levers:
-        wants_fp8, threshold = "fp8" in lever, None
-        if "cache:" in lever:
-            threshold = float(lever.split("cache:")[1])
+        parts = lever.split("+")
+        wants_fp8, threshold = "fp8" in parts, None
+        for part in parts:
+            if part.startswith("cache:"):
+                threshold = float(part.split(":")[1])
+        # cudnn: SDPA may pick only cuDNN's attention (else math), chosen when the blocks trace.
+        torch.backends.cuda.enable_flash_sdp("cudnn" not in parts)
+        torch.backends.cuda.enable_mem_efficient_sdp("cudnn" not in parts)
+        torch._dynamo.reset()  # each lever traces afresh: nothing of the last one's graphs
         if cached:
             transformer.disable_cache()
             cached = False
@@ -225,7 +237,8 @@ def bare_mode(args: argparse.Namespace, log: Log) -> None:
             cached = True
             counter = CacheCounter(transformer)
         started = time.perf_counter()
-        compile_blocks(transformer, family_of(args.model).compile_blocks, fullgraph=not cached)
+        compile_blocks(transformer, family_of(args.model).compile_blocks, fullgraph=not cached,
+                       mode="max-autotune-no-cudagraphs" if "autotune" in parts else None)
         if cached:
             transformer._reset_stateful_cache()
         _generate(pipe, args, 1, seed=0)

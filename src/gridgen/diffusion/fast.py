@@ -372,16 +372,19 @@ def optimize_transformer(
     return True
 
 
-def compile_blocks(denoiser: Any, blocks: tuple[str, ...] = (), fullgraph: bool = True) -> None:
+def compile_blocks(
+    denoiser: Any, blocks: tuple[str, ...] = (), fullgraph: bool = True, mode: str | None = None
+) -> None:
     """``torch.compile`` each of ``denoiser``'s repeated blocks (``blocks``, else its own
-    ``_repeated_blocks``), static shapes; compiling again replaces the last compile."""
+    ``_repeated_blocks``), static shapes, in ``torch.compile``'s ``mode``; compiling again
+    replaces the last compile."""
     import torch._dynamo
 
     # One compiled graph per block class and shape; SDXL's regions need far more.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     if blocks:
         denoiser._repeated_blocks = list(blocks)
-    denoiser.compile_repeated_blocks(fullgraph=fullgraph, dynamic=False)
+    denoiser.compile_repeated_blocks(fullgraph=fullgraph, dynamic=False, mode=mode)
 
 
 def load_compile_cache(path: str | os.PathLike[str]) -> bool:
