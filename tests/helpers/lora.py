@@ -83,6 +83,23 @@ def apart(a: list[Any], b: list[Any]) -> float:
     return float(np.mean([np.abs(x.astype(int) - y.astype(int)).mean() for x, y in zip(a, b, strict=True)]))
 
 
+def count_graphs_of_one_block(worker: Any) -> Any:
+    """Compile one transformer block of ``worker``'s UNet with dynamo's ``eager`` backend and
+    return ``torch._dynamo``'s counters, cleared: ``counters["stats"]["unique_graphs"]`` and
+    ``counters["recompiles"]`` then count what the next requests trace. One block is enough
+    to count, and dynamo's guards (what makes a change recompile) are the same whatever the
+    backend; inductor would take minutes on these CPUs."""
+    import torch
+    from diffusers.models.attention import BasicTransformerBlock
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    block = next(m for m in worker.pipeline.unet.modules() if isinstance(m, BasicTransformerBlock))
+    block.compile(backend="eager", fullgraph=True, dynamic=False)
+    counters.clear()
+    return counters
+
+
 def with_loras(request: dict[str, Any], *specs: tuple[str, float]) -> dict[str, Any]:
     return {**request, "loras": [{"name": name, "scale": scale} for name, scale in specs]}
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from gridgen.sdxl import SDXLWorker
+
 from helpers.lora import make_loras
 
 
@@ -22,3 +24,20 @@ def lora_folders(family_cache: str, tmp_path_factory: pytest.TempPathFactory) ->
         folders[model] = tmp_path_factory.mktemp(f"loras-{model}")
         make_loras(model, folders[model], {"a": 1, "b": 2, "c": 3})
     return folders
+
+
+@pytest.fixture(scope="module")
+def folder(lora_folders: dict[str, Path]) -> Path:
+    """The tiny SDXL's adapters ``a``, ``b``, ``c``."""
+    return lora_folders["tiny"]
+
+
+@pytest.fixture(scope="module")
+def eager(folder: Path) -> SDXLWorker:
+    """The tiny SDXL on the eager path (PEFT adapters): the reference for the fast paths."""
+    from gridgen.diffusion.lora_cache import PeftAdapters
+
+    worker = SDXLWorker()
+    worker.setup(model="tiny", optimize="none", lora_dir=str(folder))
+    assert isinstance(worker.lora_cache.backend, PeftAdapters)
+    return worker

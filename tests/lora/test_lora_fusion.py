@@ -18,19 +18,7 @@ import pytest
 from gridgen.diffusion.lora_fusion import LoraFusion
 from gridgen.sdxl import SDXLWorker
 
-from helpers.lora import SMALL, apart, pixels, same, with_loras
-
-
-@pytest.fixture(scope="module")
-def folder(lora_folders: dict[str, Path]) -> Path:
-    return lora_folders["tiny"]
-
-
-@pytest.fixture(scope="module")
-def eager(folder: Path) -> SDXLWorker:
-    worker = SDXLWorker()
-    worker.setup(model="tiny", optimize="none", lora_dir=str(folder))
-    return worker
+from helpers.lora import SMALL, apart, count_graphs_of_one_block, pixels, same, with_loras
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +70,9 @@ def test_switching_adapters_captures_no_new_graph(fused: SDXLWorker) -> None:
 
 
 def test_switching_adapters_never_recompiles(folder: Path) -> None:
-    import torch
-    from diffusers.models.attention import BasicTransformerBlock
-    from torch._dynamo.utils import counters
-
     worker = SDXLWorker()
     worker.setup(model="tiny", optimize="graphs", lora_dir=str(folder))
-    torch._dynamo.reset()
-    block = next(m for m in worker.pipeline.unet.modules() if isinstance(m, BasicTransformerBlock))
-    block.compile(backend="eager", fullgraph=True, dynamic=False)  # one is enough to count
-    counters.clear()
+    counters = count_graphs_of_one_block(worker)
     worker(**with_loras(SMALL, ("a", 1.0)))
     graphs = counters["stats"]["unique_graphs"]
     assert graphs > 0

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .lora_weights import denoiser_prefix, read_adapter
+from .lora_weights import adapter_bytes, denoiser_prefix, read_adapter
 
 __all__ = ["LoraFusion"]
 
@@ -54,6 +54,7 @@ class LoraFusion:
         """Base weights of the layers adapters have touched, by the name of the layer that runs."""
         self.dirty: set[str] = set()
         """Layers whose weight holds adapters now."""
+        self._targets: dict[str, tuple[str, int, int]] = {}
 
     @property
     def kept_bytes(self) -> int:
@@ -67,8 +68,7 @@ class LoraFusion:
                     "Linear layers only (serve it with optimize='none')")
 
         layers = read_adapter(self.pipeline, name, file, refuse)
-        nbytes = sum(d.numel() * d.element_size() + u.numel() * u.element_size() for d, u in layers.values())
-        return layers, int(nbytes)
+        return layers, adapter_bytes(layers)
 
     def unload(self, handle: Any) -> None:
         handle.clear()  # the tensors go with the last reference
@@ -112,7 +112,13 @@ class LoraFusion:
             self.dirty.discard(target)
 
     def _target(self, layer: str) -> tuple[str, int, int]:
-        """The layer that runs ``layer``'s computation, and ``layer``'s rows of its weight."""
+        """The layer that runs ``layer``'s computation, and ``layer``'s rows of its weight
+        (found once per layer: every switch asks again)."""
+        if layer not in self._targets:
+            self._targets[layer] = self._find_target(layer)
+        return self._targets[layer]
+
+    def _find_target(self, layer: str) -> tuple[str, int, int]:
         rows = self.denoiser.get_submodule(layer).out_features
         parent_name, _, leaf = layer.rpartition(".")
         parent = self.denoiser.get_submodule(parent_name)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import LoraLoadError
-from .lora_weights import denoiser_prefix, read_adapter
+from .lora_weights import adapter_bytes, denoiser_prefix, read_adapter
 
 __all__ = ["DEFAULT_LORA_MAX_RANK", "LORA_LAYERS", "LoraLayers", "LoraSlots", "slot_targets"]
 
@@ -108,8 +108,8 @@ class LoraSlots:
             return None if layer in self.layers else "outside the fast path's slot (" + self._outside(layer) + ")"
 
         layers = read_adapter(self.pipeline, name, file, refuse)
-        nbytes = sum(d.numel() * d.element_size() + u.numel() * u.element_size() for d, u in layers.values())
-        return _Adapter(layers, int(nbytes)), int(nbytes)
+        nbytes = adapter_bytes(layers)
+        return _Adapter(layers, nbytes), nbytes
 
     def _outside(self, layer: str) -> str:
         if self.covers == "attention" and layer in slot_targets(self.denoiser, "all"):

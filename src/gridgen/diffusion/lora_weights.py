@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import LoraLoadError
 
-__all__ = ["denoiser_prefix", "read_adapter"]
+__all__ = ["adapter_bytes", "denoiser_prefix", "read_adapter"]
 
 
 def denoiser_prefix(pipeline: Any) -> str:
@@ -61,6 +61,11 @@ def read_adapter(
     if not layers:
         raise LoraLoadError(f"adapter {name!r} holds no LoRA weights for {prefix}")
     return layers
+
+
+def adapter_bytes(layers: dict[str, tuple[Any, Any]]) -> int:
+    """The bytes :func:`read_adapter`'s layers hold on the device."""
+    return int(sum(d.numel() * d.element_size() + u.numel() * u.element_size() for d, u in layers.values()))
 
 
 def _unpack(parsed: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
