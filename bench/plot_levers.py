@@ -1,10 +1,11 @@
 """Draw the seconds per image of ``bench/family_levers.py`` results as one SVG bar chart.
 
-    python bench/plot_levers.py docs/assets/flux-h100.svg \\
-        bench/results/2026-12-07-h100-flux-levers.json bench/results/2026-12-07-h100-flux-lossy.json \\
-        --title "FLUX.1-dev, 1024x1024, 28 steps, one H100" --line 3.5
+    python bench/plot_levers.py docs/assets/flux-h100.svg --family flux-dev \\
+        bench/results/2026-12-07-h100-flux-runner.json bench/results/2026-12-07-h100-flux-attention.json \\
+        bench/results/2026-12-07-h100-flux-lossy.json --title "FLUX.1-dev, 1024x1024, 28 steps, one H100" --line 3.5
 
-Every record with ``s_per_image`` becomes a bar, in file order; ``--line`` draws a target.
+Every record with ``s_per_image`` (of ``--family``, when given) becomes a bar, in file order;
+``--line`` draws a target.
 No plotting library: the SVG is written by hand, so the chart needs nothing installed.
 """
 
@@ -24,7 +25,8 @@ def label(record: dict[str, Any]) -> str:
         setup = json.loads(record.get("setup") or "{}")
         what += ", " + ", ".join(f"{k}={v}" for k, v in setup.items() if k in ("optimize", "quantize", "step_cache"))
     elif record.get("lever") not in (None, "eager"):
-        what += ", compiled + " + record["lever"].replace("+", " + ")
+        extra = [part for part in record["lever"].split("+") if part != "compile"]
+        what += ", compiled" + "".join(f" + {part}" for part in extra)
     else:
         what += ", eager"
     images = record.get("images_per_request", 1)
@@ -60,9 +62,11 @@ def main() -> None:
     parser.add_argument("results", nargs="+")
     parser.add_argument("--title", default="")
     parser.add_argument("--line", type=float, default=None)
+    parser.add_argument("--family", default=None, help="only this family's records, e.g. flux-dev")
     args = parser.parse_args()
     bars = [(label(r), float(r["s_per_image"])) for path in args.results
-            for r in json.loads(Path(path).read_text())["results"] if "s_per_image" in r]
+            for r in json.loads(Path(path).read_text())["results"]
+            if "s_per_image" in r and args.family in (None, r.get("family"))]
     Path(args.out).write_text(svg(bars, args.title, args.line))
     print(f"{args.out}: {len(bars)} bars")
 

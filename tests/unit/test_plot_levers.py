@@ -1,0 +1,41 @@
+"""bench/plot_levers.py draws one bar per measured record, of one family when asked."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_one_bar_per_record_of_the_family(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = importlib.util.spec_from_file_location("gridgen_plot_levers", ROOT / "bench" / "plot_levers.py")
+    assert spec is not None and spec.loader is not None
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    results = tmp_path / "levers.json"
+    results.write_text(json.dumps({"about": "test", "results": [
+        {"mode": "runner", "family": "flux-dev", "setup": '{"optimize": "compile"}', "startup_s": 40.0},
+        {"mode": "runner", "family": "flux-dev", "setup": '{"optimize": "compile"}', "images_per_request": 4,
+         "s_per_image": 3.72},
+        {"mode": "bare", "family": "flux-dev", "lever": "compile+cudnn", "s_per_image": 3.92},
+        {"mode": "diffusers", "family": "flux-dev", "lever": "eager", "s_per_image": 5.25},
+        {"mode": "runner", "family": "flux-schnell", "setup": "{}", "s_per_image": 0.63},
+    ]}))
+    out = tmp_path / "chart.svg"
+    monkeypatch.setattr(sys, "argv", ["plot_levers.py", str(out), str(results), "--family", "flux-dev",
+                                      "--line", "3.5", "--title", "FLUX.1-dev"])
+    plot.main()
+    assert "3 bars" in capsys.readouterr().out
+    chart = out.read_text()
+    assert "gridgen runner, optimize=compile, 4 images" in chart
+    assert "bare pipeline, compiled + cudnn, 1 image" in chart
+    assert "plain diffusers, eager, 1 image" in chart
+    assert "0.63 s" not in chart  # schnell is another family
+    assert "target 3.5 s" in chart
