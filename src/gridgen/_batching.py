@@ -129,7 +129,15 @@ class BatchPolicy:
             batch.append(request)
 
     def _full(self, batch: list[Request]) -> bool:
-        return len(batch) >= max(1, self.options.max_batch)
+        """Nothing more can join ``batch``, so waiting for arrivals would only add latency."""
+        if len(batch) >= max(1, self.options.max_batch):
+            return True
+        units = sum(r.units for r in batch)
+        cap = self.options.max_batch_units
+        if cap is not None and units >= cap:
+            return True
+        sizes = self.sizes
+        return sizes is not None and units >= max(sizes)
 
     def _fits(self, batch: list[Request], request: Request) -> bool:
         cap = self.options.max_batch_units

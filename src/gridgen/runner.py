@@ -84,8 +84,8 @@ class DistributedRunner(Generic[W]):
         max_batch_units: most work units (``batch_units``, e.g. images) in one merged call;
             None: no cap. The head of the queue is always taken, even alone over the cap.
         batch_wait: seconds the head of the queue waits for more compatible requests once
-            the group is free (default 0.02: a burst sent together merges; a lone request
-            waits that long); 0 merges only what is already queued.
+            the group is free (default 0.02: a burst merges; a lone request waits that long
+            unless its units already fill a call); 0 merges only what is already queued.
         batch_sizes: the unit totals a merged call may have (None: what the worker declares
             in its ``batch_sizes`` after setup, else any). A compiled or
             CUDA-graphed worker pads a batch up to a size it has already run, so give the

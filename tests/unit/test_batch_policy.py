@@ -121,6 +121,39 @@ def test_batch_sizes_merge_only_to_the_listed_totals_and_leave_the_rest_queued()
     assert _gather(RunnerOptions(batch_sizes=(4, 8)), units) == [[1, 2], [3], [4]]
 
 
+def _wait_of_a_lone_head(options: RunnerOptions, units: int) -> float:
+    """Seconds ``gather`` took for one queued request of ``units`` with nothing behind it."""
+
+    async def body() -> float:
+        policy = BatchPolicy(BatchProbeWorker, 2, options)
+        queue, _ = _queue(policy, [{"batch": "w", "units": units}])
+        head = queue.pop()
+        assert head is not None
+        began = asyncio.get_running_loop().time()
+        await asyncio.wait_for(policy.gather(head, queue), timeout=10)
+        return asyncio.get_running_loop().time() - began
+
+    return asyncio.run(body())
+
+
+@pytest.mark.parametrize(
+    ("options", "units"),
+    [
+        ({"batch_sizes": (1,)}, 1),  # one warm size: no merge can be served
+        ({"batch_sizes": (1, 4)}, 4),  # already the largest size
+        ({"max_batch_units": 2}, 2),  # the unit cap is reached
+        ({"max_batch": 1}, 1),
+    ],
+)
+def test_a_head_nothing_can_join_starts_without_the_merge_window(options: dict[str, Any], units: int) -> None:
+    assert _wait_of_a_lone_head(RunnerOptions(batch_wait=30.0, **options), units) < 5.0
+
+
+def test_a_head_that_could_still_grow_waits_the_merge_window() -> None:
+    assert _wait_of_a_lone_head(RunnerOptions(batch_wait=0.3, batch_sizes=(1, 4)), 1) >= 0.29
+    assert _wait_of_a_lone_head(RunnerOptions(batch_wait=0.3, max_batch_units=4), 2) >= 0.29
+
+
 def test_batch_sizes_keep_other_keys_in_their_places() -> None:
     payloads = [{"batch": "a"}, {"batch": "b"}, {"batch": "a"}, {"batch": "b"}, {"batch": "a"}]
     assert _gather(RunnerOptions(batch_sizes=(2,)), payloads) == [[1, 3], [2, 4], [5]]
