@@ -5,7 +5,8 @@
               compiled afresh, timed and compared with the eager images of the same seeds.
               A lever is ``+``-joined parts: ``compile`` (alone: plain regional compile),
               ``fp8``, ``cache:T`` (first-block cache), ``autotune`` (inductor's
-              ``max-autotune-no-cudagraphs``), ``cudnn`` (SDPA limited to cuDNN attention);
+              ``max-autotune-no-cudagraphs``), ``cudnn`` (SDPA limited to cuDNN attention),
+              ``cdt`` (inductor's coordinate-descent tuning of its own kernels);
               FP8, once applied, stays for the levers after it.
 ``runner``    gridgen's worker behind a ``DistributedRunner`` with ``--setup`` (setup kwargs,
               JSON): s/image at each ``--images`` count, streamed previews every 5 steps, peak
@@ -202,6 +203,7 @@ def diffusers_mode(args: argparse.Namespace, log: Log) -> None:
 def bare_mode(args: argparse.Namespace, log: Log) -> None:
     import torch
     import torch._dynamo
+    import torch._inductor.config
 
     from gridgen.diffusion.fast import compile_blocks
     from gridgen.diffusion.lossy import CacheCounter, apply_quantization, apply_step_cache
@@ -224,6 +226,7 @@ def bare_mode(args: argparse.Namespace, log: Log) -> None:
         # cudnn: SDPA may pick only cuDNN's attention (else math), chosen when the blocks trace.
         torch.backends.cuda.enable_flash_sdp("cudnn" not in parts)
         torch.backends.cuda.enable_mem_efficient_sdp("cudnn" not in parts)
+        torch._inductor.config.coordinate_descent_tuning = "cdt" in parts
         torch._dynamo.reset()  # each lever traces afresh: nothing of the last one's graphs
         if cached:
             transformer.disable_cache()
