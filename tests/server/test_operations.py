@@ -81,29 +81,36 @@ def test_metrics_parse_and_count_exactly_what_was_sent(server: ServeProcess) -> 
 
 
 def test_a_burst_of_8_forms_one_merged_call_under_the_default_window(server: ServeProcess) -> None:
+    # Without the window a burst always splits: its first request finds an empty queue and
+    # runs alone. With it, a burst merges once its arrivals fit in 20 ms, which a starved
+    # 2-core machine can stretch past (docs/concepts.md), so one burst of three must merge.
     burst = 8
+    tries: list[tuple[float, float]] = []
     with server.client(limits=httpx.Limits(max_connections=burst)) as client:
-        _idle(client)
-        for _ in range(burst):  # open the connections first: the burst is then 8 sends
-            client.get("/health")
-        before = scrape(client)
-        go = threading.Barrier(burst)
-        statuses: list[int] = []
+        for _ in range(3):
+            _idle(client)
+            for _ in range(burst):  # open the connections first: the burst is then 8 sends
+                client.get("/health")
+            before = scrape(client)
+            go = threading.Barrier(burst)
+            statuses: list[int] = []
 
-        def send(seed: int) -> None:
-            go.wait()
-            statuses.append(client.post("/generate", json={**SMALL, "num_images": 1, "seed": seed}).status_code)
+            def send(seed: int, go: threading.Barrier, statuses: list[int]) -> None:
+                go.wait()
+                statuses.append(client.post("/generate", json={**SMALL, "num_images": 1, "seed": seed}).status_code)
 
-        threads = [threading.Thread(target=send, args=(seed,)) for seed in range(burst)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
-        after = scrape(client)
-    assert statuses == [200] * burst
-    calls = sample(after, "gridgen_merged_call_requests_count") - sample(before, "gridgen_merged_call_requests_count")
-    merged = sample(after, "gridgen_merged_call_requests_sum") - sample(before, "gridgen_merged_call_requests_sum")
-    assert (calls, merged) == (1, burst), "the burst was split into several calls"
+            threads = [threading.Thread(target=send, args=(seed, go, statuses)) for seed in range(burst)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+            after = scrape(client)
+            assert statuses == [200] * burst
+            count, total = "gridgen_merged_call_requests_count", "gridgen_merged_call_requests_sum"
+            tries.append((sample(after, count) - sample(before, count), sample(after, total) - sample(before, total)))
+            if tries[-1] == (1, burst):
+                break
+    assert tries[-1] == (1, burst), f"every burst was split into several calls: (calls, requests) {tries}"
 
 
 def test_the_request_id_round_trips(server: ServeProcess) -> None:
