@@ -63,6 +63,15 @@ SMALL: dict[str, Any] = {"prompt": "a lighthouse", "width": 64, "height": 64, "n
 """64x64, 2 steps, one image: what every LoRA test runs."""
 
 
+def tiny_lora_worker(folder: Path, backend: type, **setup: Any) -> SDXLWorker:
+    """The tiny SDXL with ``folder``'s adapters and ``setup``, checked to hold them in a
+    ``backend`` (PEFT adapters, the fusion or the slot)."""
+    worker = SDXLWorker()
+    worker.setup(model="tiny", lora_dir=str(folder), **setup)
+    assert isinstance(worker.lora_cache.backend, backend)
+    return worker
+
+
 def pixels(result: dict[str, Any]) -> list[Any]:
     """A result's images as uint8 arrays."""
     import numpy as np

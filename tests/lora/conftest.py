@@ -12,7 +12,7 @@ import pytest
 
 from gridgen.sdxl import SDXLWorker
 
-from helpers.lora import make_loras
+from helpers.lora import make_loras, tiny_lora_worker
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +37,4 @@ def eager(folder: Path) -> SDXLWorker:
     """The tiny SDXL on the eager path (PEFT adapters): the reference for the fast paths."""
     from gridgen.diffusion.lora_cache import PeftAdapters
 
-    worker = SDXLWorker()
-    worker.setup(model="tiny", optimize="none", lora_dir=str(folder))
-    assert isinstance(worker.lora_cache.backend, PeftAdapters)
-    return worker
+    return tiny_lora_worker(folder, PeftAdapters, optimize="none")

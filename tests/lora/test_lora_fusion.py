@@ -18,15 +18,20 @@ import pytest
 from gridgen.diffusion.lora_fusion import LoraFusion
 from gridgen.sdxl import SDXLWorker
 
-from helpers.lora import SMALL, apart, count_graphs_of_one_block, pixels, same, with_loras
+from helpers.lora import (
+    SMALL,
+    apart,
+    count_graphs_of_one_block,
+    pixels,
+    same,
+    tiny_lora_worker,
+    with_loras,
+)
 
 
 @pytest.fixture(scope="module")
 def fused(folder: Path) -> SDXLWorker:
-    worker = SDXLWorker()
-    worker.setup(model="tiny", optimize="graphs", lora_dir=str(folder))
-    assert isinstance(worker.lora_cache.backend, LoraFusion)
-    return worker
+    return tiny_lora_worker(folder, LoraFusion, optimize="graphs")
 
 
 def _weights(worker: SDXLWorker) -> dict[str, Any]:

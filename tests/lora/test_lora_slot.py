@@ -18,15 +18,20 @@ import pytest
 from gridgen.diffusion.lora_slots import LoraSlots
 from gridgen.sdxl import SDXLWorker
 
-from helpers.lora import SMALL, apart, count_graphs_of_one_block, pixels, same, with_loras
+from helpers.lora import (
+    SMALL,
+    apart,
+    count_graphs_of_one_block,
+    pixels,
+    same,
+    tiny_lora_worker,
+    with_loras,
+)
 
 
 @pytest.fixture(scope="module")
 def fast(folder: Path) -> SDXLWorker:
-    worker = SDXLWorker()
-    worker.setup(model="tiny", optimize="graphs", lora_dir=str(folder), lora_max_rank=8, lora_mode="slot")
-    assert isinstance(worker.lora_cache.backend, LoraSlots)
-    return worker
+    return tiny_lora_worker(folder, LoraSlots, optimize="graphs", lora_max_rank=8, lora_mode="slot")
 
 
 def test_the_slot_gives_the_eager_adapters_images(eager: SDXLWorker, fast: SDXLWorker) -> None:
