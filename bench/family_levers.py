@@ -6,7 +6,11 @@
               A lever is ``+``-joined parts: ``compile`` (alone: plain regional compile),
               ``fp8``, ``cache:T`` (first-block cache), ``autotune`` (inductor's
               ``max-autotune-no-cudagraphs``), ``cudnn`` (SDPA limited to cuDNN attention),
-              ``cdt`` (inductor's coordinate-descent tuning of its own kernels);
+              ``cdt`` (inductor's coordinate-descent tuning of its own kernels),
+              ``flags`` (``cdt`` with all directions, ``epilogue_fusion=False``,
+              ``conv_1x1_as_mm``: the flux-fast recipe's inductor flags), ``graph`` (a CUDA
+              graph around the whole compiled transformer), ``te`` (CUDA graphs around the
+              text encoders);
               FP8, once applied, stays for the levers after it.
 ``runner``    gridgen's worker behind a ``DistributedRunner`` with ``--setup`` (setup kwargs,
               JSON): s/image at each ``--images`` count, streamed previews every 5 steps, peak
@@ -206,6 +210,7 @@ def bare_mode(args: argparse.Namespace, log: Log) -> None:
     import torch._inductor.config
 
     from gridgen.diffusion.fast import compile_blocks
+    from gridgen.diffusion.graphed import GraphedForward
     from gridgen.diffusion.lossy import CacheCounter, apply_quantization, apply_step_cache
 
     pipe = _build(args)
@@ -217,6 +222,7 @@ def bare_mode(args: argparse.Namespace, log: Log) -> None:
     s, times, peak = _time(pipe, args, 1)
     log(mode="bare", lever="eager", images_per_request=1, s_per_image=round(s, 4), peak_gib=round(peak, 2))
     quantized = cached = False
+    graphed: list[GraphedForward] = []
     for lever in args.levers:
         parts = lever.split("+")
         wants_fp8, threshold = "fp8" in parts, None
@@ -226,7 +232,14 @@ def bare_mode(args: argparse.Namespace, log: Log) -> None:
         # cudnn: SDPA may pick only cuDNN's attention (else math), chosen when the blocks trace.
         torch.backends.cuda.enable_flash_sdp("cudnn" not in parts)
         torch.backends.cuda.enable_mem_efficient_sdp("cudnn" not in parts)
-        torch._inductor.config.coordinate_descent_tuning = "cdt" in parts
+        flags = "flags" in parts
+        torch._inductor.config.coordinate_descent_tuning = "cdt" in parts or flags
+        torch._inductor.config.coordinate_descent_check_all_directions = flags
+        torch._inductor.config.epilogue_fusion = not flags
+        torch._inductor.config.conv_1x1_as_mm = flags
+        for wrapper in graphed:
+            wrapper.uninstall()
+        graphed.clear()
         torch._dynamo.reset()  # each lever traces afresh: nothing of the last one's graphs
         if cached:
             transformer.disable_cache()
@@ -245,7 +258,14 @@ def bare_mode(args: argparse.Namespace, log: Log) -> None:
         if cached:
             transformer._reset_stateful_cache()
         _generate(pipe, args, 1, seed=0)
-        log(mode="bare", lever=lever, compile_s=round(time.perf_counter() - started, 1))
+        if "graph" in parts:
+            graphed.append(GraphedForward(transformer).install())
+        if "te" in parts:
+            graphed += [GraphedForward(getattr(pipe, name)).install() for name in ("text_encoder", "text_encoder_2", "text_encoder_3") if getattr(pipe, name, None) is not None]
+        if graphed:
+            _generate(pipe, args, 1, seed=0)  # captures
+        log(mode="bare", lever=lever, compile_s=round(time.perf_counter() - started, 1),
+            graphs={type(g.module).__name__: g.failed or len(g.entries) for g in graphed} or None)
         if counter is not None:
             counter.take(args.steps)  # the warm-up's steps are not the measured ones
         quality = []
