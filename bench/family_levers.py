@@ -169,6 +169,30 @@ def _generate(pipe: Any, args: argparse.Namespace, images: int, seed: int) -> An
     return out.images.float().cpu()
 
 
+def _kernels(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """GPU time of one 1-image call by kernel kind (ms), and its ten longest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = args.device == "cuda"  # on CPU: host time per op, for the plumbing
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        _generate(pipe, args, 1, seed=0)
+    kinds: dict[str, float] = {}
+    rows = []
+    for event in prof.key_averages():
+        ms = (event.self_device_time_total if cuda else event.self_cpu_time_total) / 1000
+        if ms <= 0:
+            continue
+        name = event.key.lower()
+        kind = ("attention" if any(k in name for k in ("fmha", "flash", "cudnn", "attention", "sdpa"))
+                else "gemm" if any(k in name for k in ("gemm", "xmma", "cutlass", "nvjet", "cublas", "matmul"))
+                else "triton" if name.startswith("triton") else "other")
+        kinds[kind] = kinds.get(kind, 0.0) + ms
+        rows.append((ms, event.count, event.key[:90]))
+    rows.sort(reverse=True)
+    return {"by_kind_ms": {k: round(v, 1) for k, v in sorted(kinds.items())},
+            "top": [[round(ms, 1), count, name] for ms, count, name in rows[:10]]}
+
+
 def _time(pipe: Any, args: argparse.Namespace, images: int) -> tuple[float, list[float], float]:
     import torch
 
@@ -282,6 +306,8 @@ def bare_mode(args: argparse.Namespace, log: Log) -> None:
         log(mode="bare", lever=lever, images_per_request=1, s_per_image=round(s, 4),
             times_s=[round(t, 4) for t in times], peak_gib=round(peak, 2), quality_vs_eager=quality,
             step_cache=skipped)
+        if args.profile:
+            log(mode="bare", lever=lever, kernels=_kernels(pipe, args))
 
 
 def main() -> None:
@@ -297,6 +323,7 @@ def main() -> None:
     parser.add_argument("--images", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4])
     parser.add_argument("--setup", default='{"optimize": "compile", "warmup": [1]}')
     parser.add_argument("--previews", action="store_true", help="runner: also stream previews every 5 steps")
+    parser.add_argument("--profile", action="store_true", help="bare: GPU time by kernel kind, per lever")
     parser.add_argument("--levers", type=lambda s: s.split(","), default=["compile", "cache:0.08"])
     args = parser.parse_args()
     log = Log(args)
