@@ -46,6 +46,7 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any, Literal
 
+from .graphed import GraphedForward
 from .lossy import Quantize, apply_quantization, apply_step_cache
 
 __all__ = [
@@ -340,36 +341,53 @@ def optimize_transformer(
     blocks: tuple[str, ...] = (),
     quantize: Quantize = None,
     step_cache: float | None = None,
-    lora_slot: bool = False,
-) -> bool:
+    lora_variant: Callable[[], Hashable] | None = None,
+    text_encoder_graphs: bool = True,
+    transformer_graphs: bool = True,
+) -> tuple[bool, list[GraphedForward]]:
     """Apply ``mode`` to a transformer family's pipeline (FLUX.1, SD3.5) in place; return
-    whether its shapes are now fixed (compiled: each new batch shape compiles).
+    whether its shapes are now fixed (compiled: each new batch shape compiles) and the CUDA
+    graph wrappers it installed.
 
     ``graphs`` (and ``auto`` on CUDA): fused QKV projections. ``compile``: also
     ``torch.compile`` of the transformer's repeated blocks (``blocks``, else the model's own
     ``_repeated_blocks``; ``fullgraph=True, dynamic=False``: one graph per block class and
     shape, reused by all 57 of FLUX.1's blocks) and of the VAE decoder. ``quantize`` and
     ``step_cache`` are the opt-in lossy levers of :mod:`gridgen.diffusion.lossy`; FP8 is
-    applied before compiling, so the compiled graphs hold the float8 kernels. ``lora_slot``:
-    the transformer carries a LoRA slot, so q/k/v stay unfused.
+    applied before compiling, so the compiled graphs hold the float8 kernels. ``lora_variant``:
+    the transformer carries a LoRA slot (q/k/v stay unfused) and this says whether it is on;
+    it keys every transformer graph. On CUDA, ``compile`` also captures the
+    compiled transformer in CUDA graphs when ``transformer_graphs`` (never with the step
+    cache, whose per-step decision is read on the host), and both modes graph the text
+    encoders when ``text_encoder_graphs``.
     """
+    import torch
+
     if mode not in ("auto", "graphs", "compile", "none"):
         raise ValueError(f"optimize must be 'auto', 'graphs', 'compile' or 'none', got {mode!r}")
     mode = resolve_optimize(mode, device)
     transformer = pipeline.transformer
     apply_step_cache(transformer, step_cache)
     if mode == "none":
-        return False
-    if not lora_slot:
+        return False, []
+    if lora_variant is None:
         transformer.fuse_qkv_projections()
     apply_quantization(transformer, quantize)
+    graphed: list[GraphedForward] = []
+    if text_encoder_graphs and torch.device(device).type == "cuda":
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            encoder = getattr(pipeline, name, None)
+            if encoder is not None:
+                graphed.append(GraphedForward(encoder).install())
     if mode != "compile":
-        return False
+        return False, graphed
     # The step cache decides per step, from a tensor, whether the remaining blocks run: a
     # graph break in the first block, so its graphs cannot be whole.
     compile_blocks(transformer, blocks, fullgraph=step_cache is None)
     pipeline.vae.decoder.compile(fullgraph=True, dynamic=False)
-    return True
+    if transformer_graphs and step_cache is None and torch.device(device).type == "cuda":
+        graphed.append(GraphedForward(transformer, variant=lora_variant).install())
+    return True, graphed
 
 
 def compile_blocks(

@@ -16,6 +16,7 @@ from .fast import (
     optimize_transformer,
     resolve_optimize,
 )
+from .graphed import GraphedForward
 from .lora_cache import LoraCache, LoraMode, setup_loras
 from .lora_slots import LoraLayers, LoraSlots
 from .lossy import CacheCounter, Quantize
@@ -29,6 +30,8 @@ class Levers:
 
     graphed_unet: Any
     """SDXL's CUDA-graph wrapper of the UNet, or None."""
+    graphed: list[GraphedForward]
+    """The transformer families' CUDA-graph wrappers (text encoders, the transformer)."""
     fixed_shapes: bool
     """Compiled or graphed: merged batches are padded to warm sizes."""
     lora_cache: LoraCache | None
@@ -47,12 +50,13 @@ def apply_levers(
     cpu_offload: bool,
     lora_sources: Any,
     lora_limits: tuple[int, int, int, LoraLayers, LoraMode],
+    sequence_parallel: bool = False,
 ) -> Levers:
     """Put the levers the options ask for on ``pipeline`` (options already checked)."""
     fast = resolve_optimize(optimize, device) != "none"
     lora_cache = setup_loras(pipeline, lora_sources, fast, *lora_limits)
     slots = lora_cache.backend if lora_cache is not None and isinstance(lora_cache.backend, LoraSlots) else None
-    graphed_unet = None
+    graphed_unet, graphed = None, list[GraphedForward]()
     if family.denoiser == "unet":
         graphed_unet = optimize_pipeline(
             pipeline, optimize, device, regions=compile_regions, text_encoder_graphs=text_encoder_graphs,
@@ -60,11 +64,15 @@ def apply_levers(
         )
         fixed_shapes = graphed_unet is not None
     else:
-        fixed_shapes = optimize_transformer(
-            pipeline, optimize, device, blocks=family.compile_blocks,
-            quantize=quantize, step_cache=step_cache, lora_slot=slots is not None,
+        # Offloading moves the weights whose addresses a graph holds; sequence parallelism
+        # runs collectives inside the transformer, which a graph would have to capture.
+        fixed_shapes, graphed = optimize_transformer(
+            pipeline, optimize, device, blocks=family.compile_blocks, quantize=quantize, step_cache=step_cache,
+            lora_variant=None if slots is None else lambda: slots.enabled,  # type: ignore[attr-defined]
+            text_encoder_graphs=text_encoder_graphs and not cpu_offload,
+            transformer_graphs=not cpu_offload and not sequence_parallel,
         )
     counter = CacheCounter(getattr(pipeline, family.denoiser)) if step_cache is not None else None
     if cpu_offload:
         pipeline.enable_model_cpu_offload(device=device)
-    return Levers(graphed_unet, fixed_shapes, lora_cache, counter)
+    return Levers(graphed_unet, graphed, fixed_shapes, lora_cache, counter)

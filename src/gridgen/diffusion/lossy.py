@@ -94,7 +94,11 @@ def apply_quantization(denoiser: Any, quantize: Quantize) -> None:
         quantize_,
     )
 
-    quantize_(denoiser, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    # set_inductor_config=False: by default torchao turns on inductor's exhaustive
+    # coordinate-descent tuning for the whole process, and every later compile (the VAE
+    # decoder, each new warm size) then tunes its kernels for minutes: an FP8 worker's setup
+    # outlasted 9 minutes on one H100, and tuning inside a CUDA graph capture crashed it.
+    quantize_(denoiser, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False))
 
 
 def apply_step_cache(denoiser: Any, threshold: float | None) -> None:

@@ -40,6 +40,8 @@ class RankSteps(DistributedWorker):
     family: ClassVar[Family]
     warm: WarmSizes
     graphed_unet: Any
+    graphed: list[Any]
+    """The transformer families' CUDA-graph wrappers (:class:`~gridgen.diffusion.graphed.GraphedForward`)."""
     fixed_shapes: bool = False
     """Compiled or graphed: batch shapes are padded to warm sizes (see :class:`WarmSizes`)."""
     decode_batch_size: int = 4

@@ -260,8 +260,9 @@ class DiffusionWorker(RankSteps):
         levers = apply_levers(
             self.pipeline, self.family, self.device, optimize, compile_regions, text_encoder_graphs,
             quantize, step_cache, cpu_offload, sources, (max_loras, max_lora_bytes, lora_max_rank, lora_layers, lora_mode),
+            sequence_parallel=self.parallel.sequence > 1,
         )
-        self.graphed_unet, self.fixed_shapes = levers.graphed_unet, levers.fixed_shapes
+        self.graphed_unet, self.graphed, self.fixed_shapes = levers.graphed_unet, levers.graphed, levers.fixed_shapes
         self.lora_cache, self._cache_counter = levers.lora_cache, levers.cache_counter
         if compile_cache is None:
             compile_cache = os.environ.get(COMPILE_CACHE_ENV) or None
