@@ -116,3 +116,27 @@ def test_the_step_cache_counter_reads_the_caches_decision_even_through_compiled_
         compile_blocks(transformer, fullgraph=False)
         runs.append(worker(**SMALL, num_inference_steps=6)["step_cache"]["skipped"])
     assert runs == [0, 5, 0]
+
+
+def test_fp8_leaves_the_processes_compiler_settings_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchao's float8 config switches inductor's exhaustive coordinate-descent tuning on for
+    the whole process unless told not to: every later compile (the VAE decoder, each warm
+    size) then tuned for minutes, and an FP8 worker on one H100 never finished its setup."""
+    import torch
+    import torch._inductor.config as inductor
+
+    monkeypatch.setenv("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    import torchao.float8.inference
+    import torchao.quantization.quant_api
+
+    from gridgen.diffusion.lossy import apply_quantization
+
+    # No float8 GPU here: torchao's hardware check is the one part that cannot run.
+    for module in (torchao.float8.inference, torchao.quantization.quant_api):
+        monkeypatch.setattr(module, "_check_hardware_support", lambda granularity: None)
+    names = ("coordinate_descent_tuning", "coordinate_descent_check_all_directions", "force_fuse_int_mm_with_mul")
+    before = [getattr(inductor, n) for n in names], torch.get_float32_matmul_precision()
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32)).to(torch.bfloat16)
+    apply_quantization(model, "fp8")
+    assert type(model[0].weight).__name__ == "Float8Tensor"  # quantized
+    assert ([getattr(inductor, n) for n in names], torch.get_float32_matmul_precision()) == before
