@@ -17,11 +17,13 @@ from gridgen.diffusion import family_of, load_family_pipeline
 from gridgen.diffusion.fast import optimize_transformer
 from gridgen.diffusion.graphed import GraphedForward
 
+from helpers.families import fp8_on_cpu
+
 ENCODERS = {"tiny-flux": ["text_encoder", "text_encoder_2"], "tiny-sd3": ["text_encoder", "text_encoder_2", "text_encoder_3"]}
 
 
-def _pipeline(model: str) -> Any:
-    pipe = load_family_pipeline(family_of(model), model, device="cpu", dtype=torch.float32)
+def _pipeline(model: str, dtype: torch.dtype = torch.float32) -> Any:
+    pipe = load_family_pipeline(family_of(model), model, device="cpu", dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -54,6 +56,14 @@ def test_what_stays_eager(family_cache: str, mode: str, options: dict[str, Any],
     pipe = _pipeline("tiny-flux")
     optimize_transformer(pipe, mode, "cuda", **options)  # type: ignore[arg-type]
     assert _graphed(pipe) == expected
+
+
+def test_an_fp8_transformer_stays_uncaptured(family_cache: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    fp8_on_cpu(monkeypatch)
+    pipe = _pipeline("tiny-flux", torch.bfloat16)  # torchao's per-row float8 takes bf16 weights
+    optimize_transformer(pipe, "compile", "cuda", quantize="fp8")
+    assert type(pipe.transformer.transformer_blocks[0].ff.net[2].weight).__name__ == "Float8Tensor"
+    assert _graphed(pipe) == ["text_encoder", "text_encoder_2"]
 
 
 def test_nothing_is_graphed_on_a_cpu_device(family_cache: str) -> None:

@@ -13,6 +13,8 @@ from PIL import Image
 
 from gridgen.diffusion import FluxWorker, SD3Worker, SDXLWorker
 
+from helpers.families import fp8_on_cpu
+
 SMALL = {"prompt": "a lighthouse", "width": 64, "height": 64, "seed": 3}
 
 
@@ -125,15 +127,9 @@ def test_fp8_leaves_the_processes_compiler_settings_alone(monkeypatch: pytest.Mo
     import torch
     import torch._inductor.config as inductor
 
-    monkeypatch.setenv("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
-    import torchao.float8.inference
-    import torchao.quantization.quant_api
-
     from gridgen.diffusion.lossy import apply_quantization
 
-    # No float8 GPU here: torchao's hardware check is the one part that cannot run.
-    for module in (torchao.float8.inference, torchao.quantization.quant_api):
-        monkeypatch.setattr(module, "_check_hardware_support", lambda granularity: None)
+    fp8_on_cpu(monkeypatch)
     names = ("coordinate_descent_tuning", "coordinate_descent_check_all_directions", "force_fuse_int_mm_with_mul")
     before = [getattr(inductor, n) for n in names], torch.get_float32_matmul_precision()
     model = torch.nn.Sequential(torch.nn.Linear(32, 32)).to(torch.bfloat16)

@@ -56,3 +56,14 @@ def tile(grid: np.ndarray[Any, Any], index: int, n: int, cell: int = 64) -> np.n
     cols = math.ceil(math.sqrt(n))
     row, col = divmod(index, cols)
     return grid[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell]
+
+
+def fp8_on_cpu(monkeypatch: Any) -> None:
+    """Let torchao's float8 quantization run on this CPU machine: its hardware check is the one
+    part that cannot run here (no float8 GPU), so it is bypassed; the rest runs for real."""
+    monkeypatch.setenv("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    import torchao.float8.inference
+    import torchao.quantization.quant_api
+
+    for module in (torchao.float8.inference, torchao.quantization.quant_api):
+        monkeypatch.setattr(module, "_check_hardware_support", lambda granularity: None)

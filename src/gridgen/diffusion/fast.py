@@ -357,9 +357,9 @@ def optimize_transformer(
     applied before compiling, so the compiled graphs hold the float8 kernels. ``lora_variant``:
     the transformer carries a LoRA slot (q/k/v stay unfused) and this says whether it is on;
     it keys every transformer graph. On CUDA, ``compile`` also captures the
-    compiled transformer in CUDA graphs when ``transformer_graphs`` (never with the step
-    cache, whose per-step decision is read on the host), and both modes graph the text
-    encoders when ``text_encoder_graphs``.
+    compiled transformer in CUDA graphs when ``transformer_graphs`` (not with the step
+    cache, whose per-step decision is read on the host, nor with FP8), and both modes graph
+    the text encoders when ``text_encoder_graphs``.
     """
     import torch
 
@@ -385,7 +385,10 @@ def optimize_transformer(
     # graph break in the first block, so its graphs cannot be whole.
     compile_blocks(transformer, blocks, fullgraph=step_cache is None)
     pipeline.vae.decoder.compile(fullgraph=True, dynamic=False)
-    if transformer_graphs and step_cache is None and torch.device(device).type == "cuda":
+    # FP8: a worker capturing its float8 transformer died (SIGSEGV) on one H100, while
+    # torchao still switched on inductor's kernel tuning (fixed since, in .lossy); not
+    # captured until a GPU run shows the capture is safe without it.
+    if transformer_graphs and step_cache is None and quantize is None and torch.device(device).type == "cuda":
         graphed.append(GraphedForward(transformer, variant=lora_variant).install())
     return True, graphed
 
