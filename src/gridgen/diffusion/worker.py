@@ -181,10 +181,11 @@ class DiffusionWorker(RankSteps):
                 ``"linear"`` (no weights) or ``None`` (progress events without images).
             preview_model: hub id or folder of an ``AutoencoderTiny``.
             optimize: ``"auto"`` (on CUDA: SDXL's CUDA graphs, fused QKV and a 16-bit VAE;
-                FLUX.1's and SD3.5's fused QKV; nothing on CPU), ``"graphs"``, ``"compile"``
-                (adds regional ``torch.compile``: fastest, but each new batch/size shape
-                compiles for about a minute on first use) or ``"none"``. See
-                :mod:`gridgen.diffusion.fast` for the measurements.
+                FLUX.1's and SD3.5's fused QKV and text-encoder graphs; nothing on CPU),
+                ``"graphs"``, ``"compile"`` (adds regional ``torch.compile``, and for FLUX.1
+                and SD3.5 a CUDA graph of the compiled transformer: fastest, but each new
+                batch/size shape compiles for about a minute on first use) or ``"none"``.
+                See :mod:`gridgen.diffusion.fast` for the measurements.
             warmup: images per rank to run once at setup (2 steps at ``warmup_size``), so the
                 CUDA graphs and compiled kernels of the shapes you serve exist before the
                 first request, e.g. ``warmup=(1, 4)``. With ``optimize`` on, these sizes
@@ -195,7 +196,7 @@ class DiffusionWorker(RankSteps):
                 request starts on the GPU meanwhile. ``None``: when run by a runner.
             compile_regions: what ``optimize="compile"`` compiles (see
                 :data:`~gridgen.diffusion.fast.CompileRegions`); ``"transformers"`` measured fastest.
-            text_encoder_graphs: CUDA-graph the two text encoders (CUDA only; eager on failure).
+            text_encoder_graphs: CUDA-graph the text encoders (CUDA only; eager on failure).
             compile_cache: a file of compiled artifacts (``torch.compiler`` mega-cache). If it
                 exists it is loaded before anything compiles, so a fresh machine skips the
                 compiling; if not, rank 0 writes it after the warm-up. Copy it to machines
