@@ -61,12 +61,7 @@ from .batching import (
 from .conditioning import ImageInputs, input_kind, input_merge_key, vae_dtype_kept
 from .encoding import OutputEncoder
 from .families import SDXL, Family
-from .fast import (
-    CompileRegions,
-    OptimizeMode,
-    load_compile_cache,
-    save_compile_cache,
-)
+from .fast import CompileRegions, OptimizeMode, load_compile_cache, save_compile_cache
 from .levers import apply_levers
 from .lora import DEFAULT_MAX_LORA_BYTES, DEFAULT_MAX_LORAS, check_request_loras
 from .lora_cache import LoraCache, LoraMode, apply_loras, check_lora_options, lora_warmup_sizes
