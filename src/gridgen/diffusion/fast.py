@@ -385,9 +385,9 @@ def optimize_transformer(
     # graph break in the first block, so its graphs cannot be whole.
     compile_blocks(transformer, blocks, fullgraph=step_cache is None)
     pipeline.vae.decoder.compile(fullgraph=True, dynamic=False)
-    # FP8: a worker capturing its float8 transformer died (SIGSEGV) on one H100, while
-    # torchao still switched on inductor's kernel tuning (fixed since, in .lossy); not
-    # captured until a GPU run shows the capture is safe without it.
+    # FP8: a worker warming its float8 transformer up for capture died (SIGSEGV) on one
+    # H100 while torchao still switched on inductor's kernel tuning (fixed since, in
+    # .lossy); not captured until a GPU run shows the capture is safe without it.
     if transformer_graphs and step_cache is None and quantize is None and torch.device(device).type == "cuda":
         graphed.append(GraphedForward(transformer, variant=lora_variant).install())
     return True, graphed
