@@ -46,7 +46,7 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any, Literal
 
-from .graphed import GraphedForward
+from .graphed import GraphedForward, capture_graph
 from .lossy import Quantize, apply_quantization, apply_step_cache
 
 __all__ = [
@@ -171,25 +171,11 @@ class GraphedUNet:
         return (out,)
 
     def _capture(self, key: tuple[Any, ...], sample: Any, timestep: Any, ehs: Any, te: Any, ti: Any) -> dict[str, Any]:
-        import time
-
-        import torch
-
         started = time.perf_counter()
         static = {"sample": sample.clone(), "t": timestep.clone(), "ehs": ehs.clone(), "te": te.clone(), "ti": ti.clone()}
         graph, out = None, None
         if self.cuda:
-            # Warm up on a side stream (cuBLAS/cuDNN workspaces, compiled kernels), then capture.
-            side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(self.warmup):
-                    self._run(static)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                out = self._run(static)
-            torch.cuda.synchronize()
+            graph, out = capture_graph(lambda: self._run(static), self.warmup, self.pool)
         entry = {"static": static, "graph": graph, "out": out}
         self.entries[key] = entry
         self.capture_seconds[str(key[0][0])] = time.perf_counter() - started
@@ -238,23 +224,13 @@ class GraphedTextEncoder:
         return _TextEncoderOutput(out[0].clone(), tuple(h.clone() for h in out.hidden_states))
 
     def _capture(self, key: tuple[Any, ...], input_ids: Any) -> dict[str, Any] | None:
-        import torch
-
         ids = input_ids.clone()
         entry: dict[str, Any] = {"ids": ids, "graph": None, "out": None}
         if self.cuda:
             try:
-                side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side), torch.no_grad():
-                    for _ in range(self.warmup):
-                        self.eager(ids, output_hidden_states=True)
-                torch.cuda.current_stream().wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph), torch.no_grad():
-                    entry["out"] = self.eager(ids, output_hidden_states=True)
-                torch.cuda.synchronize()
-                entry["graph"] = graph
+                entry["graph"], entry["out"] = capture_graph(
+                    lambda: self.eager(ids, output_hidden_states=True), self.warmup
+                )
             except Exception as exc:
                 logger.warning("text encoder stays eager: CUDA graph capture failed (%s)", exc)
                 self.failed = True

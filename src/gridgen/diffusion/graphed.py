@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-__all__ = ["GraphedForward"]
+__all__ = ["GraphedForward", "capture_graph"]
 
 logger = logging.getLogger("gridgen.diffusion")
 
@@ -109,18 +109,9 @@ class GraphedForward:
         entry: dict[str, Any] = {"inputs": inputs, "leaves": static_leaves, "graph": None, "out": None}
         if self.cuda:
             try:
-                # Warm up on a side stream (cuBLAS workspaces, compiled kernels), then capture.
-                side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side), torch.no_grad():
-                    for _ in range(self.warmup):
-                        self.eager(*static_args, **static_kwargs)
-                torch.cuda.current_stream().wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool), torch.no_grad():
-                    entry["out"] = self.eager(*static_args, **static_kwargs)
-                torch.cuda.synchronize()
-                entry["graph"] = graph
+                entry["graph"], entry["out"] = capture_graph(
+                    lambda: self.eager(*static_args, **static_kwargs), self.warmup, self.pool
+                )
             except Exception as exc:
                 self.failed = f"{type(exc).__name__}: {exc}"
                 logger.warning("%s stays eager: CUDA graph capture failed (%s)", type(self.module).__name__, exc)
@@ -129,3 +120,23 @@ class GraphedForward:
         self.capture_seconds.append(time.perf_counter() - started)
         logger.info("%s graph ready in %.2fs", type(self.module).__name__, self.capture_seconds[-1])
         return entry
+
+
+def capture_graph(run: Callable[[], Any], warmup: int, pool: Any = None) -> tuple[Any, Any]:
+    """Run ``run`` ``warmup`` times on a side stream (cuBLAS/cuDNN workspaces, compiled
+    kernels, lazily tuned ones), then capture one more run in a CUDA graph (in ``pool``, if
+    given); return the graph and that run's output, whose tensors the graph's replays
+    overwrite. Gradients off throughout."""
+    import torch
+
+    side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(warmup):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool), torch.no_grad():
+        out = run()
+    torch.cuda.synchronize()
+    return graph, out
