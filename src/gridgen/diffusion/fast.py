@@ -334,7 +334,7 @@ def optimize_transformer(
     the transformer carries a LoRA slot (q/k/v stay unfused) and this says whether it is on;
     it keys every transformer graph. On CUDA, ``compile`` also captures the
     compiled transformer in CUDA graphs when ``transformer_graphs`` (not with the step
-    cache, whose per-step decision is read on the host, nor with FP8), and both modes graph
+    cache, whose per-step decision is read on the host), and both modes graph
     the text encoders when ``text_encoder_graphs``.
     """
     import torch
@@ -361,10 +361,7 @@ def optimize_transformer(
     # graph break in the first block, so its graphs cannot be whole.
     compile_blocks(transformer, blocks, fullgraph=step_cache is None)
     pipeline.vae.decoder.compile(fullgraph=True, dynamic=False)
-    # FP8: a worker warming its float8 transformer up for capture died (SIGSEGV) on one
-    # H100 while torchao still switched on inductor's kernel tuning (fixed since, in
-    # .lossy); not captured until a GPU run shows the capture is safe without it.
-    if transformer_graphs and step_cache is None and quantize is None and torch.device(device).type == "cuda":
+    if transformer_graphs and step_cache is None and torch.device(device).type == "cuda":
         graphed.append(GraphedForward(transformer, variant=lora_variant).install())
     return True, graphed
 
