@@ -10,7 +10,8 @@
               ``flags`` (``cdt`` with all directions, ``epilogue_fusion=False``,
               ``conv_1x1_as_mm``: the flux-fast recipe's inductor flags), ``graph`` (a CUDA
               graph around the whole compiled transformer), ``te`` (CUDA graphs around the
-              text encoders);
+              text encoders), ``steps:N`` (N steps instead of ``--steps``: what the time a
+              step cache saves buys without it, compared with the same full-step images);
               FP8, once applied, stays for the levers after it.
 ``runner``    gridgen's worker behind a ``DistributedRunner`` with ``--setup`` (setup kwargs,
               JSON): s/image at each ``--images`` count, streamed previews every 5 steps, peak
@@ -155,14 +156,14 @@ def _build(args: argparse.Namespace) -> Any:
     return pipe
 
 
-def _generate(pipe: Any, args: argparse.Namespace, images: int, seed: int) -> Any:
+def _generate(pipe: Any, args: argparse.Namespace, images: int, seed: int, steps: int | None = None) -> Any:
     import torch
 
     kwargs: dict[str, Any] = {}
     if args.guidance is not None:
         kwargs["guidance_scale"] = args.guidance
     out = pipe(prompt="a lighthouse at dawn", num_images_per_prompt=images, width=args.size,
-               height=args.size, num_inference_steps=args.steps, output_type="pt",
+               height=args.size, num_inference_steps=steps or args.steps, output_type="pt",
                generator=[torch.Generator(args.device).manual_seed(seed + i) for i in range(images)], **kwargs)
     if args.device == "cuda":
         torch.cuda.synchronize()
@@ -193,7 +194,7 @@ def _kernels(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
             "top": [[round(ms, 1), count, name] for ms, count, name in rows[:10]]}
 
 
-def _time(pipe: Any, args: argparse.Namespace, images: int) -> tuple[float, list[float], float]:
+def _time(pipe: Any, args: argparse.Namespace, images: int, steps: int | None = None) -> tuple[float, list[float], float]:
     import torch
 
     if args.device == "cuda":
@@ -201,7 +202,7 @@ def _time(pipe: Any, args: argparse.Namespace, images: int) -> tuple[float, list
     times = []
     for r in range(args.rounds):
         begun = time.perf_counter()
-        _generate(pipe, args, images, seed=100 + r)
+        _generate(pipe, args, images, seed=100 + r, steps=steps)
         times.append(time.perf_counter() - begun)
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else 0.0
     return sorted(times)[len(times) // 2] / images, times, peak
@@ -249,10 +250,12 @@ def bare_mode(args: argparse.Namespace, log: Log) -> None:
     graphed: list[GraphedForward] = []
     for lever in args.levers:
         parts = lever.split("+")
-        wants_fp8, threshold = "fp8" in parts, None
+        wants_fp8, threshold, steps = "fp8" in parts, None, None
         for part in parts:
             if part.startswith("cache:"):
                 threshold = float(part.split(":")[1])
+            if part.startswith("steps:"):
+                steps = int(part.split(":")[1])
         # cudnn: SDPA may pick only cuDNN's attention (else math), chosen when the blocks trace.
         torch.backends.cuda.enable_flash_sdp("cudnn" not in parts)
         torch.backends.cuda.enable_mem_efficient_sdp("cudnn" not in parts)
@@ -296,13 +299,13 @@ def bare_mode(args: argparse.Namespace, log: Log) -> None:
         for seed in seeds:
             if cached:
                 transformer._reset_stateful_cache()
-            quality.append(_quality(_generate(pipe, args, 1, seed), reference[seed]))
+            quality.append(_quality(_generate(pipe, args, 1, seed, steps), reference[seed]))
         skipped = counter.take(args.steps * len(seeds)) if counter else None
         if counter is not None:
             counter.close()
         if cached:
             transformer._reset_stateful_cache()
-        s, times, peak = _time(pipe, args, 1)
+        s, times, peak = _time(pipe, args, 1, steps)
         log(mode="bare", lever=lever, images_per_request=1, s_per_image=round(s, 4),
             times_s=[round(t, 4) for t in times], peak_gib=round(peak, 2), quality_vs_eager=quality,
             step_cache=skipped)
