@@ -79,6 +79,10 @@ def _payload(args: argparse.Namespace, images: int, seed: int = 1, preview_every
     return payload
 
 
+def _cache_name(threshold: float | None) -> str | None:
+    return None if threshold is None else f"first_block:{threshold:g}"
+
+
 class Log:
     def __init__(self, args: argparse.Namespace) -> None:
         import torch
@@ -91,6 +95,8 @@ class Log:
             "python": platform.python_version(), "model": args.model,
             "family": family_of(args.model).name, "size": args.size, "steps": args.steps,
             "image_format": "png",
+            # what the figures were made with; the modes update these as they change them
+            "precision": "bf16", "cache": None, "images_per_request": None,
         }
 
     def __call__(self, **record: Any) -> None:
@@ -107,6 +113,9 @@ class Log:
 async def runner_mode(args: argparse.Namespace, log: Log) -> None:
     import diffusers  # noqa: F401  (the worker class imports it in the workers too)
 
+    options = json.loads(args.setup)
+    log.common.update(precision=options.get("quantize") or options.get("dtype") or "bf16",
+                      cache=_cache_name(options.get("step_cache")))
     setup = {"model": args.model, "preview": "linear", "warmup_size": (args.size, args.size),
              "defer_encoding": False,  # results as dicts, to carry peak_gib
              **json.loads(args.setup)}
@@ -274,6 +283,7 @@ def bare_mode(args: argparse.Namespace, log: Log) -> None:
         if wants_fp8 and not quantized:
             apply_quantization(transformer, "fp8")
             quantized = True
+        log.common.update(precision="fp8" if quantized else "bf16", cache=_cache_name(threshold), steps=steps or args.steps)
         counter = None
         if threshold is not None:
             apply_step_cache(transformer, threshold)
