@@ -195,6 +195,7 @@ def worker_options(
     if args.dtype is not None:
         options["dtype"] = args.dtype
     options.update(_lossy_options(args, family))
+    options.update(_preview_options(args, family))
     options.update(_parallel_options(args, family))
     options.update(lora_options(args))
     return options
@@ -303,6 +304,29 @@ def _lossy_options(args: argparse.Namespace, family: Any) -> dict[str, Any]:
             raise UsageError("--cpu-offload: moves models to a GPU while they run; needs --device cuda")
         if family.denoiser == "unet" and (args.optimize or "auto") != "none":
             raise UsageError(f"--cpu-offload: {family.title} needs --optimize none (its CUDA graphs hold GPU addresses)")
+    return options
+
+
+def _preview_options(args: argparse.Namespace, family: Any) -> dict[str, Any]:
+    """``serve``'s ``--preview`` and ``--preview-model`` (``generate`` streams no previews); a
+    local TAESD folder must decode the family's latents."""
+    preview, preview_model = getattr(args, "preview", None), getattr(args, "preview_model", None)
+    options: dict[str, Any] = {}
+    if preview is not None:
+        options["preview"] = None if preview == "none" else preview
+    if preview_model is None:
+        return options
+    if preview in ("linear", "none"):
+        raise UsageError(f"--preview-model: only used with --preview taesd or auto, not --preview {preview}")
+    folder = Path(preview_model).expanduser()
+    if preview_model.startswith(("/", "./", "../", "~")) and not folder.is_dir():
+        raise UsageError(f"--preview-model: no such folder: {preview_model}")
+    from .diffusion.models import preview_latent_mismatch
+
+    mismatch = preview_latent_mismatch(family, preview_model)
+    if mismatch:
+        raise UsageError(f"--preview-model: {mismatch}")
+    options["preview_model"] = preview_model
     return options
 
 

@@ -248,6 +248,19 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="uvicorn and gridgen log level (default: %(default)s)",
     )
     _add_runner_options(serve)
+    previews = serve.add_argument_group("previews (streamed every preview_every steps)")
+    previews.add_argument(
+        "--preview", choices=("auto", "taesd", "linear", "none"), default=None,
+        help="taesd (decode with a tiny autoencoder of the family's latent space: a recognisable "
+        "image for about 5 %% of the VAE's cost), linear (a fixed latent-to-RGB map at 1/4 of the "
+        "image size; no weights), none (progress only) or auto (default: taesd with "
+        "--preview-model, else linear)",
+    )
+    previews.add_argument(
+        "--preview-model", default=None, metavar="ID|PATH",
+        help="the TAESD to load: a hub id or folder (default with --preview taesd: "
+        "madebyollin/taesdxl, taef1 or taesd3 by family; the tiny models' own)",
+    )
     cluster = serve.add_argument_group("Ray cluster (needs gridgen[ray]; docs/ray.md)")
     cluster.add_argument(
         "--ray", default=None, metavar="ADDRESS",

@@ -51,6 +51,7 @@ __all__ = [
     "build_tiny_taesd",
     "ensure_tiny",
     "ensure_tiny_sdxl",
+    "ensure_tiny_taesd",
     "family_config",
     "sdxl_base_config",
     "t5_tokenizer",
@@ -175,17 +176,46 @@ def build_tiny_sdxl() -> StableDiffusionXLPipeline:
     return _assemble(unet, vae, text_encoder, text_encoder_2, tokenizer, scheduler_config)
 
 
-def build_tiny_taesd() -> AutoencoderTiny:
-    """A tiny random-weight ``AutoencoderTiny`` (TAESD-shaped preview decoder), built deterministically."""
+def _rename_into_place(tmp: Path, target: Path, marker: str) -> None:
+    """Move a finished build into place; a racing process that got there first wins."""
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if not (target / marker).is_file():
+            raise  # not a lost race: a real failure
+
+
+def build_tiny_taesd(latent_channels: int = 4) -> AutoencoderTiny:
+    """A tiny random-weight ``AutoencoderTiny`` (TAESD-shaped preview decoder), built
+    deterministically: 4 latent channels (SDXL's) or 16 (FLUX.1's and SD3.5's)."""
     with _seeded(_TINY_SEED + 1):
         decoder: AutoencoderTiny = _d().AutoencoderTiny(
             encoder_block_out_channels=(8, 8, 8, 8),
             decoder_block_out_channels=(8, 8, 8, 8),
             num_encoder_blocks=(1, 1, 1, 1),
             num_decoder_blocks=(1, 1, 1, 1),
-            latent_channels=4,
+            latent_channels=latent_channels,
         )
     return decoder
+
+
+def ensure_tiny_taesd(latent_channels: int, root: str | os.PathLike[str] | None = None) -> Path:
+    """The folder of the tiny ``latent_channels`` TAESD (``<root>/tiny-taesd<C>-v1``), saved
+    first if missing; the tiny FLUX.1 and SD3.5 models' preview decoder."""
+    base = Path(root) if root is not None else cache_dir()
+    name = f"tiny-taesd{latent_channels}-v1"
+    target = base / name
+    if (target / "config.json").is_file():
+        return target
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=base))
+    try:
+        decoder: Any = build_tiny_taesd(latent_channels)
+        decoder.save_pretrained(tmp, safe_serialization=True)
+        _rename_into_place(tmp, target, "config.json")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def ensure_tiny_sdxl(root: str | os.PathLike[str] | None = None) -> Path:
@@ -210,11 +240,7 @@ def ensure_tiny_sdxl(root: str | os.PathLike[str] | None = None) -> Path:
             write_tokenizer_files(tmp / sub)  # also readable by transformers 4.x slow tokenizers
         decoder: Any = build_tiny_taesd()
         decoder.save_pretrained(tmp / "taesd", safe_serialization=True)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "model_index.json").is_file():
-                raise  # not a lost race: a real failure
+        _rename_into_place(tmp, target, "model_index.json")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -413,11 +439,7 @@ def ensure_tiny(name: str, root: str | os.PathLike[str] | None = None) -> Path:
         for sub in ("tokenizer", "tokenizer_2"):
             if (tmp / sub / "vocab.json").is_file():
                 write_tokenizer_files(tmp / sub)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "model_index.json").is_file():
-                raise
+        _rename_into_place(tmp, target, "model_index.json")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

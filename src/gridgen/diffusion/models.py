@@ -41,6 +41,7 @@ from .builders import (
     build_random_sdxl,
     ensure_tiny,
     ensure_tiny_sdxl,
+    ensure_tiny_taesd,
 )
 from .families import FAMILIES, FLUX_DEV, FLUX_SCHNELL, SD3, SDXL, Family
 
@@ -56,6 +57,7 @@ __all__ = [
     "load_family_pipeline",
     "load_pipeline",
     "load_preview_decoder",
+    "preview_latent_mismatch",
 ]
 
 BUILTIN_MODELS: dict[str, Family] = {
@@ -193,6 +195,22 @@ def load_pipeline(
     return loaded
 
 
+def preview_latent_mismatch(family: Family, preview_model: str, channels: int | None = None) -> str | None:
+    """Why the TAESD ``preview_model`` (whose latent ``channels`` are read from its folder's
+    ``config.json`` when not given) cannot preview ``family``'s latents, else None."""
+    if channels is None:
+        config = Path(preview_model).expanduser() / "config.json"
+        if not config.is_file():
+            return None  # a hub id: checked once it loads
+        channels = json.loads(config.read_text("utf-8")).get("latent_channels")
+    if channels is None or channels == family.latent_channels:
+        return None
+    return (
+        f"{preview_model!r} decodes {channels}-channel latents; {family.title}'s have "
+        f"{family.latent_channels} (its TAESD: {family.preview_model!r})"
+    )
+
+
 def load_preview_decoder(
     preview_model: str | None,
     *,
@@ -200,22 +218,30 @@ def load_preview_decoder(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | str | None = None,
 ) -> AutoencoderTiny:
-    """Load the ``AutoencoderTiny`` used for previews.
+    """Load the ``AutoencoderTiny`` used for previews of ``model``'s latents.
 
-    ``preview_model`` is a hub id or folder; ``None`` means the tiny model's own ``taesd/``
-    when ``model == "tiny"``, else ``madebyollin/taesdxl``; ``"tiny"`` always means the
-    built-in tiny decoder.
+    ``preview_model`` is a hub id or folder; ``None`` means the built-in tiny models' own
+    decoder for ``"tiny"``, ``"tiny-flux"`` and ``"tiny-sd3"``, else the family's TAESD
+    (``madebyollin/taesdxl``, ``taef1`` or ``taesd3``); ``"tiny"`` always means the tiny
+    SDXL model's decoder. A decoder of another latent space (its ``latent_channels`` differ
+    from the family's) raises ``ValueError`` naming both.
     """
     import torch
 
+    family = family_of(model)
     target = torch.device(device)
     torch_dtype = resolve_dtype(dtype, target)
     if preview_model == TINY_MODEL or (preview_model is None and model == TINY_MODEL):
         source = str(ensure_tiny_sdxl() / "taesd")
+    elif preview_model is None and model in _TINY_DIRS:
+        source = str(ensure_tiny_taesd(family.latent_channels))
     else:
-        source = preview_model or DEFAULT_PREVIEW_MODEL
+        source = preview_model or family.preview_model
     decoder = from_pretrained(
         _d().AutoencoderTiny, "preview model", source, **dtype_kwargs(torch_dtype, {})
     )
+    mismatch = preview_latent_mismatch(family, source, int(decoder.config.latent_channels))
+    if mismatch:
+        raise ValueError(f"preview_model {mismatch}")
     loaded: AutoencoderTiny = decoder.to(target).eval()
     return loaded

@@ -1,4 +1,4 @@
-"""Cheap previews of SDXL latents during denoising, as uint8 ``(B, 3, h, w)`` tensors on the latents' device.
+"""Cheap previews of latents during denoising, as uint8 ``(B, 3, h, w)`` tensors on the latents' device.
 
 Two kinds:
 
@@ -8,7 +8,8 @@ Two kinds:
     by pixel repetition. Needs no weights; costs one tiny matmul.
 
 :class:`TaesdPreview`
-    Decodes with an ``AutoencoderTiny`` (TAESD-XL, ``madebyollin/taesdxl``): a recognisable
+    Decodes with an ``AutoencoderTiny`` of the family's latent space (TAESD-XL
+    ``madebyollin/taesdxl``, TAEF1 ``taef1``, TAESD3 ``taesd3``): a recognisable
     image at full resolution for about 5 % of the VAE's cost, then area-downscaled so the
     longest side is at most ``max_side`` pixels (previews travel to the browser often).
 
@@ -109,6 +110,7 @@ class TaesdPreview:
             len(config.decoder_block_out_channels) - 1
         )
         self._scaling = float(getattr(config, "scaling_factor", 1.0) or 1.0)
+        self._shift = float(getattr(config, "shift_factor", 0.0) or 0.0)
 
     def size(self, latent_height: int, latent_width: int) -> tuple[int, int]:
         height, width = latent_height * self._factor, latent_width * self._factor
@@ -124,7 +126,9 @@ class TaesdPreview:
 
         dtype = next(self.decoder.parameters()).dtype
         with torch.inference_mode():
-            decoded = self.decoder.decode(latents.to(dtype) / self._scaling, return_dict=False)[0]
+            # as diffusers' pipelines decode with it: latents / scaling_factor + shift_factor
+            scaled = latents.to(dtype) / self._scaling + self._shift
+            decoded = self.decoder.decode(scaled, return_dict=False)[0]
             height, width = self.size(latents.shape[-2], latents.shape[-1])
             if decoded.shape[-2:] != (height, width):
                 decoded = F.interpolate(decoded.float(), size=(height, width), mode="area")

@@ -7,19 +7,20 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from .families import SDXL
-
 __all__ = ["PreviewMode", "check_setup", "phase_clock", "thread_lock_for_progress_bars"]
 
 PreviewMode = Literal["auto", "taesd", "linear"] | None
 
 
-def check_setup(worker_cls: Any, model: str, device: Any, preview: PreviewMode, optimize: str, cpu_offload: bool) -> None:
+def check_setup(
+    worker_cls: Any, model: str, device: Any, preview: PreviewMode, optimize: str, cpu_offload: bool,
+    preview_model: str | None = None,
+) -> None:
     """Refuse what ``worker_cls``'s family cannot do with ``model`` on ``device`` (``ValueError``
     naming the option and the rule), before loading anything."""
     import torch
 
-    from .models import family_of
+    from .models import family_of, preview_latent_mismatch
 
     own = worker_cls.family
     if preview not in ("auto", "taesd", "linear", None):
@@ -30,8 +31,10 @@ def check_setup(worker_cls: Any, model: str, device: Any, preview: PreviewMode, 
             f"model {model!r} is a {family.title} pipeline, not {own.title}: serve it "
             f"with gridgen.diffusion.worker_for({model!r}) (here: {worker_cls.__name__})"
         )
-    if own is not SDXL and preview == "taesd":
-        raise ValueError(f'preview="taesd" is SDXL only; {own.title} previews are "linear"')
+    if preview in ("taesd", "auto") and preview_model is not None:
+        mismatch = preview_latent_mismatch(own, preview_model)
+        if mismatch:
+            raise ValueError(f"preview_model {mismatch}")
     if not cpu_offload:
         return
     if torch.device(device).type != "cuda":

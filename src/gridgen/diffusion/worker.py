@@ -170,9 +170,9 @@ class DiffusionWorker(RankSteps):
             dtype: ``None`` = float32 on CPU, else the family's ``cuda_dtype`` (float16 for
                 SDXL, bfloat16 for FLUX.1 and SD3.5); or a dtype / ``"bf16"`` etc.
             preview: ``"auto"`` (TAESD when ``preview_model`` is given, else linear),
-                ``"taesd"`` (an ``AutoencoderTiny``; ``preview_model`` defaults to
-                ``madebyollin/taesdxl``, or the tiny model's own decoder for ``model="tiny"``;
-                SDXL only),
+                ``"taesd"`` (an ``AutoencoderTiny`` of the family's latent space;
+                ``preview_model`` defaults to ``madebyollin/taesdxl``, ``taef1`` (FLUX.1) or
+                ``taesd3`` (SD3.5), or the tiny models' own decoder),
                 ``"linear"`` (no weights) or ``None`` (progress events without images).
             preview_model: hub id or folder of an ``AutoencoderTiny``.
             optimize: ``"auto"`` (on CUDA: SDXL's CUDA graphs, fused QKV and a 16-bit VAE;
@@ -238,7 +238,7 @@ class DiffusionWorker(RankSteps):
                 "run the worker under gridgen.DistributedRunner (or init_process_group first)"
             )
         model = self.default_model if model is None else model
-        check_setup(type(self), model, self.device, preview, optimize, cpu_offload)
+        check_setup(type(self), model, self.device, preview, optimize, cpu_offload, preview_model)
         check_lossy(self.family, self.device, optimize, quantize, step_cache)
         sources = check_lora_options(
             loras, lora_dir, max_loras, max_lora_bytes, lora_max_rank, quantize, lora_layers, lora_mode

@@ -57,6 +57,9 @@ class Family:
     is among ``step_tensors`` and the scheduler keeps no per-row state)."""
     latent_rgb: tuple[tuple[RGB, ...], RGB] = ((), (0.0, 0.0, 0.0))
     """Linear latent-to-RGB preview factors (one row per latent channel) and bias."""
+    preview_model: str = ""
+    """Hub id of the family's TAESD (an ``AutoencoderTiny`` of its latent space): what
+    ``setup(preview="taesd")`` loads when no ``preview_model`` is given."""
     default_max_sequence_length: int | None = None
     cuda_dtype: str = "float16"
     """The weights' dtype on a GPU when ``setup(dtype=None)`` (float32 on CPU, always)."""
@@ -74,6 +77,10 @@ class Family:
     """Its image pipelines, ``"module:Class"`` under ``diffusers.pipelines``, by kind
     (``"img2img"``, ``"inpaint"``; see :mod:`gridgen.diffusion.conditioning`). A kind left
     out is refused with the rule ``unsupported_field``."""
+
+    @property
+    def latent_channels(self) -> int:
+        return len(self.latent_rgb[0])
 
     def validate(self, payload: Mapping[str, Any] | BaseModel, world_size: int | None = None) -> Any:
         """The validated request (``num_images`` filled from ``world_size`` when absent)."""

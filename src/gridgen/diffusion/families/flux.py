@@ -68,6 +68,7 @@ class _Flux(Family):
     cuda_dtype = "bfloat16"  # FLUX.1 is trained and published in bfloat16; T5-XXL overflows float16
     step_tensors = ("latents", "prompt_embeds")
     latent_rgb = (FLUX_LATENT_RGB_FACTORS, FLUX_LATENT_RGB_BIAS)
+    preview_model = "madebyollin/taef1"  # dev and schnell share the VAE
     parallel_refusals = {
         "cfg": "it is guidance-distilled (one pass per step, no unconditional branch to "
         "split off); use ulysses to split one image",

@@ -45,6 +45,7 @@ class _SD3(Family):
     request_model = SD3Request
     step_tensors = ("latents", "prompt_embeds", "pooled_prompt_embeds")
     latent_rgb = (SD3_LATENT_RGB_FACTORS, SD3_LATENT_RGB_BIAS)
+    preview_model = "madebyollin/taesd3"
     compile_blocks = ("JointTransformerBlock",)  # diffusers declares none for SD3
     step_cache = False  # its transformer has no diffusers cache hooks (no CacheMixin)
     default_max_sequence_length = 256

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..._hub import DEFAULT_PREVIEW_MODEL
 from ...errors import InvalidRequestError
 from ...images import ImageFormat
 from ..conditioning import input_merge_key, input_steps, refuse_unsupported_inputs
@@ -207,6 +208,7 @@ class _SDXL(Family):
     denoiser = "unet"
     step_cache = False  # diffusers' block caches are for transformers; the UNet has none
     latent_rgb = (SDXL_LATENT_RGB_FACTORS, SDXL_LATENT_RGB_BIAS)
+    preview_model = DEFAULT_PREVIEW_MODEL
     parallel_refusals = {
         "ulysses": "its UNet has no sequence-parallel path (diffusers' context parallelism is "
         "for transformers); use cfg=2 to split one image",
