@@ -116,7 +116,11 @@ async def runner_mode(args: argparse.Namespace, log: Log) -> None:
     options = json.loads(args.setup)
     log.common.update(precision=options.get("quantize") or options.get("dtype") or "bf16",
                       cache=_cache_name(options.get("step_cache")))
-    setup = {"model": args.model, "preview": "linear", "warmup_size": (args.size, args.size),
+    log.common.update(preview="taesd" if args.taesd_random else "linear")
+    preview: dict[str, Any] = {"preview": "linear"}
+    if args.taesd_random:
+        preview = {"preview": "taesd", "preview_model": _random_taesd(args)}
+    setup = {"model": args.model, **preview, "warmup_size": (args.size, args.size),
              "defer_encoding": False,  # results as dicts, to carry peak_gib
              **json.loads(args.setup)}
     worker_cls = _worker_class(args.model)
@@ -149,6 +153,18 @@ async def runner_mode(args: argparse.Namespace, log: Log) -> None:
                     s_per_image=round(sorted(times)[len(times) // 2] / images, 4),
                     times_s=[round(t, 4) for t in times], peak_gib=round(float(result["peak_gib"]), 2),
                     step_cache=result.get("step_cache"), timings=result["timings"])
+
+
+def _random_taesd(args: argparse.Namespace) -> str:
+    """A full-size ``AutoencoderTiny`` (the published TAESDs' default architecture) of the
+    family's latent channels, random weights, saved under ``--out``."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    folder = Path(args.out) / "taesd-random"
+    torch.manual_seed(0)
+    AutoencoderTiny(latent_channels=family_of(args.model).latent_channels).save_pretrained(folder)
+    return str(folder)
 
 
 # -- plain diffusers and the bare levers ---------------------------------------------------
@@ -336,6 +352,9 @@ def main() -> None:
     parser.add_argument("--images", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4])
     parser.add_argument("--setup", default='{"optimize": "compile", "warmup": [1]}')
     parser.add_argument("--previews", action="store_true", help="runner: also stream previews every 5 steps")
+    parser.add_argument("--taesd-random", action="store_true",
+                        help="runner: TAESD previews from a full-size AutoencoderTiny of the family's latent "
+                        "space with random weights (TAEF1's and TAESD3's compute; the hub is out of reach)")
     parser.add_argument("--profile", action="store_true", help="bare: GPU time by kernel kind, per lever")
     parser.add_argument("--levers", type=lambda s: s.split(","), default=["compile", "cache:0.08"])
     args = parser.parse_args()
