@@ -1,4 +1,5 @@
-"""The SDXL worker's output encoder: parallel-slice PNG, numpy grids, Adler-32 joining."""
+"""The SDXL worker's output encoder: parallel-slice PNG (ISA-L's deflate, or zlib's where isal
+is missing), numpy grids, Adler-32 joining."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from gridgen import make_grid
+from gridgen.diffusion import encoding
 from gridgen.diffusion.encoding import OutputEncoder, _adler32_combine, encode_png, grid_array
 
 
@@ -19,6 +21,17 @@ from gridgen.diffusion.encoding import OutputEncoder, _adler32_combine, encode_p
 def pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
     with concurrent.futures.ThreadPoolExecutor(4) as executor:
         yield executor
+
+
+@pytest.fixture(params=["isal", "zlib"])
+def deflate(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each PNG test with ISA-L's deflate (a dependency of gridgen[sdxl]) and with the fallback."""
+    from isal import isal_zlib
+
+    assert encoding._deflate is isal_zlib  # installed, so it is what the workers use
+    if request.param == "zlib":
+        monkeypatch.setattr(encoding, "_deflate", zlib)
+    return str(request.param)
 
 
 def _decode(data: bytes) -> np.ndarray:
@@ -29,7 +42,9 @@ def _decode(data: bytes) -> np.ndarray:
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (7, 13, 3), (5, 9, 4), (1024, 1024, 3), (700, 1100, 4)])
 @pytest.mark.parametrize("threads", [0, 4])
-def test_png_decodes_to_the_same_pixels(shape: tuple[int, int, int], threads: int, pool: concurrent.futures.Executor) -> None:
+def test_png_decodes_to_the_same_pixels(
+    shape: tuple[int, int, int], threads: int, pool: concurrent.futures.Executor, deflate: str
+) -> None:
     array = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
     array[: shape[0] // 2] //= 7  # some compressible rows too
     data = encode_png(array, pool if threads else None)
@@ -37,11 +52,25 @@ def test_png_decodes_to_the_same_pixels(shape: tuple[int, int, int], threads: in
     np.testing.assert_array_equal(_decode(data), array)
 
 
-def test_large_images_are_compressed_in_several_slices(pool: concurrent.futures.Executor) -> None:
+def test_large_images_are_compressed_in_several_slices(pool: concurrent.futures.Executor, deflate: str) -> None:
     array = np.zeros((1024, 1024, 3), dtype=np.uint8)  # 3 MB: one slice per thread here
     sliced, whole = encode_png(array, pool), encode_png(array, None)
     assert sliced != whole  # each slice ends with its own sync flush
     np.testing.assert_array_equal(_decode(sliced), array)
+
+
+def test_isal_and_zlib_streams_both_decode_and_isal_compresses_a_photo_better(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(9)
+    y, x = np.mgrid[0:512, 0:512]
+    smooth = np.stack([x // 2 % 256, y // 2 % 256, (x + y) // 4 % 256], axis=-1)
+    photo = np.clip(smooth + rng.normal(0, 6, smooth.shape), 0, 255).astype(np.uint8)
+    fast = encode_png(photo)
+    monkeypatch.setattr(encoding, "_deflate", zlib)
+    standard = encode_png(photo)
+    assert fast != standard
+    np.testing.assert_array_equal(_decode(fast), photo)
+    np.testing.assert_array_equal(_decode(standard), photo)
+    assert len(fast) < len(standard)
 
 
 def test_adler32_of_a_join_is_combined_from_the_parts() -> None:

