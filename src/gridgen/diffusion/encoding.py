@@ -11,10 +11,10 @@ the way ``pigz`` joins them (each slice primed with the previous 32 KB, sync-flu
 Adler-32 combined from the slices' own). Decoded, the pixels are exactly the input's.
 
 The deflate itself is ISA-L's (``isal``, installed with ``gridgen[sdxl]``) when it imports,
-else the standard library's ``zlib`` (the same API and stream format). At level 1 ISA-L
-compressed a 1024x1024 photograph-like image 8x faster than zlib (6.2 against 49.7 ms on
-one core of the development machine, to 65 % of the raw size against zlib's 70 %) and
-stored noise 20x faster.
+else the standard library's ``zlib`` (the same API and stream format). At level 1, in one
+thread on the development machine (``bench/png_bench.py --threads 0``), ISA-L encoded a
+1024x1024 photograph-like image in 9.5 ms against zlib's 60.4 (to 2.05 MB against 2.21)
+and noise in 6.1 against 64.2 ms.
 
 :class:`OutputEncoder` is what the worker holds: it lays out the grid with numpy, encodes
 PNG as above and JPEG/WebP with Pillow (which costs a fraction of PNG's time).
