@@ -122,7 +122,7 @@ async def runner_mode(args: argparse.Namespace, log: Log) -> None:
         preview = {"preview": "taesd", "preview_model": _random_taesd(args)}
     setup = {"model": args.model, **preview, "warmup_size": (args.size, args.size),
              "defer_encoding": False,  # results as dicts, to carry peak_gib
-             **json.loads(args.setup)}
+             **options}
     worker_cls = _worker_class(args.model)
     globals()[worker_cls.__name__] = worker_cls  # importable by name in the worker process
     runner = DistributedRunner(worker_cls, world_size=1, device=args.device, request_timeout=1800,
