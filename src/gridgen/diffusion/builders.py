@@ -176,13 +176,29 @@ def build_tiny_sdxl() -> StableDiffusionXLPipeline:
     return _assemble(unet, vae, text_encoder, text_encoder_2, tokenizer, scheduler_config)
 
 
-def _rename_into_place(tmp: Path, target: Path, marker: str) -> None:
-    """Move a finished build into place; a racing process that got there first wins."""
+def _build_once(
+    root: str | os.PathLike[str] | None, name: str, marker: str, write: Callable[[Path], None]
+) -> Path:
+    """``<root>/<name>`` (root defaulting to :func:`cache_dir`), made by ``write(folder)`` if
+    ``marker`` is not in it yet. It is written to a temporary folder beside the target and
+    renamed into place, so processes racing to build it are safe: one rename wins and the
+    others discard their copy."""
+    base = Path(root) if root is not None else cache_dir()
+    target = base / name
+    if (target / marker).is_file():
+        return target
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=base))
     try:
-        os.rename(tmp, target)
-    except OSError:
-        if not (target / marker).is_file():
-            raise  # not a lost race: a real failure
+        write(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / marker).is_file():
+                raise  # not a lost race: a real failure
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def build_tiny_taesd(latent_channels: int = 4) -> AutoencoderTiny:
@@ -202,20 +218,12 @@ def build_tiny_taesd(latent_channels: int = 4) -> AutoencoderTiny:
 def ensure_tiny_taesd(latent_channels: int, root: str | os.PathLike[str] | None = None) -> Path:
     """The folder of the tiny ``latent_channels`` TAESD (``<root>/tiny-taesd<C>-v1``), saved
     first if missing; the tiny FLUX.1 and SD3.5 models' preview decoder."""
-    base = Path(root) if root is not None else cache_dir()
-    name = f"tiny-taesd{latent_channels}-v1"
-    target = base / name
-    if (target / "config.json").is_file():
-        return target
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=base))
-    try:
+
+    def write(folder: Path) -> None:
         decoder: Any = build_tiny_taesd(latent_channels)
-        decoder.save_pretrained(tmp, safe_serialization=True)
-        _rename_into_place(tmp, target, "config.json")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        decoder.save_pretrained(folder, safe_serialization=True)
+
+    return _build_once(root, f"tiny-taesd{latent_channels}-v1", "config.json", write)
 
 
 def ensure_tiny_sdxl(root: str | os.PathLike[str] | None = None) -> Path:
@@ -227,23 +235,16 @@ def ensure_tiny_sdxl(root: str | os.PathLike[str] | None = None) -> Path:
     the target and renamed into place, so processes racing to build it are safe: one
     rename wins and the others discard their copy.
     """
-    base = Path(root) if root is not None else cache_dir()
-    target = base / _TINY_DIRNAME
-    if (target / "model_index.json").is_file():
-        return target
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{_TINY_DIRNAME}-", dir=base))
-    try:
+
+    def write(folder: Path) -> None:
         pipeline: Any = build_tiny_sdxl()
-        pipeline.save_pretrained(tmp, safe_serialization=True)
+        pipeline.save_pretrained(folder, safe_serialization=True)
         for sub in ("tokenizer", "tokenizer_2"):
-            write_tokenizer_files(tmp / sub)  # also readable by transformers 4.x slow tokenizers
+            write_tokenizer_files(folder / sub)  # also readable by transformers 4.x slow tokenizers
         decoder: Any = build_tiny_taesd()
-        decoder.save_pretrained(tmp / "taesd", safe_serialization=True)
-        _rename_into_place(tmp, target, "model_index.json")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        decoder.save_pretrained(folder / "taesd", safe_serialization=True)
+
+    return _build_once(root, _TINY_DIRNAME, "model_index.json", write)
 
 
 # -- the full-size random model ---------------------------------------------------
@@ -428,21 +429,14 @@ def ensure_tiny(name: str, root: str | os.PathLike[str] | None = None) -> Path:
     built and saved first if missing; safe when processes race (one rename wins)."""
     if name == TINY_MODEL:
         return ensure_tiny_sdxl(root)
-    base = Path(root) if root is not None else cache_dir()
-    target = base / _TINY_DIRS[name]
-    if (target / "model_index.json").is_file():
-        return target
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{_TINY_DIRS[name]}-", dir=base))
-    try:
-        _BUILDERS[name]().save_pretrained(tmp, safe_serialization=True)
+
+    def write(folder: Path) -> None:
+        _BUILDERS[name]().save_pretrained(folder, safe_serialization=True)
         for sub in ("tokenizer", "tokenizer_2"):
-            if (tmp / sub / "vocab.json").is_file():
-                write_tokenizer_files(tmp / sub)
-        _rename_into_place(tmp, target, "model_index.json")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+            if (folder / sub / "vocab.json").is_file():
+                write_tokenizer_files(folder / sub)
+
+    return _build_once(root, _TINY_DIRS[name], "model_index.json", write)
 
 
 def build_random(
