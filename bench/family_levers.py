@@ -115,8 +115,8 @@ async def runner_mode(args: argparse.Namespace, log: Log) -> None:
 
     options = json.loads(args.setup)
     log.common.update(precision=options.get("quantize") or options.get("dtype") or "bf16",
-                      cache=_cache_name(options.get("step_cache")))
-    log.common.update(preview="taesd" if args.taesd_random else "linear")
+                      cache=_cache_name(options.get("step_cache")),
+                      preview="taesd" if args.taesd_random else "linear")
     preview: dict[str, Any] = {"preview": "linear"}
     if args.taesd_random:
         preview = {"preview": "taesd", "preview_model": _random_taesd(args)}

@@ -318,10 +318,11 @@ def _preview_options(args: argparse.Namespace, family: Any) -> dict[str, Any]:
         return options
     if preview in ("linear", "none"):
         raise UsageError(f"--preview-model: only used with --preview taesd or auto, not --preview {preview}")
-    folder = Path(preview_model).expanduser()
-    if preview_model.startswith(("/", "./", "../", "~")) and not folder.is_dir():
-        raise UsageError(f"--preview-model: no such folder: {preview_model}")
+    from ._hub import looks_like_path
     from .diffusion.models import preview_latent_mismatch
+
+    if looks_like_path(preview_model) and not Path(preview_model).expanduser().is_dir():
+        raise UsageError(f"--preview-model: no such folder: {preview_model}")
 
     mismatch = preview_latent_mismatch(family, preview_model)
     if mismatch:
