@@ -1,7 +1,8 @@
 """Which speed levers a diffusion worker's ``setup`` puts on its pipeline, in their order:
 the LoRA backend first (a slot's layers must exist before anything compiles), then the family's
 graphs or compile (:mod:`.fast`) with FP8 and the step cache (:mod:`.lossy`), then CPU
-offload last (it moves the models the others prepared)."""
+offload last (it moves the models the others prepared). Offload keeps the denoiser on the GPU:
+it runs every step, and moving it costs a copy of its weights per call at least."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from .lora_cache import LoraCache, LoraMode, setup_loras
 from .lora_slots import LoraLayers, LoraSlots
 from .lossy import CacheCounter, Quantize
 
-__all__ = ["Levers", "apply_levers"]
+__all__ = ["Levers", "apply_levers", "offload_all_but_denoiser"]
 
 
 @dataclass(frozen=True)
@@ -64,15 +65,28 @@ def apply_levers(
         )
         fixed_shapes = graphed_unet is not None
     else:
-        # Offloading moves the weights whose addresses a graph holds; sequence parallelism
-        # runs collectives inside the transformer, which a graph would have to capture.
+        # Offloading moves the text encoders' weights, whose addresses a graph holds (the
+        # transformer stays); sequence parallelism runs collectives inside the transformer,
+        # which a graph would have to capture.
         fixed_shapes, graphed = optimize_transformer(
             pipeline, optimize, device, blocks=family.compile_blocks, quantize=quantize, step_cache=step_cache,
             lora_variant=None if slots is None else lambda: slots.enabled,  # type: ignore[attr-defined]
             text_encoder_graphs=text_encoder_graphs and not cpu_offload,
-            transformer_graphs=not cpu_offload and not sequence_parallel,
+            transformer_graphs=not sequence_parallel,
         )
     counter = CacheCounter(getattr(pipeline, family.denoiser)) if step_cache is not None else None
     if cpu_offload:
-        pipeline.enable_model_cpu_offload(device=device)
+        offload_all_but_denoiser(pipeline, family.denoiser, device)
     return Levers(graphed_unet, graphed, fixed_shapes, lora_cache, counter)
+
+
+def offload_all_but_denoiser(pipeline: Any, denoiser: str, device: Any) -> None:
+    """diffusers' model offload of the text encoders and the VAE; ``denoiser`` stays on the GPU.
+
+    Nothing in diffusers' offload chain then moves the text encoders off before the denoiser
+    runs: the worker calls ``pipeline.maybe_free_model_hooks()`` once the prompts are encoded.
+    """
+    chain = [name for name in pipeline.model_cpu_offload_seq.split("->") if name != denoiser]
+    pipeline.model_cpu_offload_seq = "->".join(chain)
+    pipeline._exclude_from_cpu_offload = [*pipeline._exclude_from_cpu_offload, denoiser]
+    pipeline.enable_model_cpu_offload(device=device)

@@ -127,6 +127,7 @@ class DiffusionWorker(RankSteps):
     dtype: torch.dtype
     model: str
     _cache_counter: CacheCounter | None = None
+    _offloaded = False
     lora_cache: LoraCache | None = None
     """This rank's loaded LoRA adapters (None: the service has no adapter sources)."""
     _cfg_split: CfgSplit | None = None
@@ -206,9 +207,10 @@ class DiffusionWorker(RankSteps):
             step_cache: diffusers' first-block cache with this threshold (0 to 1; FLUX.1,
                 SD3.5): steps whose first block barely moved skip the rest. Changes the
                 images; results then report ``step_cache: {"steps", "skipped"}``.
-            cpu_offload: keep every model on the CPU and move each to the GPU only while it
-                runs (diffusers' model offload), for cards under 40 GB; slower, and only
-                with ``optimize="none"`` or, for FLUX.1 and SD3.5, ``"compile"``.
+            cpu_offload: keep the text encoders and the VAE on the CPU and move each to the GPU
+                only while it runs (diffusers' model offload; the denoiser stays), for cards
+                under 40 GB; slower, and only with ``optimize="none"`` or, for FLUX.1 and
+                SD3.5, ``"compile"``.
             loras / lora_dir: LoRA adapters requests may name: ``{"name": path}``, and a folder
                 whose ``*.safetensors`` are adapters named by their stem (``docs/lora.md``).
             max_loras / max_lora_bytes: adapters each rank keeps loaded, least recently used
@@ -260,6 +262,7 @@ class DiffusionWorker(RankSteps):
         )
         self.graphed_unet, self.graphed, self.fixed_shapes = levers.graphed_unet, levers.graphed, levers.fixed_shapes
         self.lora_cache, self._cache_counter = levers.lora_cache, levers.cache_counter
+        self._offloaded = cpu_offload
         if compile_cache is None:
             compile_cache = os.environ.get(COMPILE_CACHE_ENV) or None
         self.grouping = ParallelGroups.build(self.parallel, self.rank, self.world_size, self.device)
@@ -458,6 +461,8 @@ class DiffusionWorker(RankSteps):
         embeds = self.family.embeddings(self.pipeline, run.requests, slots, self.device)
         self._sync()
         self.text_encode_seconds = time.perf_counter() - encoding
+        if self._offloaded:  # the text encoders leave before the denoiser's activations come
+            self.pipeline.maybe_free_model_hooks()
         generators = [torch.Generator(self.device).manual_seed(slot.seed) for slot in slots]
         pipeline, extra = self.pipeline, {"width": first.width, "height": first.height}
         tensors = list(self.family.step_tensors)
