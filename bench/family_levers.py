@@ -243,7 +243,11 @@ def _quality(images: Any, reference: Any) -> dict[str, float]:
             "max_abs_255": round(float(diff.max()), 1)}
 
 
+NOT_ENCODED = "none (tensors, not encoded)"
+
+
 def diffusers_mode(args: argparse.Namespace, log: Log) -> None:
+    log.common.update(image_format=NOT_ENCODED)  # _generate stops at decoded tensors
     started = time.perf_counter()
     pipe = _build(args)
     log(mode="diffusers", build_s=round(time.perf_counter() - started, 1))
@@ -263,6 +267,7 @@ def bare_mode(args: argparse.Namespace, log: Log) -> None:
     from gridgen.diffusion.graphed import GraphedForward
     from gridgen.diffusion.lossy import CacheCounter, apply_quantization, apply_step_cache
 
+    log.common.update(image_format=NOT_ENCODED)
     pipe = _build(args)
     transformer = pipe.transformer
     transformer.fuse_qkv_projections()
