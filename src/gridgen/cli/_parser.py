@@ -73,8 +73,8 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
                        help="FLUX.1: skip the rest of a step's transformer blocks when its first block "
                        "moved less than T (0-1, e.g. 0.08; diffusers' first-block cache; changes the images)")
     speed.add_argument("--cpu-offload", action="store_true",
-                       help="keep models on the CPU and move each to the GPU while it runs, for cards "
-                       "under 40 GB (slower)")
+                       help="keep the text encoders and the VAE on the CPU and move each to the GPU "
+                       "while it runs (the denoiser stays), for cards under 40 GB (slower)")
     speed.add_argument("--compile-cache", default=None, metavar="FILE",
                        help="with --optimize compile: load compiled kernels from FILE, or write it "
                        "after the warm-up when missing (default: $GRIDGEN_COMPILE_CACHE)")
