@@ -5,7 +5,8 @@
         bench/results/2026-12-07-h100-flux-lossy.json --title "FLUX.1-dev, 1024x1024, 28 steps, one H100" --line 3.5
 
 Every record with ``s_per_image`` (of ``--family``, when given) becomes a bar, in file order;
-``--line`` draws a target.
+``--exclude TEXT`` leaves out the bars whose label contains it (one slow setting would squash
+the scale); ``--line`` draws a target.
 No plotting library: the SVG is written by hand, so the chart needs nothing installed.
 """
 
@@ -23,7 +24,7 @@ def label(record: dict[str, Any]) -> str:
     what = {"runner": "gridgen runner", "diffusers": "plain diffusers", "bare": "bare pipeline"}[mode]
     if mode == "runner":
         setup = json.loads(record.get("setup") or "{}")
-        what += ", " + ", ".join(f"{k}={v}" for k, v in setup.items() if k in ("optimize", "quantize", "step_cache"))
+        what += ", " + ", ".join(f"{k}={v}" for k, v in setup.items() if k in ("optimize", "quantize", "step_cache", "cpu_offload"))
     elif record.get("lever") not in (None, "eager"):
         extra = [part for part in record["lever"].split("+") if part != "compile"]
         what += ", compiled" + "".join(f" + {part}" for part in extra)
@@ -32,7 +33,7 @@ def label(record: dict[str, Any]) -> str:
     images = record.get("images_per_request", 1)
     what += f", {images} image" + ("s" if images > 1 else "")
     if record.get("previews"):
-        what += f", previews every {record['previews']}"
+        what += f", previews every {record['previews']}" + (" (TAESD)" if record.get("preview") == "taesd" else "")
     return what
 
 
@@ -63,10 +64,12 @@ def main() -> None:
     parser.add_argument("--title", default="")
     parser.add_argument("--line", type=float, default=None)
     parser.add_argument("--family", default=None, help="only this family's records, e.g. flux-dev")
+    parser.add_argument("--exclude", action="append", default=[], help="leave out bars whose label contains this")
     args = parser.parse_args()
     bars = [(label(r), float(r["s_per_image"])) for path in args.results
             for r in json.loads(Path(path).read_text())["results"]
             if "s_per_image" in r and args.family in (None, r.get("family"))]
+    bars = [(name, value) for name, value in bars if not any(text in name for text in args.exclude)]
     Path(args.out).write_text(svg(bars, args.title, args.line))
     print(f"{args.out}: {len(bars)} bars")
 
