@@ -181,17 +181,28 @@ def _build(args: argparse.Namespace) -> Any:
     return pipe
 
 
-def _generate(pipe: Any, args: argparse.Namespace, images: int, seed: int, steps: int | None = None) -> Any:
+def _generate(pipe: Any, args: argparse.Namespace, images: int, seed: int, steps: int | None = None,
+              latents: dict[str, Any] | None = None) -> Any:
+    """The decoded images (float, on the CPU); with ``latents``, its ``"final"`` gets the last
+    step's latents (before decoding) too."""
     import torch
 
     kwargs: dict[str, Any] = {}
     if args.guidance is not None:
         kwargs["guidance_scale"] = args.guidance
+    if latents is not None:
+        def keep(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            latents["final"] = tensors["latents"]
+            return tensors
+
+        kwargs["callback_on_step_end"] = keep
     out = pipe(prompt="a lighthouse at dawn", num_images_per_prompt=images, width=args.size,
                height=args.size, num_inference_steps=steps or args.steps, output_type="pt",
                generator=[torch.Generator(args.device).manual_seed(seed + i) for i in range(images)], **kwargs)
     if args.device == "cuda":
         torch.cuda.synchronize()
+    if latents is not None:
+        latents["final"] = latents["final"].float().cpu()
     return out.images.float().cpu()
 
 
@@ -233,14 +244,16 @@ def _time(pipe: Any, args: argparse.Namespace, images: int, steps: int | None = 
     return sorted(times)[len(times) // 2] / images, times, peak
 
 
-def _quality(images: Any, reference: Any) -> dict[str, float]:
+def _quality(images: Any, reference: Any, latents: Any, reference_latents: Any) -> dict[str, float]:
+    """Image differences (PSNR, mean and max in grey levels) and the latents' relative L2."""
     import torch
 
     diff = (images - reference).abs() * 255
     mse = float(((images - reference) ** 2).mean())
     psnr = float("inf") if mse == 0 else float(10 * torch.log10(torch.tensor(1.0 / mse)))
+    rel_l2 = float((latents - reference_latents).norm() / reference_latents.norm().clamp_min(1e-12))
     return {"psnr_db": round(psnr, 2), "mean_abs_255": round(float(diff.mean()), 3),
-            "max_abs_255": round(float(diff.max()), 1)}
+            "max_abs_255": round(float(diff.max()), 1), "latents_rel_l2": round(rel_l2, 4)}
 
 
 NOT_ENCODED = "none (tensors, not encoded)"
@@ -273,7 +286,8 @@ def bare_mode(args: argparse.Namespace, log: Log) -> None:
     transformer.fuse_qkv_projections()
     seeds = (7, 8)
     _generate(pipe, args, 1, seed=0)
-    reference = {seed: _generate(pipe, args, 1, seed) for seed in seeds}
+    reference_latents = {seed: dict[str, Any]() for seed in seeds}
+    reference = {seed: _generate(pipe, args, 1, seed, latents=reference_latents[seed]) for seed in seeds}
     s, times, peak = _time(pipe, args, 1)
     log(mode="bare", lever="eager", images_per_request=1, s_per_image=round(s, 4), peak_gib=round(peak, 2))
     quantized = cached = False
@@ -330,7 +344,9 @@ def bare_mode(args: argparse.Namespace, log: Log) -> None:
         for seed in seeds:
             if cached:
                 transformer._reset_stateful_cache()
-            quality.append(_quality(_generate(pipe, args, 1, seed, steps), reference[seed]))
+            latents: dict[str, Any] = {}
+            images = _generate(pipe, args, 1, seed, steps, latents=latents)
+            quality.append(_quality(images, reference[seed], latents["final"], reference_latents[seed]["final"]))
         skipped = counter.take(args.steps * len(seeds)) if counter else None
         if counter is not None:
             counter.close()
