@@ -40,10 +40,9 @@ def test_the_denoiser_stays_and_the_text_encoders_and_vae_get_offload_hooks(fami
     assert "transformer" not in type(pipeline)._exclude_from_cpu_offload  # the instance's list, not the class's
 
 
-@pytest.mark.parametrize("worker_cls,model,denoiser", [(FluxWorker, "tiny-flux", "transformer"),
-                                                       (SD3Worker, "tiny-sd3", "transformer")])
+@pytest.mark.parametrize("worker_cls,model", [(FluxWorker, "tiny-flux"), (SD3Worker, "tiny-sd3")])
 def test_the_text_encoders_leave_before_the_first_denoising_step(
-    family_cache: str, monkeypatch: pytest.MonkeyPatch, worker_cls: type, model: str, denoiser: str
+    family_cache: str, monkeypatch: pytest.MonkeyPatch, worker_cls: type, model: str
 ) -> None:
     """The offload chain would keep T5 (9 GiB) beside the denoiser for the whole loop: the
     worker frees the hooked models once the prompts are encoded."""
@@ -53,7 +52,7 @@ def test_the_text_encoders_leave_before_the_first_denoising_step(
     events: list[str] = []
     free = worker.pipeline.maybe_free_model_hooks
     monkeypatch.setattr(worker.pipeline, "maybe_free_model_hooks", lambda: (events.append("free"), free())[1])
-    getattr(worker.pipeline, denoiser).register_forward_pre_hook(lambda *_: events.append("step"))
+    worker.pipeline.transformer.register_forward_pre_hook(lambda *_: events.append("step"))
     result = worker(**SMALL)
     assert result["num_images"] == 1
     assert events[:3] == ["free", "step", "step"]
