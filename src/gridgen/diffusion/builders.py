@@ -445,7 +445,8 @@ def build_random(
 ) -> Any:
     """``"flux-random"``, ``"flux-schnell-random"`` or ``"sd3-random"``: the full-size
     architecture with seeded random weights, built on ``device`` (``config`` replaces the
-    shipped one; tests shrink it)."""
+    shipped one; tests shrink it). On ``"meta"`` it has the shapes and no weights: what
+    each part weighs, in no time and memory."""
     import torch
 
     d, t = _d(), _t()
@@ -470,9 +471,10 @@ def build_random(
             modules["transformer"] = d.SD3Transformer2DModel(**_kwargs(cfg["transformer"]))
         else:
             modules["transformer"] = d.FluxTransformer2DModel(**_kwargs(cfg["transformer"]))
-    generator = torch.Generator(target).manual_seed(seed)
+    generator = None if target.type == "meta" else torch.Generator(target).manual_seed(seed)
     for module in modules.values():
-        _condition_init(module, generator)
+        if generator is not None:
+            _condition_init(module, generator)
         module.eval()
     scheduler = d.FlowMatchEulerDiscreteScheduler(**_kwargs(cfg["scheduler"]))
     if name == "sd3-random":
