@@ -6,7 +6,8 @@
 #   3. the same with cpu_offload (what the text encoders' round trip costs, and its peak);
 #   4. FP8 at 1 and 4 images (target 2.9 s; kept while 15 % faster than 2.);
 #   5. SD3.5-large: the worker against plain diffusers (target 1.3x).
-# About 9 minutes on one H100 from empty compile caches. Needs diffusers, pyzmq, torchao and
+# Planned to fit one 10-minute device call (the earlier leases' start-ups and timings add to
+# about 7 minutes); not yet run on a GPU. Needs diffusers, pyzmq, torchao and
 # isal importable, and $OUT set:
 #   PYTHONPATH=src:bench OUT=/tmp/suite bash bench/family_suite.sh [FIRST_STEP]
 # Its plumbing on the CPU in about two minutes (without steps 3 and 4: offload and FP8 need a GPU):
