@@ -3,26 +3,14 @@ built on the meta device with no weights, and the offload arithmetic follows fro
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gridgen_component_sizes", ROOT / "bench" / "component_sizes.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers.bench import load_bench
 
 
 def test_flux_parts_weigh_the_published_parameter_counts() -> None:
     """FLUX.1-dev: an 11.9 B-parameter transformer and T5-XXL's 4.76 B-parameter encoder."""
-    report = _bench().sizes("flux-random", "bfloat16")
+    report = load_bench("component_sizes").sizes("flux-random", "bfloat16")
     parts = report["components_gib"]
     assert parts["transformer"] * 2**30 / 2 == pytest.approx(11.9e9, rel=0.01)
     assert parts["text_encoder_2"] * 2**30 / 2 == pytest.approx(4.76e9, rel=0.01)
@@ -33,7 +21,7 @@ def test_flux_parts_weigh_the_published_parameter_counts() -> None:
 
 
 def test_sd3_offload_peak_pairs_the_transformer_with_t5() -> None:
-    report = _bench().sizes("sd3-random", "bfloat16")
+    report = load_bench("component_sizes").sizes("sd3-random", "bfloat16")
     parts = report["components_gib"]
     assert set(parts) == {"text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae"}
     assert report["weights_resident_offloaded_peak_gib"] == pytest.approx(

@@ -4,12 +4,13 @@ and images per request (issue 21 asks every committed result for these five fiel
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from helpers.bench import load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 FIELDS = ("family", "precision", "cache", "image_format", "images_per_request")
@@ -39,16 +40,8 @@ def test_every_committed_family_record_names_its_setting(name: str, record: dict
     assert record["images_per_request"] is None or record["images_per_request"] >= 1, name
 
 
-def _levers_module() -> Any:
-    spec = importlib.util.spec_from_file_location("gridgen_family_levers", ROOT / "bench" / "family_levers.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_family_levers_writes_the_fields_and_what_a_mode_set(tmp_path: Path) -> None:
-    levers = _levers_module()
+    levers = load_bench("family_levers")
     args = argparse.Namespace(out=str(tmp_path), model="tiny-flux", size=64, steps=4)
     log = levers.Log(args)
     log(mode="bare", lever="eager", images_per_request=1, s_per_image=0.1)

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.bench import load_bench
 
 
 def test_one_bar_per_record_of_the_family(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = importlib.util.spec_from_file_location("gridgen_plot_levers", ROOT / "bench" / "plot_levers.py")
-    assert spec is not None and spec.loader is not None
-    plot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot)
+    plot = load_bench("plot_levers")
     results = tmp_path / "levers.json"
     results.write_text(json.dumps({"about": "test", "results": [
         {"mode": "runner", "family": "flux-dev", "setup": '{"optimize": "compile"}', "startup_s": 40.0},
