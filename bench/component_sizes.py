@@ -17,22 +17,22 @@ import json
 
 import torch
 
+from gridgen.diffusion import family_of
 from gridgen.diffusion.builders import build_random
-
-_DENOISER = "transformer"
 
 
 def sizes(model: str, dtype: str) -> dict[str, object]:
     pipe = build_random(model, device="meta", dtype=dtype)
     parts = {name: module for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)}
+    denoiser = family_of(model).denoiser
     gib = {name: sum(p.numel() * p.element_size() for p in m.parameters()) / 2**30 for name, m in parts.items()}
-    offloaded = {name: size for name, size in gib.items() if name != _DENOISER}
+    offloaded = {name: size for name, size in gib.items() if name != denoiser}
     return {
         "model": model, "dtype": dtype,
         "components_gib": {name: round(size, 2) for name, size in sorted(gib.items())},
         "offloaded_gib": round(sum(offloaded.values()), 2),
         "weights_resident_gib": round(sum(gib.values()), 2),
-        "weights_resident_offloaded_peak_gib": round(gib[_DENOISER] + max(offloaded.values()), 2),
+        "weights_resident_offloaded_peak_gib": round(gib[denoiser] + max(offloaded.values()), 2),
     }
 
 
