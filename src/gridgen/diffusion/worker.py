@@ -207,11 +207,10 @@ class DiffusionWorker(RankSteps):
             step_cache: diffusers' first-block cache with this threshold (0 to 1; FLUX.1,
                 SD3.5): steps whose first block barely moved skip the rest. Changes the
                 images; results then report ``step_cache: {"steps", "skipped"}``.
-            cpu_offload: keep the text encoders and the VAE on the CPU and move each to the GPU
-                only while it runs (diffusers' model offload; the denoiser stays): the
-                denoising activations no longer share the GPU with the encoders (about
-                5 GiB off FLUX.1-dev's peak); slower, and only with ``optimize="none"`` or, for FLUX.1 and
-                SD3.5, ``"compile"``.
+            cpu_offload: keep the text encoders and the VAE on the CPU, each on the GPU only while
+                it runs (diffusers' model offload; the denoiser stays): about 5 GiB off FLUX.1-dev's
+                peak; slower, and only with ``optimize="none"`` or, for FLUX.1 and SD3.5,
+                ``"compile"``.
             loras / lora_dir: LoRA adapters requests may name: ``{"name": path}``, and a folder
                 whose ``*.safetensors`` are adapters named by their stem (``docs/lora.md``).
             max_loras / max_lora_bytes: adapters each rank keeps loaded, least recently used
